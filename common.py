@@ -1,0 +1,464 @@
+"""
+What several stages share, and nothing else: model/tokenizer loading and aliases, the
+tiny offline model, random-initialised models of real shapes, distributed setup, JSONL
+and checkpoint I/O, and the one-line-per-step log.
+
+    python common.py --make-tiny      # build the tiny model now (normally done on first use)
+    python common.py --count qwen2.5-3b llama-3.2-3b   # parameter counts of the 3B shapes
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+CACHE = os.environ.get("CBM_CACHE", os.path.join(REPO, ".cache"))  # where `tiny` is built
+
+# --model aliases -> hub ids. `tiny` is built locally; `random:<alias>` is that
+# architecture with random weights (for benchmarks: throughput does not depend on weights).
+ALIASES = {
+    "qwen2.5-3b": "Qwen/Qwen2.5-3B",
+    "qwen2.5-3b-instruct": "Qwen/Qwen2.5-3B-Instruct",
+    "qwen2.5-32b-instruct": "Qwen/Qwen2.5-32B-Instruct",
+    "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
+    "llama-3.1-70b": "meta-llama/Llama-3.1-70B",
+}
+
+# Published config.json values of the two 3B models the study trains (same shapes, no download).
+ARCH_CONFIGS = {
+    "qwen2.5-3b": dict(model_type="qwen2", hidden_size=2048, intermediate_size=11008,
+                       num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
+                       vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
+                       rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu",
+                       bos_token_id=151643, eos_token_id=151643),
+    "llama-3.2-3b": dict(model_type="llama", hidden_size=3072, intermediate_size=8192,
+                         num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8,
+                         head_dim=128, vocab_size=128256, max_position_embeddings=131072,
+                         rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                         hidden_act="silu", bos_token_id=128000, eos_token_id=128001,
+                         rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0,
+                                           high_freq_factor=4.0,
+                                           original_max_position_embeddings=8192)),
+}
+
+# The tiny model: a small Llama. Big enough to learn Countdown formatting on a CPU in
+# minutes, small enough for CI. Sizes are arguments so a GPU user can grow it.
+TINY = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=2048)
+TINY_VOCAB = 1024
+SPECIAL = dict(bos="<|bos|>", eos="<|endoftext|>", pad="<|pad|>", unk="<|unk|>")
+TAGS = ["<think>", "</think>", "<answer>", "</answer>"]  # whole tokens in the tiny vocabulary
+
+
+# ---------------------------------------------------------------------------------
+# JSONL and atomic I/O
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and line."""
+
+
+def read_jsonl(path, required=()):
+    """List of dicts from a JSONL file; blank lines are skipped. Errors name file:line.
+
+    `required` lists keys every record must have.
+    """
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            missing = [k for k in required if k not in rec]
+            if missing:
+                raise DataError(f"{path}:{lineno}: record lacks {', '.join(missing)}")
+            out.append(rec)
+    return out
+
+
+def atomic_write_text(path, text):
+    """Write to a temporary file beside path, then rename: readers never see half a file."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_jsonl(path, records):
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def append_jsonl(path, records):
+    """Append whole records (one write call, flushed): a killed run leaves at most a
+    truncated last line, which `read_jsonl_tolerant` drops."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl_tolerant(path):
+    """Records of an append-only log we wrote ourselves; a torn last line (killed
+    mid-write) is dropped and the file truncated to its last whole line."""
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        data = f.read()
+    good = data[: data.rfind(b"\n") + 1]
+    if len(good) != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(len(good))
+    return [json.loads(l) for l in good.decode("utf-8").splitlines() if l.strip()]
+
+
+def atomic_save_dir(path, save_fn):
+    """save_fn(tmp_dir) fills a temporary folder, which then replaces path.
+
+    The old folder is moved aside before the rename and deleted after, so at every
+    moment either the old or the new complete folder exists under a known name.
+    """
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-" + os.path.basename(path))
+    try:
+        save_fn(tmp)
+        old = None
+        if os.path.exists(path):
+            old = path + ".old"
+            if os.path.exists(old):
+                shutil.rmtree(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------
+# the tiny model
+
+def _tiny_corpus():
+    """Text the tiny BPE is trained on: prompts, reasoning phrases and arithmetic, built
+    from the task generator so the vocabulary fits Countdown. Deterministic."""
+    import countdown
+    words = ("Let me try another approach. Let's check: that works, so the answer is. "
+             "That does not reach the target, go back and start over. Subgoal: get to a number "
+             "that we need first. Working backwards from the target, we need to make. "
+             "First, then, now, so, but, if, we, can, use, the, numbers, remaining, left, with, "
+             "result, gives, equals, close, far, too, high, low, multiply, divide, add, subtract, "
+             "instead, again, verify, correct, wrong, not, is, are, this, done, step, get, from")
+    tasks = countdown.generate_tasks(400, seed=12345)
+    lines = [words] * 20
+    for t in tasks:
+        lines.append(countdown.make_prompt(t["nums"], t["target"]))
+        lines.append(f"{t['solution']} = {t['target']} </think>\n<answer> {t['solution']} </answer>")
+    return lines
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE (so any text round-trips) with digits split one per token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=list(SPECIAL.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(_tiny_corpus(), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=SPECIAL["bos"], eos_token=SPECIAL["eos"],
+        pad_token=SPECIAL["pad"], unk_token=SPECIAL["unk"], model_max_length=2048)
+    fast.add_tokens(TAGS)  # whole tokens: the model learns the format faster
+    fast.padding_side = "left"  # generation pads on the left; training code pads explicitly
+    return fast
+
+
+def build_tiny(path=None, seed=0, **overrides):
+    """Create the tiny model + tokenizer as a normal Hugging Face folder and return its path."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    path = path or os.path.join(CACHE, "tiny")
+    tok = build_tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, **{**TINY, **overrides})
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+
+    def save(tmp):
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    atomic_save_dir(path, save)
+    return path
+
+
+def tiny_path():
+    """Path of the tiny model folder, building it on first use."""
+    path = os.path.join(CACHE, "tiny")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        build_tiny(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------
+# model loading
+
+def resolve_model(name):
+    """Alias, hub id or local folder -> what from_pretrained takes."""
+    if name == "tiny":
+        return tiny_path()
+    if os.path.isdir(name):
+        return name
+    if name in ALIASES:
+        return ALIASES[name]
+    if name.startswith((".", "/")) or name.count("/") > 1:
+        raise FileNotFoundError(f"model folder {name!r} does not exist")
+    return name  # a hub id
+
+
+def attn_implementation(device="cuda"):
+    """flash_attention_2 when flash-attn is installed and we are on a GPU, else sdpa."""
+    if str(device).startswith("cuda"):
+        try:
+            import flash_attn  # noqa: F401
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def random_config(arch):
+    """transformers config of a named architecture (ARCH_CONFIGS) or the tiny one."""
+    from transformers import AutoConfig
+    if arch == "tiny":
+        return AutoConfig.from_pretrained(tiny_path())
+    if arch not in ARCH_CONFIGS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCH_CONFIGS)} and tiny")
+    kw = dict(ARCH_CONFIGS[arch])
+    return AutoConfig.for_model(kw.pop("model_type"), **kw)
+
+
+def count_params(arch):
+    """Parameter count of an architecture without allocating it (meta device)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(random_config(arch))
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_model(name, dtype=None, device="cpu", init=None):
+    """A causal LM: weights from `init` if given, else from `name`.
+
+    name: alias, hub id, local folder, or `random:<arch>` (random weights of a known shape).
+    dtype: torch dtype; default bf16 on GPU, fp32 on CPU.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+    dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+    attn = attn_implementation(device)
+    src = init or name
+    if src.startswith("random:"):
+        cfg = random_config(src.split(":", 1)[1])
+        cfg._attn_implementation = attn
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        return model
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(src), dtype=dtype,
+                                                 attn_implementation=attn)
+    return model.to(device)
+
+
+def load_tokenizer(name):
+    """Tokenizer for an alias, hub id or folder; pad token set (eos if the model has none).
+    `random:<arch>` gets the tiny tokenizer (benchmarks force lengths, text is irrelevant)."""
+    from transformers import AutoTokenizer
+    if name.startswith("random:"):
+        name = "tiny"
+    tok = AutoTokenizer.from_pretrained(resolve_model(name))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+# ---------------------------------------------------------------------------------
+# distributed setup (plain python or torchrun), nanoGPT style
+
+def setup_dist(device=None):
+    """Returns a dict: ddp, rank, local_rank, world_size, master, device.
+
+    Under torchrun (RANK set) it initialises the process group (nccl on GPU, gloo on CPU)
+    and pins each rank to its GPU; otherwise it is a single process.
+    """
+    import torch
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if ddp:
+        import torch.distributed as dist
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+        world = int(os.environ["WORLD_SIZE"])
+        if device.startswith("cuda"):
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    else:
+        rank, local_rank, world = 0, 0, 1
+    return dict(ddp=ddp, rank=rank, local_rank=local_rank, world_size=world,
+                master=rank == 0, device=device)
+
+
+def cleanup_dist(info):
+    if info["ddp"]:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(values, info):
+    """Mean over ranks of a dict of floats (identity on one process)."""
+    if not info["ddp"]:
+        return dict(values)
+    import torch
+    import torch.distributed as dist
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=info["device"])
+    dist.all_reduce(t)
+    return {k: v / info["world_size"] for k, v in zip(keys, t.tolist())}
+
+
+# ---------------------------------------------------------------------------------
+# runs: config, per-step log line, checkpoints
+
+def save_config(out_dir, cfg):
+    write_json(os.path.join(out_dir, "config.json"), cfg)
+
+
+def log_step(out_dir, step, metrics, keys=None, total=None, t_start=None):
+    """Append metrics to out_dir/metrics.jsonl and print one console line.
+
+    keys: which metrics go on the console line (all go to the file).
+    """
+    rec = {"step": step, **{k: (float(v) if hasattr(v, "__float__") else v) for k, v in metrics.items()}}
+    append_jsonl(os.path.join(out_dir, "metrics.jsonl"), [rec])
+    parts = [f"step {step}" + (f"/{total}" if total else "")]
+    for k in keys or metrics:
+        v = metrics.get(k)
+        if isinstance(v, float):
+            parts.append(f"{k} {v:.4g}")
+        elif v is not None:
+            parts.append(f"{k} {v}")
+    if t_start is not None and total:
+        el = time.time() - t_start
+        done = max(step, 1)
+        parts.append(f"eta {fmt_time(el / done * (total - step))}")
+    print(" | ".join(parts), flush=True)
+    return rec
+
+
+def fmt_time(s):
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def ckpt_dir(out_dir, step):
+    return os.path.join(out_dir, "ckpt", f"step_{step:06d}")
+
+
+def latest_ckpt(out_dir):
+    """(step, path) of the newest complete checkpoint under out_dir/ckpt, or (0, None)."""
+    root = os.path.join(out_dir, "ckpt")
+    if not os.path.isdir(root):
+        return 0, None
+    steps = sorted(int(d[5:]) for d in os.listdir(root)
+                   if d.startswith("step_") and d[5:].isdigit()
+                   and os.path.exists(os.path.join(root, d, "trainer_state.json")))
+    return (steps[-1], ckpt_dir(out_dir, steps[-1])) if steps else (0, None)
+
+
+def save_hf(model, tokenizer, path, extra=None, cfg=None):
+    """Save model + tokenizer as a Hugging Face folder (safetensors), atomically.
+
+    extra(tmp) may write resume state beside the weights; cfg (the run's resolved
+    settings) is written as run_config.json so the next stage can report it.
+    """
+    def save(tmp):
+        m = model.module if hasattr(model, "module") else model
+        m.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if cfg is not None:
+            write_json(os.path.join(tmp, "run_config.json"), cfg)
+        if extra is not None:
+            extra(tmp)
+    atomic_save_dir(path, save)
+
+
+def init_report(init):
+    """One line about the run that produced a checkpoint (from its run_config.json)."""
+    if not init or not os.path.isdir(init):
+        return None
+    p = os.path.join(init, "run_config.json")
+    if not os.path.exists(p):
+        return f"init {init}"
+    with open(p) as f:
+        c = json.load(f)
+    keys = [k for k in ("stage", "model", "init", "data", "steps", "epochs") if k in c]
+    return f"init {init} (from " + ", ".join(f"{k}={c[k]}" for k in keys) + ")"
+
+
+def mfu(flops_per_s, device):
+    """Model FLOPs utilisation against the GPU's dense bf16 peak (None if unknown)."""
+    import torch
+    if not str(device).startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    peak = 989e12 if ("H100" in name or "H200" in name) else 312e12 if "A100" in name else None
+    return flops_per_s / peak if peak else None
+
+
+def _main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--make-tiny", action="store_true", help="(re)build the tiny model in the cache")
+    ap.add_argument("--count", nargs="*", default=[], help="print parameter counts of these architectures")
+    args = ap.parse_args()
+    if args.make_tiny:
+        print("tiny model at", build_tiny())
+    for arch in args.count:
+        print(f"{arch}: {count_params(arch) / 1e9:.2f}B parameters")
+    if not args.make_tiny and not args.count:
+        ap.print_help(sys.stderr)
+
+
+if __name__ == "__main__":
+    _main()
