@@ -1,0 +1,109 @@
+"""common.py: tiny model, model shapes, JSONL errors, atomic writes, dist setup."""
+import json
+import os
+
+import pytest
+import torch
+
+import common
+import countdown
+
+
+def test_tiny_model_offline_roundtrip(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    path = common.build_tiny(str(tmp_path / "tiny"))
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.config.model_type == "llama"
+    assert None not in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id)
+    assert len({tok.pad_token_id, tok.eos_token_id, tok.bos_token_id}) == 3
+    prompt = countdown.make_prompt([12, 345, 6], 78)
+    ids = tok(prompt).input_ids
+    pieces = [tok.decode([i]) for i in ids]
+    assert "3" in pieces and "4" in pieces and "5" in pieces and "345" not in pieces  # digits split
+    assert all(not (p.strip().isdigit() and len(p.strip()) > 1) for p in pieces)
+    assert tok.decode(ids) == prompt  # lossless
+    assert "<answer>" in pieces and "</think>" not in tok.tokenize("x")  # tags are whole tokens
+    out = model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False,
+                         pad_token_id=tok.pad_token_id)
+    assert out.shape == (1, len(ids) + 5)
+    # deterministic: a second build gives the same tokenizer and weights
+    path2 = common.build_tiny(str(tmp_path / "tiny2"))
+    assert AutoTokenizer.from_pretrained(path2)(prompt).input_ids == ids
+    m2 = AutoModelForCausalLM.from_pretrained(path2)
+    assert torch.equal(m2.model.embed_tokens.weight, model.model.embed_tokens.weight)
+
+
+def test_load_by_alias_and_folder():
+    m = common.load_model("tiny")
+    tok = common.load_tokenizer("tiny")
+    assert tok.padding_side == "left" and tok.pad_token_id is not None
+    m2 = common.load_model("x", init=common.tiny_path())
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in m2.parameters())
+    assert common.resolve_model("qwen2.5-3b") == "Qwen/Qwen2.5-3B"
+    assert common.resolve_model("meta-llama/Llama-3.2-3B") == "meta-llama/Llama-3.2-3B"
+    with pytest.raises(FileNotFoundError):
+        common.resolve_model("./no/such/folder")
+
+
+def test_3b_shapes():
+    assert round(common.count_params("qwen2.5-3b") / 1e9, 2) == 3.09
+    assert round(common.count_params("llama-3.2-3b") / 1e9, 2) == 3.21
+    m = common.load_model("random:tiny")
+    assert m.config.model_type == "llama"
+
+
+def test_read_jsonl_errors_name_file_and_line(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"a": 1}\n\n{"a": 2\n')
+    with pytest.raises(common.DataError, match=r"x\.jsonl:3: malformed JSON"):
+        common.read_jsonl(str(p))
+    p.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(common.DataError, match=r"x\.jsonl:2: expected a JSON object"):
+        common.read_jsonl(str(p))
+    p.write_text('{"a": 1}\n{"b": 1}\n')
+    with pytest.raises(common.DataError, match=r"x\.jsonl:2: record lacks a"):
+        common.read_jsonl(str(p), required=("a",))
+    with pytest.raises(common.DataError, match="no such file"):
+        common.read_jsonl(str(tmp_path / "missing.jsonl"))
+
+
+def test_atomic_writes_and_torn_log(tmp_path):
+    p = tmp_path / "out.json"
+    common.write_json(str(p), {"a": 1})
+    common.write_json(str(p), {"a": 2})
+    assert json.loads(p.read_text()) == {"a": 2}
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp")] == []
+    log = tmp_path / "log.jsonl"
+    common.append_jsonl(str(log), [{"i": 0}, {"i": 1}])
+    with open(log, "a") as f:
+        f.write('{"i": 2')  # a write killed halfway
+    assert common.read_jsonl_tolerant(str(log)) == [{"i": 0}, {"i": 1}]
+    common.append_jsonl(str(log), [{"i": 2}])
+    assert common.read_jsonl_tolerant(str(log)) == [{"i": 0}, {"i": 1}, {"i": 2}]
+
+
+def test_atomic_save_dir_keeps_old_on_failure(tmp_path):
+    d = tmp_path / "ckpt"
+
+    def good(tmp):
+        open(os.path.join(tmp, "w.txt"), "w").write("v1")
+
+    def bad(tmp):
+        open(os.path.join(tmp, "w.txt"), "w").write("half")
+        raise RuntimeError("killed")
+    common.atomic_save_dir(str(d), good)
+    with pytest.raises(RuntimeError):
+        common.atomic_save_dir(str(d), bad)
+    assert (d / "w.txt").read_text() == "v1"
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+def test_single_process_dist_and_log(tmp_path, capsys):
+    info = common.setup_dist(device="cpu")
+    assert info == dict(ddp=False, rank=0, local_rank=0, world_size=1, master=True, device="cpu")
+    assert common.all_reduce_mean({"a": 2.0}, info) == {"a": 2.0}
+    common.log_step(str(tmp_path), 3, {"loss": 1.23456, "lr": 1e-5}, keys=["loss"], total=10)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("step 3/10") and "loss 1.235" in line and "lr" not in line
+    assert common.read_jsonl(str(tmp_path / "metrics.jsonl"))[0]["lr"] == 1e-5
