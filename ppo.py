@@ -1,0 +1,746 @@
+"""
+PPO from scratch on Countdown, as the study ran it (TinyZero / veRL defaults).
+
+    # CPU, tiny model (seconds a step)
+    python ppo.py --model tiny --init out/sft-tiny/final --data data/countdown --out out/ppo-tiny \
+        --steps 20 --prompts-per-step 8 --samples-per-prompt 4 --max-response-len 128
+    # one GPU, the study's settings (256 prompts x 4 samples, 1024-token responses, 250 steps)
+    python ppo.py --model qwen2.5-3b --data data/countdown --out out/ppo-qwen
+    # several GPUs: prompts are sharded by rank, gradients synchronised with DDP
+    torchrun --nproc_per_node=2 ppo.py --model llama-3.2-3b --init out/sft-llama/final --out out/ppo-llama
+
+What one step does (each line below is a block in `train_step`):
+  1. draw P prompts from train.jsonl and sample K responses each at temperature 1.0;
+  2. score each response with countdown.score (1.0 correct, 0.1 well-formed, 0 none), placed
+     on its last token (the EOS, or the last token if it ran out of length);
+  3. recompute with the training models: old log-probs (policy), reference log-probs (the
+     frozen initial model) and values (the critic: a copy of the initial model whose LM head
+     is replaced by a scalar head);
+  4. token rewards r_t = score * [t is last] - kl_coef * KL_t, with KL_t = log pi - log pi_ref
+     (k1; Ziegler et al. 2019, https://arxiv.org/abs/1909.08593);
+  5. GAE (Schulman et al. 2016, https://arxiv.org/abs/1506.02438), gamma = lambda = 1, and
+     advantages whitened over the batch's response tokens;
+  6. PPO epochs over mini-batches: clipped policy loss (https://arxiv.org/abs/1707.06347) and
+     clipped value loss, averaged over tokens, with gradient clipping.
+Only response tokens up to and including the first EOS count anywhere (mask). Variants:
+`--adv-estimator grpo` (group-normalised scores, no critic; https://arxiv.org/abs/2402.03300),
+`--kl-in-loss` (k3 KL as a loss term instead of a reward penalty), `--kl-target` (adaptive
+KL coefficient). Outputs: out/RUN/{config.json, metrics.jsonl, rollouts/step_XXXXXX.jsonl,
+ckpt/step_XXXXXX/, final/}; see DESIGN.md.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+import countdown
+
+# ---------------------------------------------------------------------------------
+# settings: the flags and their defaults (the study's PPO run); `--help` lists them all
+SETTINGS = [
+    # (flag, default, type, help)
+    ("model", "tiny", str, "architecture + tokenizer: alias, hub id or local folder"),
+    ("init", None, str, "checkpoint whose weights start policy, critic trunk and reference (default: --model)"),
+    ("data", "data/countdown", str, "folder with train.jsonl and test.jsonl (countdown.py)"),
+    ("out", "out/ppo", str, "run folder"),
+    ("template", "base", str, "prompt template: base | qwen-instruct"),
+    ("steps", 250, int, "PPO steps"),
+    ("prompts_per_step", 256, int, "prompts per step (global, over all ranks)"),
+    ("samples_per_prompt", 4, int, "responses sampled per prompt"),
+    ("temperature", 1.0, float, "sampling temperature for rollouts"),
+    ("max_prompt_len", 256, int, "prompt tokens (longer prompts are an error)"),
+    ("max_response_len", 1024, int, "response tokens; longer responses are cut"),
+    ("actor_lr", 1e-6, float, "policy learning rate"),
+    ("critic_lr", 1e-5, float, "critic learning rate"),
+    ("warmup_steps", 0, int, "linear LR warm-up steps (both optimisers)"),
+    ("weight_decay", 0.01, float, "AdamW weight decay"),
+    ("kl_coef", 0.001, float, "KL coefficient (initial value if --kl-target is set)"),
+    ("kl_kind", "k1", str, "KL estimator in the reward: k1 | abs | mse | k3"),
+    ("kl_target", None, float, "adaptive KL controller target (off by default: fixed coefficient)"),
+    ("kl_horizon", 10000, int, "adaptive KL controller horizon (in samples)"),
+    ("kl_in_loss", False, bool, "k3 KL as a policy-loss term instead of a reward penalty"),
+    ("adv_estimator", "gae", str, "gae | grpo (group-normalised scores, no critic)"),
+    ("gamma", 1.0, float, "discount"),
+    ("lam", 1.0, float, "GAE lambda"),
+    ("ppo_epochs", 1, int, "passes over each step's batch"),
+    ("mini_batch_prompts", 128, int, "prompts per PPO mini-batch (global)"),
+    ("micro_batch", 8, int, "sequences per forward/backward (gradient accumulation unit)"),
+    ("clip", 0.2, float, "policy ratio clip"),
+    ("value_clip", 0.5, float, "value clip"),
+    ("grad_clip", 1.0, float, "gradient norm clip"),
+    ("grad_ckpt", None, bool, "gradient checkpointing (default: on for GPU)"),
+    ("optim_device", "auto", str, "where fp32 master weights + Adam states live: auto | cuda | cpu"),
+    ("engine", "hf", str, "rollout generator: hf (transformers generate with KV cache)"),
+    ("eval_every", 25, int, "validation every N steps (0: never)"),
+    ("val_size", 256, int, "test tasks used for validation"),
+    ("val_samples", 4, int, "samples per validation task at temperature 1.0 (plus one greedy)"),
+    ("log_rollouts_every", 10, int, "write rollouts/step_XXXXXX.jsonl every N steps (0: never)"),
+    ("save_every", 50, int, "checkpoint every N steps (0: only final)"),
+    ("keep_ckpts", 2, int, "checkpoints kept (older ones deleted)"),
+    ("max_bad_steps", 3, int, "stop after this many consecutive steps with a non-finite loss"),
+    ("force_response_len", 0, int, "benchmarking: ignore EOS and always generate this many tokens"),
+    ("resume", False, bool, "continue from the newest checkpoint in --out"),
+    ("seed", 0, int, "random seed"),
+    ("device", None, str, "cuda | cpu (default: cuda if available)"),
+    ("wandb", None, str, "wandb project name (off by default)"),
+]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name, default, typ, help_ in SETTINGS:
+        flag = "--" + name.replace("_", "-")
+        if typ is bool:
+            ap.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_)
+        else:
+            ap.add_argument(flag, default=default, type=typ, help=help_)
+    a = ap.parse_args(argv)
+    checks = [
+        (a.template in countdown.TEMPLATES, f"--template must be one of {sorted(countdown.TEMPLATES)}"),
+        (a.kl_kind in ("k1", "abs", "mse", "k3"), "--kl-kind must be k1, abs, mse or k3"),
+        (a.adv_estimator in ("gae", "grpo"), "--adv-estimator must be gae or grpo"),
+        (a.engine in ("hf",), "--engine must be hf (vllm lands with the fast-rollouts work)"),
+        (a.optim_device in ("auto", "cuda", "cpu"), "--optim-device must be auto, cuda or cpu"),
+        (a.prompts_per_step % a.mini_batch_prompts == 0 or a.mini_batch_prompts > a.prompts_per_step,
+         "--prompts-per-step must be a multiple of --mini-batch-prompts"),
+        (a.adv_estimator != "grpo" or a.samples_per_prompt > 1, "grpo needs --samples-per-prompt > 1"),
+        (min(a.steps, a.prompts_per_step, a.samples_per_prompt, a.max_response_len, a.micro_batch) > 0,
+         "--steps, --prompts-per-step, --samples-per-prompt, --max-response-len, --micro-batch must be > 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            ap.error(msg)
+    a.mini_batch_prompts = min(a.mini_batch_prompts, a.prompts_per_step)
+    return a
+
+
+# ---------------------------------------------------------------------------------
+# the algorithm: pure tensor functions (unit-tested in tests/test_ppo.py)
+
+def masked_mean(x, mask, dim=None):
+    """Mean of x over positions where mask is 1 (0 if there are none)."""
+    x = torch.where(mask > 0, x, torch.zeros_like(x))  # not x * mask: inf * 0 would be nan
+    if dim is None:
+        return x.sum() / mask.sum().clamp(min=1)
+    return x.sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_whiten(x, mask, eps=1e-8):
+    """(x - mean) / std over masked positions; masked-out positions become 0."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return torch.where(mask > 0, (x - mean) * torch.rsqrt(var + eps), torch.zeros_like(x))
+
+
+def compute_gae(rewards, values, mask, gamma=1.0, lam=1.0):
+    """Generalised advantage estimation over response tokens.
+
+    rewards, values, mask: [B, T] float; mask is 1 on response tokens (a prefix of each row
+    when responses are right-padded, but any 0/1 pattern works: masked positions are
+    skipped, so the next *valid* token is the successor). Returns (advantages, returns),
+    both [B, T], 0 where mask is 0.
+        delta_t = r_t + gamma * V_{t+1} - V_t,  A_t = delta_t + gamma * lam * A_{t+1}
+    """
+    B, T = rewards.shape
+    adv = torch.zeros_like(rewards)
+    next_v = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    next_a = torch.zeros_like(next_v)
+    for t in reversed(range(T)):
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        a = delta + gamma * lam * next_a
+        adv[:, t] = torch.where(m > 0, a, torch.zeros_like(a))
+        next_v = torch.where(m > 0, values[:, t], next_v)   # skip masked positions
+        next_a = torch.where(m > 0, a, next_a)
+    returns = torch.where(mask > 0, adv + values, torch.zeros_like(adv))
+    return adv, returns
+
+
+def policy_loss(logp, old_logp, advantages, mask, clip=0.2):
+    """PPO clipped surrogate, token-mean. Returns (loss, clipfrac).
+
+    loss = mean_t max(-A r, -A clip(r, 1-clip, 1+clip)),  r = exp(logp - old_logp)
+    """
+    ratio = torch.exp(logp - old_logp)
+    l1 = -advantages * ratio
+    l2 = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(l1, l2), mask)
+    clipfrac = masked_mean((l2 > l1).float(), mask)
+    return loss, clipfrac
+
+
+def value_loss(values, old_values, returns, mask, clip=0.5):
+    """Clipped value loss, token-mean: 0.5 * max((v-R)^2, (clip(v, v_old +- clip) - R)^2)."""
+    v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    loss = torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2)
+    return 0.5 * masked_mean(loss, mask)
+
+
+def kl_penalty(logp, ref_logp, kind="k1"):
+    """Per-token KL estimate between policy and reference from sampled-token log-probs.
+    k1 = logp - ref; abs = |k1|; mse = 0.5 k1^2; k3 = exp(ref - logp) - (ref - logp) - 1
+    (Schulman, http://joschu.net/blog/kl-approx.html)."""
+    d = logp - ref_logp
+    if kind == "k1":
+        return d
+    if kind == "abs":
+        return d.abs()
+    if kind == "mse":
+        return 0.5 * d * d
+    if kind == "k3":
+        return torch.exp(-d) + d - 1.0
+    raise ValueError(f"unknown KL kind {kind!r}")
+
+
+def grpo_advantages(scores, group_size, mask, eps=1e-6):
+    """GRPO: each response's score normalised within its prompt's group, on every token.
+    scores: [B] with B = prompts * group_size, grouped contiguously. Returns [B, T]."""
+    g = scores.view(-1, group_size)
+    norm = (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + eps)
+    return norm.view(-1, 1) * mask
+
+
+def explained_variance(values, returns, mask):
+    """1 - Var(R - V) / Var(R) over masked tokens (1 = perfect critic, 0 = predicts the mean)."""
+    var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    err = returns - values
+    var_e = masked_mean((err - masked_mean(err, mask)) ** 2, mask)
+    return (1 - var_e / var_r.clamp(min=1e-8)).item()
+
+
+class AdaptiveKL:
+    """Ziegler et al. 2019 proportional controller: coef *= 1 + clip(kl/target - 1, +-0.2) * n/H."""
+
+    def __init__(self, coef, target=None, horizon=10000):
+        self.value, self.target, self.horizon = coef, target, horizon
+
+    def update(self, kl, n_samples):
+        if self.target is not None:
+            err = max(-0.2, min(0.2, kl / self.target - 1.0))
+            self.value *= 1.0 + err * n_samples / self.horizon
+
+
+# ---------------------------------------------------------------------------------
+# models: critic and optimiser
+
+class Critic(nn.Module):
+    """The initial model's transformer trunk with a scalar value head instead of the LM head."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.trunk = lm.base_model
+        self.head = nn.Linear(lm.config.hidden_size, 1, dtype=torch.float32,
+                              device=next(lm.parameters()).device)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids, attention_mask, position_ids, n_resp):
+        h = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=position_ids).last_hidden_state   # [B, L, H]
+        # the value of the state *before* each response token: positions -n_resp-1 .. -2
+        return self.head(h[:, -n_resp - 1:-1].float()).squeeze(-1)      # [B, n_resp]
+
+
+class MasterAdamW:
+    """AdamW over fp32 master copies of low-precision parameters.
+
+    Updates of lr 1e-6 vanish when added to bf16 weights (8-bit mantissa), so the step
+    happens on fp32 copies, which may live on the CPU (`device="cpu"`) to fit a 3B policy,
+    a 3B critic and a reference on one 80GB GPU; the result is copied back into the model.
+    """
+
+    def __init__(self, params, device, **kw):
+        self.params = [p for p in params if p.requires_grad]
+        self.master = [p.detach().to(device=device, dtype=torch.float32, copy=True)
+                       for p in self.params]
+        pin = device == "cpu" and torch.cuda.is_available()
+        self.master = [m.pin_memory() if pin else m for m in self.master]
+        for m in self.master:
+            m.requires_grad_(True)
+        self.opt = torch.optim.AdamW(self.master, **kw)
+        self.param_groups = self.opt.param_groups
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        for p, m in zip(self.params, self.master):
+            m.grad = None if p.grad is None else p.grad.to(m.device, torch.float32, non_blocking=True)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.opt.step()
+        for p, m in zip(self.params, self.master):
+            p.copy_(m, non_blocking=True)
+
+    def state_dict(self):
+        return {"opt": self.opt.state_dict(), "master": [m.detach() for m in self.master]}
+
+    def load_state_dict(self, sd):
+        self.opt.load_state_dict(sd["opt"])
+        with torch.no_grad():
+            for p, m, saved in zip(self.params, self.master, sd["master"]):
+                m.copy_(saved)
+                p.copy_(saved)
+
+
+def make_optimizer(module, lr, args, device):
+    """Plain AdamW for fp32 models; MasterAdamW (fp32 master, maybe on CPU) for bf16 ones."""
+    kw = dict(lr=lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+    params = list(module.parameters())
+    if all(p.dtype == torch.float32 for p in params):
+        return torch.optim.AdamW([p for p in params if p.requires_grad], **kw)
+    where = args.optim_device
+    if where == "auto":
+        # fp32 master + 2 Adam states = 12 bytes/param for the actor and the critic
+        n = sum(p.numel() for p in params)
+        total = torch.cuda.get_device_properties(device).total_memory
+        where = "cuda" if 2 * 12 * n < 0.45 * total else "cpu"
+    return MasterAdamW(params, device=device if where == "cuda" else "cpu", **kw)
+
+
+def set_lr(opt, base_lr, step, warmup):
+    lr = base_lr * min(1.0, (step + 1) / warmup) if warmup else base_lr
+    for g in opt.param_groups:
+        g["lr"] = lr
+    return lr
+
+
+# ---------------------------------------------------------------------------------
+# rollouts: prompts -> sequences, generation, log-probs
+
+def encode_prompts(tokenizer, prompts, max_len):
+    """Left-padded prompt ids [N, P] and mask [N, P]; an over-long prompt is an error."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    if enc.input_ids.shape[1] > max_len:
+        raise ValueError(f"a prompt has {enc.input_ids.shape[1]} tokens > --max-prompt-len {max_len}")
+    return enc.input_ids, enc.attention_mask
+
+
+def response_mask(resp, eos_id, pad_id):
+    """1 on response tokens up to and including the first EOS, 0 after. resp: [N, R]."""
+    is_eos = resp == eos_id
+    after = (is_eos.cumsum(1) - is_eos.long()) > 0        # strictly after the first EOS
+    return (~after).float()
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt_ids, prompt_mask, max_new, temperature=1.0, force_len=0):
+    """Sample (temperature > 0) or greedy-decode responses with the HF KV-cache generator.
+
+    Returns resp [N, R] (R = max_new; padded with pad id after EOS) and its mask [N, R].
+    force_len > 0 ignores EOS (benchmarks need fixed lengths).
+    """
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    # Every sampling knob is set explicitly: transformers otherwise applies top_k=50 and
+    # whatever a checkpoint's generation_config.json says (Qwen-instruct: top_k 20,
+    # top_p 0.8, repetition penalty), and PPO needs samples from the policy itself.
+    kw = dict(do_sample=temperature > 0, max_new_tokens=max_new, pad_token_id=pad,
+              eos_token_id=None if force_len else eos, repetition_penalty=1.0)
+    if force_len:
+        kw.update(min_new_tokens=max_new)
+    if temperature > 0:
+        kw.update(temperature=temperature, top_k=0, top_p=1.0)
+    was_training = model.training
+    model.eval()
+    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kw)
+    model.train(was_training)
+    resp = out[:, prompt_ids.shape[1]:]
+    if resp.shape[1] < max_new:
+        resp = F.pad(resp, (0, max_new - resp.shape[1]), value=pad)
+    mask = torch.ones_like(resp, dtype=torch.float) if force_len else response_mask(resp, eos, pad)
+    resp = torch.where(mask > 0, resp, torch.full_like(resp, pad))
+    return resp, mask
+
+
+def position_ids(attn):
+    return (attn.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=False):
+    """Log-probs of the last n_resp tokens of seq [N, L] under model, in micro-batches.
+    Returns logp [N, n_resp] (and entropy [N, n_resp] if asked). Grad flows if enabled."""
+    outs, ents = [], []
+    for i in range(0, seq.shape[0], micro):
+        s, a = seq[i:i + micro], attn[i:i + micro]
+        logits = model(input_ids=s, attention_mask=a, position_ids=position_ids(a),
+                       logits_to_keep=n_resp + 1).logits[:, :-1].float()   # [b, n_resp, V]
+        if temperature != 1.0:
+            logits = logits / temperature
+        logsm = torch.log_softmax(logits, -1)
+        outs.append(logsm.gather(-1, s[:, -n_resp:, None]).squeeze(-1))
+        if entropy:
+            ents.append(-(logsm.exp() * logsm).sum(-1))
+    logp = torch.cat(outs)
+    return (logp, torch.cat(ents)) if entropy else logp
+
+
+def critic_values(critic, seq, attn, n_resp, micro):
+    return torch.cat([critic(seq[i:i + micro], attn[i:i + micro], position_ids(attn[i:i + micro]),
+                             n_resp) for i in range(0, seq.shape[0], micro)])
+
+
+# ---------------------------------------------------------------------------------
+# one PPO step
+
+def countdown_reward(text, task):
+    return countdown.score(text, task["nums"], task["target"])
+
+
+def draw_tasks(tasks, step, args, dist):
+    """This rank's share of step's P prompts; the same for a step whatever was run before
+    (so a resumed run sees the same prompts), without repeats inside a step."""
+    rng = random.Random(args.seed * 1_000_003 + step)
+    idx = rng.sample(range(len(tasks)), min(args.prompts_per_step, len(tasks)))
+    return [tasks[i] for i in idx[dist["rank"]::dist["world_size"]]]
+
+
+def rollout(policy, tokenizer, tasks, args, reward_fn, device, temperature=None, k=None):
+    """Sample k responses per task and score them. Returns a dict of tensors and lists."""
+    k = k or args.samples_per_prompt
+    temperature = args.temperature if temperature is None else temperature
+    reps = [t for t in tasks for _ in range(k)]                       # grouped by prompt
+    prompts = [countdown.make_prompt(t["nums"], t["target"], args.template) for t in reps]
+    p_ids, p_mask = encode_prompts(tokenizer, prompts, args.max_prompt_len)
+    p_ids, p_mask = p_ids.to(device), p_mask.to(device)
+    t0 = time.time()
+    resp, r_mask = generate(unwrap(policy), tokenizer, p_ids, p_mask, args.max_response_len,
+                            temperature, args.force_response_len)    # [N, R] each
+    t_gen = time.time() - t0
+    lengths = r_mask.sum(1).long()
+    clipped = ~(resp == tokenizer.eos_token_id).any(1)                 # ran out of length
+    texts = [tokenizer.decode(resp[i, :lengths[i]], skip_special_tokens=True) for i in range(len(reps))]
+    scores = torch.tensor([reward_fn(txt, t) for txt, t in zip(texts, reps)], dtype=torch.float32)
+    return dict(seq=torch.cat([p_ids, resp], 1), attn=torch.cat([p_mask.float(), r_mask], 1).long(),
+                mask=r_mask, scores=scores.to(device), lengths=lengths, clipped=clipped, texts=texts, tasks=reps,
+                prompts=prompts, time_generate=t_gen, time_score=time.time() - t0 - t_gen)
+
+
+def unwrap(m):
+    return m.module if hasattr(m, "module") else m
+
+
+def compute_advantages(b, policy, ref, critic, args, kl_coef, timings):
+    """Old/ref log-probs, values, KL-penalised token rewards, advantages and returns."""
+    seq, attn, mask, R, mb = b["seq"], b["attn"], b["mask"], b["mask"].shape[1], args.micro_batch
+    with torch.no_grad():
+        t = time.time()
+        b["old_logp"] = token_logprobs(policy, seq, attn, R, mb)
+        sync_time(timings, "old_logp", t)
+        t = time.time()
+        b["ref_logp"] = token_logprobs(ref, seq, attn, R, mb)
+        sync_time(timings, "ref_logp", t)
+        t = time.time()
+        b["values"] = critic_values(critic, seq, attn, R, mb) if critic is not None else torch.zeros_like(mask)
+        sync_time(timings, "values", t)
+    kl = kl_penalty(b["old_logp"], b["ref_logp"], args.kl_kind) * mask       # [N, R]
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    rewards = torch.zeros_like(mask)
+    rewards[torch.arange(len(last)), last] = b["scores"]
+    if not args.kl_in_loss:
+        rewards = rewards - kl_coef * kl
+    if args.adv_estimator == "gae":
+        adv, ret = compute_gae(rewards, b["values"] * mask, mask, args.gamma, args.lam)
+        b["adv"], b["returns"] = masked_whiten(adv, mask), ret
+    else:
+        b["adv"] = grpo_advantages(b["scores"], args.samples_per_prompt, mask)
+        b["returns"] = b["adv"]
+    b["kl"] = kl
+    return b
+
+
+def sync_time(timings, name, t0):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    timings[f"time/{name}"] = timings.get(f"time/{name}", 0.0) + time.time() - t0
+
+
+def minibatches(n, args, dist, gen):
+    """Index lists of this rank's mini-batches (a fresh permutation each PPO epoch)."""
+    size = max(1, args.mini_batch_prompts * args.samples_per_prompt // dist["world_size"])
+    for _ in range(args.ppo_epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, size):
+            yield perm[i:i + size]
+
+
+def update(model, opt, b, args, dist, loss_fn, gen):
+    """Gradient steps over mini-batches; each loss is a token-mean over its mini-batch
+    (micro-batch sums divided by the mini-batch's token count). Returns stats and #bad."""
+    import contextlib
+    stats, bad = {}, 0
+    model.train()
+    for idx in minibatches(b["mask"].shape[0], args, dist, gen):
+        n_tok = b["mask"][idx].sum().clamp(min=1)
+        micro = [idx[i:i + args.micro_batch] for i in range(0, len(idx), args.micro_batch)]
+        finite = True
+        for j, m in enumerate(micro):
+            sync = contextlib.nullcontext() if (not dist["ddp"] or j == len(micro) - 1) else model.no_sync()
+            with sync:
+                loss, s = loss_fn(model, b, m)
+                loss = loss * b["mask"][m].sum() / n_tok
+                finite &= bool(torch.isfinite(loss))
+                loss.backward()
+            w = float(b["mask"][m].sum() / n_tok)
+            for k, v in s.items():
+                stats[k] = stats.get(k, 0.0) + float(v.detach()) * w
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        if finite and torch.isfinite(gnorm):
+            opt.step()
+        else:
+            bad += 1
+        opt.zero_grad(set_to_none=True)
+        stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(gnorm)
+    n_mb = args.ppo_epochs * math.ceil(b["mask"].shape[0] / max(1, args.mini_batch_prompts * args.samples_per_prompt // dist["world_size"]))
+    return {k: v / n_mb for k, v in stats.items()}, bad
+
+
+def actor_loss_fn(args, kl_coef):
+    def fn(policy, b, m):
+        seq, attn, mask = b["seq"][m], b["attn"][m], b["mask"][m]
+        logp, ent = token_logprobs(policy, seq, attn, mask.shape[1], len(m), entropy=True)
+        loss, clipfrac = policy_loss(logp, b["old_logp"][m], b["adv"][m], mask, args.clip)
+        if args.kl_in_loss:
+            loss = loss + kl_coef * masked_mean(kl_penalty(logp, b["ref_logp"][m], "k3"), mask)
+        approx_kl = masked_mean(0.5 * (logp.detach() - b["old_logp"][m]) ** 2, mask)
+        return loss, {"losses/policy": loss.detach(), "clipfrac": clipfrac, "approx_kl": approx_kl,
+                      "entropy": masked_mean(ent, mask)}
+    return fn
+
+
+def critic_loss_fn(args):
+    def fn(critic, b, m):
+        seq, attn, mask = b["seq"][m], b["attn"][m], b["mask"][m]
+        v = critic(seq, attn, position_ids(attn), mask.shape[1])
+        loss = value_loss(v, b["values"][m], b["returns"][m], mask, args.value_clip)
+        return loss, {"losses/value": loss.detach()}
+    return fn
+
+
+def batch_metrics(b, args):
+    mask, scores = b["mask"], b["scores"]
+    return {
+        "score/mean": scores.mean().item(),
+        "acc": (scores >= 1.0).float().mean().item(),
+        "format_rate": (scores > 0).float().mean().item(),
+        "response_length/mean": b["lengths"].float().mean().item(),
+        "response_length/clip_ratio": b["clipped"].float().mean().item(),
+        "kl": masked_mean(b["kl"], mask).item(),
+        "explained_variance": explained_variance(b["values"], b["returns"], mask)
+        if args.adv_estimator == "gae" else 0.0,
+    }
+
+
+# ---------------------------------------------------------------------------------
+# validation, rollout logs, checkpoints
+
+@torch.no_grad()
+def validate(policy, tokenizer, tasks, args, dist, device):
+    """Accuracy on this rank's share of test tasks: K samples at temperature 1 and greedy."""
+    mine = tasks[dist["rank"]::dist["world_size"]]
+    chunk = max(1, args.prompts_per_step // dist["world_size"])
+    hits = {"val/acc": [], "val/acc_greedy": [], "val/format_rate": []}
+    for i in range(0, len(mine), chunk):
+        part = mine[i:i + chunk]
+        s = rollout(policy, tokenizer, part, args, countdown_reward, device, k=args.val_samples)
+        g = rollout(policy, tokenizer, part, args, countdown_reward, device, temperature=0.0, k=1)
+        hits["val/acc"] += (s["scores"] >= 1).float().tolist()
+        hits["val/format_rate"] += (s["scores"] > 0).float().tolist()
+        hits["val/acc_greedy"] += (g["scores"] >= 1).float().tolist()
+    return {k: sum(v) / max(1, len(v)) for k, v in hits.items()}
+
+
+def rollout_records(b, step):
+    return [{"step": step, "id": t.get("id"), "nums": t["nums"], "target": t["target"],
+             "prompt": p, "response": txt, "reward": float(s), "correct": bool(s >= 1.0),
+             "length": int(n)}
+            for t, p, txt, s, n in zip(b["tasks"], b["prompts"], b["texts"], b["scores"].tolist(),
+                                        b["lengths"].tolist())]
+
+
+def gather_list(items, dist):
+    if not dist["ddp"]:
+        return items
+    import torch.distributed as tdist
+    out = [None] * dist["world_size"]
+    tdist.all_gather_object(out, items)
+    return [x for part in out for x in part]
+
+
+def save_checkpoint(path, policy, critic, opt_a, opt_c, tokenizer, state, args):
+    """Policy as a Hugging Face folder; critic, optimisers and RNG in trainer_state.pt;
+    trainer_state.json (written last) marks the checkpoint complete."""
+    def extra(tmp):
+        torch.save({"critic": unwrap(critic).state_dict() if critic is not None else None,
+                    "opt_actor": opt_a.state_dict(),
+                    "opt_critic": opt_c.state_dict() if opt_c is not None else None,
+                    "torch_rng": torch.get_rng_state()}, os.path.join(tmp, "trainer_state.pt"))
+        common.write_json(os.path.join(tmp, "trainer_state.json"), state)
+    common.save_hf(unwrap(policy), tokenizer, path, extra=extra, cfg={"stage": "ppo", **vars(args)})
+
+
+def prune_checkpoints(out, keep):
+    root = os.path.join(out, "ckpt")
+    steps = sorted(d for d in os.listdir(root) if d.startswith("step_"))
+    import shutil
+    for d in steps[:-keep] if keep > 0 else []:
+        shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+
+
+def truncate_metrics(out, step):
+    """On resume, forget metrics logged after the checkpoint we resume from."""
+    path = os.path.join(out, "metrics.jsonl")
+    recs = [r for r in common.read_jsonl_tolerant(path) if r.get("step", 0) <= step]
+    common.write_jsonl(path, recs)
+
+
+# ---------------------------------------------------------------------------------
+# set-up and the loop
+
+def build(args, dist):
+    """Tokenizer, policy, reference, critic and optimisers; resumed if asked."""
+    device = dist["device"]
+    init = args.init or args.model
+    tokenizer = common.load_tokenizer(args.model)
+    start, ckpt = common.latest_ckpt(args.out) if args.resume else (0, None)
+    policy = common.load_model(args.model, device=device, init=ckpt or init)
+    ref = common.load_model(args.model, device=device, init=init).eval().requires_grad_(False)
+    critic = Critic(common.load_model(args.model, device=device, init=init)) \
+        if args.adv_estimator == "gae" else None
+    grad_ckpt = args.grad_ckpt if args.grad_ckpt is not None else device.startswith("cuda")
+    if grad_ckpt:
+        policy.gradient_checkpointing_enable()
+        if critic is not None:
+            critic.trunk.gradient_checkpointing_enable()
+    policy.config.use_cache = True  # generation needs the cache even with checkpointing on
+    opt_a = make_optimizer(policy, args.actor_lr, args, device)
+    opt_c = make_optimizer(critic, args.critic_lr, args, device) if critic is not None else None
+    state = {"step": 0, "kl_coef": args.kl_coef, "bad_steps": 0}
+    if ckpt:
+        rs = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", weights_only=False)
+        if critic is not None:
+            critic.load_state_dict(rs["critic"])
+            opt_c.load_state_dict(rs["opt_critic"])
+        opt_a.load_state_dict(rs["opt_actor"])
+        with open(os.path.join(ckpt, "trainer_state.json")) as f:
+            state = json.load(f)
+    if dist["ddp"]:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ids = [dist["local_rank"]] if device.startswith("cuda") else None
+        policy = DDP(policy, device_ids=ids)
+        critic = DDP(critic, device_ids=ids) if critic is not None else None
+    return tokenizer, policy, ref, critic, opt_a, opt_c, state, ckpt
+
+
+def train_step(step, tasks, models, state, args, dist, reward_fn, out_log):
+    """One PPO step (see the module docstring); returns the metrics dict."""
+    tokenizer, policy, ref, critic, opt_a, opt_c = models
+    device = dist["device"]
+    torch.manual_seed(args.seed * 1_000_003 + step * dist["world_size"] + dist["rank"])
+    gen = torch.Generator().manual_seed(args.seed + step)
+    t_step, timings = time.time(), {}
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    # 1-2. sample and score
+    b = rollout(policy, tokenizer, draw_tasks(tasks, step, args, dist), args, reward_fn, device)
+    timings["time/generate"], timings["time/score"] = b["time_generate"], b["time_score"]
+    # 3-5. old/ref log-probs, values, rewards, advantages
+    b = compute_advantages(b, policy, ref, critic, args, state["kl_coef"], timings)
+    # 6. PPO updates: actor, then critic
+    t = time.time()
+    a_stats, bad = update(policy, opt_a, b, args, dist, actor_loss_fn(args, state["kl_coef"]), gen)
+    sync_time(timings, "actor_update", t)
+    c_stats = {}
+    if critic is not None:
+        t = time.time()
+        c_stats, c_bad = update(critic, opt_c, b, args, dist, critic_loss_fn(args), gen)
+        bad += c_bad
+        sync_time(timings, "critic_update", t)
+    dt = time.time() - t_step
+    m = {**batch_metrics(b, args), **a_stats, **{k.replace("grad_norm", "grad_norm/critic"): v for k, v in c_stats.items()}}
+    m["grad_norm/actor"] = m.pop("grad_norm")
+    m.update(timings)
+    m["tokens_per_s"] = float(b["lengths"].sum()) / dt
+    m = common.all_reduce_mean(m, dist)
+    m["tokens_per_s"] *= dist["world_size"]
+    m.update({"kl_coef": state["kl_coef"], "lr/actor": opt_a.param_groups[0]["lr"],
+              "lr/critic": opt_c.param_groups[0]["lr"] if opt_c else 0.0, "time/step": dt,
+              "skipped_updates": bad,
+              "mem/peak_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.startswith("cuda") else 0.0})
+    if args.log_rollouts_every and (step % args.log_rollouts_every == 0 or step == 1):
+        recs = gather_list(rollout_records(b, step), dist)
+        if dist["master"]:
+            common.write_jsonl(os.path.join(args.out, "rollouts", f"step_{step:06d}.jsonl"), recs)
+    return m, bad
+
+
+CONSOLE = ["score/mean", "acc", "val/acc", "kl", "losses/policy", "losses/value", "entropy",
+           "response_length/mean", "time/step", "tokens_per_s", "mem/peak_gb"]
+
+
+def train(args, reward_fn=countdown_reward):
+    """The whole run. reward_fn(text, task) -> float lets tests swap in another reward."""
+    dist = common.setup_dist(args.device)
+    device = dist["device"]
+    random.seed(args.seed)
+    train_tasks = common.read_jsonl(os.path.join(args.data, "train.jsonl"), required=("nums", "target"))
+    test_tasks = common.read_jsonl(os.path.join(args.data, "test.jsonl"), required=("nums", "target"))[:args.val_size] \
+        if args.eval_every else []
+    tokenizer, policy, ref, critic, opt_a, opt_c, state, ckpt = build(args, dist)
+    models = (tokenizer, policy, ref, critic, opt_a, opt_c)
+    kl_ctl = AdaptiveKL(state["kl_coef"], args.kl_target, args.kl_horizon)
+    if dist["master"]:
+        os.makedirs(args.out, exist_ok=True)
+        common.save_config(args.out, {"stage": "ppo", **vars(args), "world_size": dist["world_size"]})
+        if ckpt:
+            truncate_metrics(args.out, state["step"])
+            print(f"resuming from {ckpt} at step {state['step'] + 1}")
+        report = common.init_report(args.init)
+        print(report or f"init {args.init or args.model}")
+    wb = None
+    if args.wandb and dist["master"]:
+        import wandb
+        wb = wandb.init(project=args.wandb, config=vars(args))
+    t_start = time.time()
+    first = state["step"] + 1
+    for step in range(first, args.steps + 1):
+        set_lr(opt_a, args.actor_lr, step - 1, args.warmup_steps)
+        if opt_c:
+            set_lr(opt_c, args.critic_lr, step - 1, args.warmup_steps)
+        m, bad = train_step(step, train_tasks, models, state, args, dist, reward_fn, args.out)
+        state["bad_steps"] = state["bad_steps"] + 1 if bad else 0
+        kl_ctl.update(m["kl"], args.prompts_per_step * args.samples_per_prompt)
+        state.update(step=step, kl_coef=kl_ctl.value)
+        if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
+            m.update(common.all_reduce_mean(validate(policy, tokenizer, test_tasks, args, dist, device), dist))
+        if dist["master"]:
+            common.log_step(args.out, step, m, keys=CONSOLE, total=args.steps, t_start=t_start)
+            if wb:
+                wb.log(m, step=step)
+        if state["bad_steps"] >= args.max_bad_steps:
+            raise SystemExit(f"stopping: {state['bad_steps']} consecutive steps had a non-finite loss "
+                             f"(updates skipped); the last good checkpoint is intact in {args.out}/ckpt")
+        if args.save_every and step % args.save_every == 0 and step != args.steps and not bad:
+            if dist["master"]:
+                save_checkpoint(common.ckpt_dir(args.out, step), policy, critic, opt_a, opt_c, tokenizer, state, args)
+                prune_checkpoints(args.out, args.keep_ckpts)
+    if dist["master"] and first <= args.steps:
+        save_checkpoint(os.path.join(args.out, "final"), policy, critic, opt_a, opt_c, tokenizer, state, args)
+        save_checkpoint(common.ckpt_dir(args.out, args.steps), policy, critic, opt_a, opt_c, tokenizer, state, args)
+        prune_checkpoints(args.out, args.keep_ckpts)
+        print(f"done: {args.steps} steps in {common.fmt_time(time.time() - t_start)}; policy in {args.out}/final")
+    common.cleanup_dist(dist)
+    return state
+
+
+if __name__ == "__main__":
+    train(parse_args())

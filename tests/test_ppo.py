@@ -1,0 +1,227 @@
+"""ppo.py: GAE, losses, KL, masking; a learning test; the script end to end with resume."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import common
+import countdown
+import ppo
+from conftest import REPO
+
+
+def ragged_mask(B, T, gen):
+    lens = torch.randint(1, T + 1, (B,), generator=gen)
+    return (torch.arange(T)[None] < lens[:, None]).float()
+
+
+# ---------------------------------------------------------------- GAE
+@pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (0.95, 1.0), (1.0, 0.95), (0.95, 0.95)])
+def test_gae_matches_brute_force(gamma, lam):
+    g = torch.Generator().manual_seed(0)
+    B, T = 6, 9
+    r, v = torch.randn(B, T, generator=g), torch.randn(B, T, generator=g)
+    mask = ragged_mask(B, T, g)
+    adv, ret = ppo.compute_gae(r, v, mask, gamma, lam)
+    for b in range(B):
+        n = int(mask[b].sum())
+        vv = [v[b, t].item() for t in range(n)] + [0.0]   # V after the last token is 0
+        deltas = [r[b, t].item() + gamma * vv[t + 1] - vv[t] for t in range(n)]
+        for t in range(T):
+            if t >= n:
+                assert adv[b, t] == 0 and ret[b, t] == 0
+                continue
+            want = sum((gamma * lam) ** (l - t) * deltas[l] for l in range(t, n))
+            assert adv[b, t].item() == pytest.approx(want, abs=1e-5)
+            assert ret[b, t].item() == pytest.approx(want + vv[t], abs=1e-5)
+
+
+def test_gae_gamma_lambda_one_is_reward_to_go_minus_value():
+    r = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    v = torch.tensor([[0.2, 0.4, 0.5, 9.0]])
+    m = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    adv, ret = ppo.compute_gae(r, v, m)
+    assert torch.allclose(adv, torch.tensor([[0.8, 0.6, 0.5, 0.0]]))
+    assert torch.allclose(ret, torch.tensor([[1.0, 1.0, 1.0, 0.0]]))
+
+
+# ---------------------------------------------------------------- losses by hand
+def test_policy_loss_hand_values():
+    m = torch.ones(1, 4)
+    old = torch.zeros(1, 4)
+    # ratios 1.1 (inside), 1.5 (clipped for A>0), 0.5 (clipped for A<0), 0.5 (A>0: unclipped side wins)
+    logp = torch.log(torch.tensor([[1.1, 1.5, 0.5, 0.5]]))
+    A = torch.tensor([[1.0, 2.0, -1.0, 1.0]])
+    loss, clipfrac = ppo.policy_loss(logp, old, A, m, clip=0.2)
+    want = [-1.1, -2.0 * 1.2, 1.0 * 0.8, -0.5]   # max(-A r, -A clip(r))
+    assert loss.item() == pytest.approx(sum(want) / 4, abs=1e-6)
+    assert clipfrac.item() == pytest.approx(2 / 4)
+
+
+def test_value_loss_hand_values():
+    m = torch.tensor([[1.0, 1.0, 0.0]])
+    v = torch.tensor([[1.0, 2.0, 100.0]])
+    v_old = torch.tensor([[0.8, 0.0, 0.0]])
+    R = torch.tensor([[0.0, 1.0, 0.0]])
+    # token 0: unclipped (1-0)^2 = 1, clipped v -> 1.0 (within 0.5 of 0.8) -> 1; max 1
+    # token 1: unclipped (2-1)^2 = 1, clipped v -> 0.5 -> (0.5-1)^2 = 0.25; max 1
+    assert ppo.value_loss(v, v_old, R, m, clip=0.5).item() == pytest.approx(0.5 * (1 + 1) / 2)
+    v = torch.tensor([[0.0, 2.0, 0.0]])
+    v_old = torch.tensor([[0.0, 3.0, 0.0]])
+    R = torch.tensor([[0.0, 3.0, 0.0]])
+    # token 1: unclipped (2-3)^2 = 1, clipped 2.5 -> 0.25: max = 1; token 0: 0
+    assert ppo.value_loss(v, v_old, R, m, clip=0.5).item() == pytest.approx(0.5 * 1 / 2)
+
+
+def test_kl_kinds():
+    lp, ref = torch.tensor([0.0, -1.0]), torch.tensor([-0.5, -0.5])
+    d = lp - ref
+    assert torch.allclose(ppo.kl_penalty(lp, ref, "k1"), d)
+    assert torch.allclose(ppo.kl_penalty(lp, ref, "abs"), d.abs())
+    assert torch.allclose(ppo.kl_penalty(lp, ref, "mse"), 0.5 * d ** 2)
+    assert torch.allclose(ppo.kl_penalty(lp, ref, "k3"), torch.exp(-d) + d - 1)
+    assert (ppo.kl_penalty(lp, ref, "k3") >= 0).all()
+    with pytest.raises(ValueError):
+        ppo.kl_penalty(lp, ref, "nope")
+
+
+def test_grpo_and_whiten():
+    s = torch.tensor([1.0, 0.0, 0.1, 0.1])
+    m = torch.ones(4, 3)
+    adv = ppo.grpo_advantages(s, 2, m)
+    assert adv[0, 0] > 0 > adv[1, 0] and torch.allclose(adv[2], torch.zeros(3), atol=1e-4)
+    x = torch.randn(4, 5)
+    mask = torch.tensor([[1, 1, 0, 0, 0]] * 4).float()
+    w = ppo.masked_whiten(x, mask)
+    assert ppo.masked_mean(w, mask).abs() < 1e-5 and (w[:, 2:] == 0).all()
+
+
+def test_response_mask_stops_after_first_eos():
+    resp = torch.tensor([[5, 6, 1, 7, 1], [5, 5, 5, 5, 5], [1, 4, 4, 4, 4]])
+    assert ppo.response_mask(resp, eos_id=1, pad_id=2).tolist() == [
+        [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+
+
+def test_masked_positions_change_nothing():
+    """Padding and post-EOS positions: perturbing them leaves every loss and metric equal."""
+    g = torch.Generator().manual_seed(1)
+    B, T = 5, 7
+    mask = ragged_mask(B, T, g)
+    fields = {k: torch.randn(B, T, generator=g) for k in ("logp", "old", "ref", "v", "v_old")}
+    scores = torch.rand(B, generator=g)
+
+    def everything(f):
+        last = (mask.sum(1).long() - 1)
+        rew = torch.zeros(B, T)
+        rew[torch.arange(B), last] = scores
+        rew = rew - 0.1 * ppo.kl_penalty(f["old"], f["ref"]) * mask
+        adv, ret = ppo.compute_gae(rew, f["v_old"] * mask, mask)
+        adv = ppo.masked_whiten(adv, mask)
+        pl, cf = ppo.policy_loss(f["logp"], f["old"], adv, mask)
+        vl = ppo.value_loss(f["v"], f["v_old"], ret, mask)
+        kl = ppo.masked_mean(ppo.kl_penalty(f["logp"], f["ref"], "k3"), mask)
+        ev = ppo.explained_variance(f["v"], ret, mask)
+        return torch.tensor([pl, cf, vl, kl, ev])
+
+    base = everything(fields)
+    noisy = {k: torch.where(mask > 0, v, v + 50 * torch.randn(B, T, generator=g)) for k, v in fields.items()}
+    assert torch.allclose(base, everything(noisy), atol=1e-5)
+    # and a change on a real token does change the result
+    poked = dict(fields, logp=fields["logp"] + 0.5 * mask)
+    assert not torch.allclose(base, everything(poked))
+
+
+def test_token_logprobs_ignore_post_eos_tokens():
+    """The real model path: tokens after EOS (pad, attention 0) do not move earlier log-probs."""
+    model = common.load_model("tiny")
+    tok = common.load_tokenizer("tiny")
+    p_ids, p_mask = ppo.encode_prompts(tok, [countdown.make_prompt([1, 2, 3], 6)] * 2, 256)
+    resp = torch.tensor([[40, 41, tok.eos_token_id, tok.pad_token_id],
+                         [40, 41, tok.eos_token_id, 77]])
+    mask = ppo.response_mask(resp, tok.eos_token_id, tok.pad_token_id)
+    attn = torch.cat([p_mask, mask.long()], 1)
+    with torch.no_grad():
+        lp = ppo.token_logprobs(model, torch.cat([p_ids, resp], 1), attn, 4, 8)
+    assert torch.allclose(lp[0, :3], lp[1, :3], atol=1e-5)
+
+
+# ---------------------------------------------------------------- learning test
+def test_ppo_learns_a_simple_reward(tmp_path):
+    """Reward = share of digits in a short response. A random tiny model starts near 0;
+    PPO (critic, GAE, clipping, KL) must push the mean reward to >= 0.8."""
+    data = tmp_path / "data"
+    tasks = countdown.generate_tasks(64, seed=0)
+    common.write_jsonl(str(data / "train.jsonl"), tasks)
+    common.write_jsonl(str(data / "test.jsonl"), tasks[:4])
+
+    def digit_share(text, task):
+        chars = [c for c in text if not c.isspace()]
+        return sum(c.isdigit() for c in chars) / max(1, len(chars)) if chars else 0.0
+
+    args = ppo.parse_args(["--model", "tiny", "--data", str(data), "--out", str(tmp_path / "run"),
+                           "--steps", "20", "--prompts-per-step", "16", "--samples-per-prompt", "4",
+                           "--max-response-len", "6", "--actor-lr", "3e-3", "--critic-lr", "3e-3",
+                           "--mini-batch-prompts", "8", "--micro-batch", "64", "--eval-every", "0",
+                           "--log-rollouts-every", "0", "--save-every", "0", "--device", "cpu"])
+    ppo.train(args, reward_fn=digit_share)
+    rec = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+    first = rec[0]["score/mean"]
+    last = max(r["score/mean"] for r in rec[-3:])
+    assert first < 0.3 and last >= 0.8, (first, [round(r["score/mean"], 2) for r in rec])
+
+
+# ---------------------------------------------------------------- the script, end to end
+def run_ppo(*extra, out, data, init):
+    cmd = [sys.executable, "ppo.py", "--model", "tiny", "--init", init, "--data", data, "--out", out,
+           "--prompts-per-step", "8", "--samples-per-prompt", "2", "--max-response-len", "64",
+           "--save-every", "2", "--eval-every", "2", "--val-size", "4", "--log-rollouts-every", "2",
+           "--device", "cpu", *extra]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r.stdout
+
+
+def test_script_runs_and_resumes(tmp_path):
+    data = tmp_path / "data"
+    r = subprocess.run([sys.executable, "countdown.py", "--out", str(data), "--n-train", "200",
+                        "--n-test", "16"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    init = str(tmp_path / "init")   # stands in for an SFT checkpoint: a plain HF folder
+    common.save_hf(common.load_model("tiny"), common.load_tokenizer("tiny"), init)
+    out = str(tmp_path / "run")
+    run_ppo("--steps", "4", out=out, data=str(data), init=init)
+    metrics = common.read_jsonl(os.path.join(out, "metrics.jsonl"))
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    for key in ["score/mean", "acc", "format_rate", "response_length/mean", "response_length/clip_ratio",
+                "kl", "kl_coef", "losses/policy", "losses/value", "clipfrac", "approx_kl", "entropy",
+                "explained_variance", "grad_norm/actor", "grad_norm/critic", "lr/actor", "lr/critic",
+                "time/generate", "time/old_logp", "time/ref_logp", "time/values", "time/actor_update",
+                "time/critic_update", "tokens_per_s", "mem/peak_gb"]:
+        assert key in metrics[0], key
+    assert "val/acc" in metrics[1] and "val/acc_greedy" in metrics[3]
+    rolls = common.read_jsonl(os.path.join(out, "rollouts", "step_000002.jsonl"))
+    assert len(rolls) == 16 and set(rolls[0]) >= {"step", "id", "nums", "target", "prompt", "response",
+                                                   "reward", "correct", "length"}
+    for r in rolls:
+        assert r["reward"] == countdown.score(r["response"], r["nums"], r["target"])
+    assert os.path.exists(os.path.join(out, "final", "model.safetensors"))
+    assert os.path.exists(os.path.join(out, "ckpt", "step_000004", "trainer_state.json"))
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["init"] == init and cfg["prompts_per_step"] == 8
+    stdout = run_ppo("--steps", "6", "--resume", out=out, data=str(data), init=init)
+    assert "resuming from" in stdout and "step 5/6" in stdout and "step 1/6" not in stdout
+    metrics = common.read_jsonl(os.path.join(out, "metrics.jsonl"))
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert json.load(open(os.path.join(out, "final", "trainer_state.json")))["step"] == 6
+
+
+def test_bad_flags_are_explained():
+    r = subprocess.run([sys.executable, "ppo.py", "--adv-estimator", "reinforce"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--adv-estimator" in r.stderr
+    r = subprocess.run([sys.executable, "ppo.py", "--data", "/nonexistent", "--device", "cpu"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "/nonexistent/train.jsonl: no such file" in r.stderr
