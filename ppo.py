@@ -85,6 +85,8 @@ SETTINGS = [
     ("save_every", 50, int, "checkpoint every N steps (0: only final)"),
     ("keep_ckpts", 2, int, "checkpoints kept (older ones deleted)"),
     ("max_bad_steps", 3, int, "stop after this many consecutive steps with a non-finite loss"),
+    ("dtype", "auto", str, "weights: auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32"),
+    ("save_final", True, bool, "save final/ and the last checkpoint (benchmarks turn it off)"),
     ("force_response_len", 0, int, "benchmarking: ignore EOS and always generate this many tokens"),
     ("resume", False, bool, "continue from the newest checkpoint in --out"),
     ("seed", 0, int, "random seed"),
@@ -109,6 +111,7 @@ def parse_args(argv=None):
         (a.adv_estimator in ("gae", "grpo"), "--adv-estimator must be gae or grpo"),
         (a.engine in ("hf",), "--engine must be hf (vllm lands with the fast-rollouts work)"),
         (a.optim_device in ("auto", "cuda", "cpu"), "--optim-device must be auto, cuda or cpu"),
+        (a.dtype in ("auto", "bf16", "fp32"), "--dtype must be auto, bf16 or fp32"),
         (a.prompts_per_step % a.mini_batch_prompts == 0 or a.mini_batch_prompts > a.prompts_per_step,
          "--prompts-per-step must be a multiple of --mini-batch-prompts"),
         (a.adv_estimator != "grpo" or a.samples_per_prompt > 1, "grpo needs --samples-per-prompt > 1"),
@@ -300,6 +303,8 @@ def make_optimizer(module, lr, args, device):
     if all(p.dtype == torch.float32 for p in params):
         return torch.optim.AdamW([p for p in params if p.requires_grad], **kw)
     where = args.optim_device
+    if where == "auto" and not str(device).startswith("cuda"):
+        where = "cpu"
     if where == "auto":
         # fp32 master + 2 Adam states = 12 bytes/param for the actor and the critic
         n = sum(p.numel() for p in params)
@@ -612,9 +617,10 @@ def build(args, dist):
     init = args.init or args.model
     tokenizer = common.load_tokenizer(args.model)
     start, ckpt = common.latest_ckpt(args.out) if args.resume else (0, None)
-    policy = common.load_model(args.model, device=device, init=ckpt or init)
-    ref = common.load_model(args.model, device=device, init=init).eval().requires_grad_(False)
-    critic = Critic(common.load_model(args.model, device=device, init=init)) \
+    dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    policy = common.load_model(args.model, dtype, device, init=ckpt or init)
+    ref = common.load_model(args.model, dtype, device, init=init).eval().requires_grad_(False)
+    critic = Critic(common.load_model(args.model, dtype, device, init=init)) \
         if args.adv_estimator == "gae" else None
     grad_ckpt = args.grad_ckpt if args.grad_ckpt is not None else device.startswith("cuda")
     if grad_ckpt:
@@ -733,7 +739,7 @@ def train(args, reward_fn=countdown_reward):
             if dist["master"]:
                 save_checkpoint(common.ckpt_dir(args.out, step), policy, critic, opt_a, opt_c, tokenizer, state, args)
                 prune_checkpoints(args.out, args.keep_ckpts)
-    if dist["master"] and first <= args.steps:
+    if dist["master"] and first <= args.steps and args.save_final:
         save_checkpoint(os.path.join(args.out, "final"), policy, critic, opt_a, opt_c, tokenizer, state, args)
         save_checkpoint(common.ckpt_dir(args.out, args.steps), policy, critic, opt_a, opt_c, tokenizer, state, args)
         prune_checkpoints(args.out, args.keep_ckpts)

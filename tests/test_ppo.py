@@ -148,6 +148,29 @@ def test_token_logprobs_ignore_post_eos_tokens():
     assert torch.allclose(lp[0, :3], lp[1, :3], atol=1e-5)
 
 
+def test_master_adamw_keeps_small_updates_that_bf16_loses():
+    """lr 1e-6 on bf16 weights: plain bf16 AdamW rounds the update away; the fp32 master
+    copy accumulates it. Guards the reason MasterAdamW exists."""
+    torch.manual_seed(0)
+    w32 = torch.randn(256) * 0.001 + 0.01   # bf16 spacing here is ~6e-5: a 1e-6 step rounds away
+    p_plain = torch.nn.Parameter(w32.clone().bfloat16())
+    p_master = torch.nn.Parameter(w32.clone().bfloat16())
+    plain = torch.optim.AdamW([p_plain], lr=1e-6, weight_decay=0.0)
+    master = ppo.MasterAdamW([p_master], device="cpu", lr=1e-6, weight_decay=0.0)
+    for _ in range(300):
+        for p, opt in ((p_plain, plain), (p_master, master)):
+            p.grad = torch.ones_like(p)
+            opt.step()
+            opt.zero_grad()
+    drift = lambda p: (w32.bfloat16().float() - p.detach().float()).abs().mean().item()  # noqa: E731
+    assert drift(p_plain) == 0.0           # every update was lost to rounding
+    assert drift(p_master) > 1e-4          # 300 steps of 1e-6 moved the weights by ~3e-4
+    sd = master.state_dict()
+    fresh = ppo.MasterAdamW([torch.nn.Parameter(w32.clone().bfloat16())], device="cpu", lr=1e-6)
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh.master[0], master.master[0])
+
+
 # ---------------------------------------------------------------- learning test
 def test_ppo_learns_a_simple_reward(tmp_path):
     """Reward = share of digits in a short response. A random tiny model starts near 0;

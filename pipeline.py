@@ -1,0 +1,101 @@
+"""
+The whole study in miniature, every stage in order, on the tiny model (CPU, offline):
+
+    bash setup.sh && .venv/bin/python pipeline.py              # ~10 minutes on 2 CPU cores
+    .venv/bin/python pipeline.py --smoke                        # even smaller (CI)
+    .venv/bin/python pipeline.py --out runs/mine --conditions all_strategies empty_cot dots
+
+Stages: Countdown tasks -> symbolic priming traces per condition -> SFT of the tiny model on
+each -> PPO from each primed model -> behavior counts of the logged rollouts -> figures and a
+results table. Each stage is the real script run as a subprocess with the flags printed, so
+you can copy a line and scale it up (a GPU, a 3B model: see README "Reproducing the study on
+GPUs"). A stage whose output already exists is skipped, so a killed pipeline resumes.
+"""
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+# ---------------------------------------------------------------------------------
+# settings: everything the pipeline does is decided here
+SETTINGS = dict(
+    out="runs/pipeline",              # where data, runs and figures go
+    model="tiny",                     # any --model of the stages (alias, hub id, folder)
+    conditions=["all_strategies", "empty_cot"],  # priming conditions to train
+    n_train=2000, n_test=64,          # Countdown tasks
+    task_sizes="3",                   # 3-number tasks: 4 are out of reach for a 0.9M model
+    priming_n=400,                    # priming traces per condition
+    sft_epochs=3, sft_batch=16, sft_lr=3e-3,   # SFT of the tiny model (the study: 5 epochs, batch 64)
+    ppo_steps=8, ppo_prompts=16, ppo_samples=4, ppo_response_len=160,
+    ppo_actor_lr=1e-4, ppo_critic_lr=1e-4,     # tiny models need far larger steps than 3B ones
+    eval_every=4, val_size=32,
+)
+SMOKE = dict(n_train=200, n_test=16, priming_n=48, sft_epochs=1, ppo_steps=2, ppo_prompts=4,
+             ppo_response_len=64, eval_every=2, val_size=8)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--out", default=SETTINGS["out"], help="output folder")
+    ap.add_argument("--model", default=SETTINGS["model"], help="model for every stage")
+    ap.add_argument("--conditions", nargs="+", default=SETTINGS["conditions"],
+                    help="priming conditions (gen_priming.py names)")
+    ap.add_argument("--smoke", action="store_true", help="the smallest settings (CI smoke test)")
+    ap.add_argument("--force", action="store_true", help="re-run stages whose outputs exist")
+    return ap.parse_args(argv)
+
+
+def run(cmd, done_marker, force):
+    """Run one stage unless its output exists; print the command so it can be copied."""
+    line = " ".join(shlex.quote(str(c)) for c in cmd)
+    if os.path.exists(done_marker) and not force:
+        print(f"[skip] {line}  (exists: {done_marker})", flush=True)
+        return
+    print(f"[run ] {line}", flush=True)
+    t0 = time.time()
+    r = subprocess.run([sys.executable] + [str(c) for c in cmd], cwd=os.path.dirname(os.path.abspath(__file__)))
+    if r.returncode != 0:
+        raise SystemExit(f"stage failed (exit {r.returncode}): {line}")
+    print(f"[done] {time.time() - t0:.0f}s", flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    s = dict(SETTINGS, **(SMOKE if args.smoke else {}))
+    out = os.path.abspath(args.out)
+    data, priming = os.path.join(out, "data", "countdown"), os.path.join(out, "data", "priming")
+    t0 = time.time()
+    run(["countdown.py", "--out", data, "--n-train", s["n_train"], "--n-test", s["n_test"],
+         "--sizes", s["task_sizes"]], os.path.join(data, "test.jsonl"), args.force)
+    conds = args.conditions
+    run(["gen_priming.py", "--backend", "symbolic", "--condition", ",".join(conds), "--n", s["priming_n"],
+         "--out", priming, "--sizes", s["task_sizes"]], os.path.join(priming, "summary.json"), args.force)
+    for c in conds:
+        sft_out = os.path.join(out, f"sft-{c}")
+        run(["sft.py", "--model", args.model, "--data", os.path.join(priming, f"{c}.jsonl"),
+             "--out", sft_out, "--epochs", s["sft_epochs"], "--batch-size", s["sft_batch"],
+             "--lr", s["sft_lr"], "--eval-frac", "0.1"], os.path.join(sft_out, "final", "config.json"), args.force)
+        ppo_out = os.path.join(out, f"ppo-{c}")
+        run(["ppo.py", "--model", args.model, "--init", os.path.join(sft_out, "final"), "--data", data,
+             "--out", ppo_out, "--steps", s["ppo_steps"], "--prompts-per-step", s["ppo_prompts"],
+             "--samples-per-prompt", s["ppo_samples"], "--max-response-len", s["ppo_response_len"],
+             "--actor-lr", s["ppo_actor_lr"], "--critic-lr", s["ppo_critic_lr"],
+             "--mini-batch-prompts", s["ppo_prompts"], "--micro-batch", 16,
+             "--eval-every", s["eval_every"], "--val-size", s["val_size"], "--log-rollouts-every", 1,
+             "--save-every", 0, "--device", "cpu"], os.path.join(ppo_out, "final", "config.json"), args.force)
+        run(["classify.py", "--backend", "rules", "--input", ppo_out, "--out", os.path.join(ppo_out, "classify"),
+             "--condition", c], os.path.join(ppo_out, "classify", "steps.csv"), args.force)
+    figs = os.path.join(out, "figures")
+    run(["plot.py", "--runs", *[os.path.join(out, f"ppo-{c}") for c in conds],
+         "--priming", os.path.join(priming, "summary.json"), "--out", figs], "", True)
+    table = os.path.join(figs, "results.md")
+    if os.path.exists(table):
+        print("\n" + open(table).read())
+    print(f"pipeline done in {time.time() - t0:.0f}s; figures in {figs}")
+
+
+if __name__ == "__main__":
+    main()
