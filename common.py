@@ -336,6 +336,10 @@ def setup_dist(device=None):
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     else:
         rank, local_rank, world = 0, 0, 1
+    cap = os.environ.get("CBM_GPU_MEM_GB")  # emulate a smaller card (e.g. 80 on an H200)
+    if cap and device.startswith("cuda"):
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) * 2**30 / total), device)
     return dict(ddp=ddp, rank=rank, local_rank=local_rank, world_size=world,
                 master=rank == 0, device=device)
 

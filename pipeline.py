@@ -80,7 +80,7 @@ def main(argv=None):
              "--lr", s["sft_lr"], "--eval-frac", "0.1"], os.path.join(sft_out, "final", "config.json"), args.force)
         ppo_out = os.path.join(out, f"ppo-{c}")
         run(["ppo.py", "--model", args.model, "--init", os.path.join(sft_out, "final"), "--data", data,
-             "--out", ppo_out, "--steps", s["ppo_steps"], "--prompts-per-step", s["ppo_prompts"],
+             "--out", ppo_out, "--condition", c, "--steps", s["ppo_steps"], "--prompts-per-step", s["ppo_prompts"],
              "--samples-per-prompt", s["ppo_samples"], "--max-response-len", s["ppo_response_len"],
              "--actor-lr", s["ppo_actor_lr"], "--critic-lr", s["ppo_critic_lr"],
              "--mini-batch-prompts", s["ppo_prompts"], "--micro-batch", 16,

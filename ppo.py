@@ -50,6 +50,7 @@ SETTINGS = [
     ("init", None, str, "checkpoint whose weights start policy, critic trunk and reference (default: --model)"),
     ("data", "data/countdown", str, "folder with train.jsonl and test.jsonl (countdown.py)"),
     ("out", "out/ppo", str, "run folder"),
+    ("condition", None, str, "name of the experimental condition (recorded in config.json; plots use it)"),
     ("template", "base", str, "prompt template: base | qwen-instruct"),
     ("steps", 250, int, "PPO steps"),
     ("prompts_per_step", 256, int, "prompts per step (global, over all ranks)"),
