@@ -1,0 +1,1185 @@
+"""
+Priming traces: Countdown solutions written to show chosen reasoning behaviors.
+
+The study primed base models with small SFT sets of Countdown reasoning traces, each set
+written to show exactly one combination of four behaviors (verification, backtracking,
+subgoal setting, backward chaining), plus three controls. This script writes those sets.
+
+    # offline (default): a seeded symbolic search rendered as prose; eight sets, ~10 s CPU
+    python gen_priming.py --condition all --n 1000 --out data/priming --seed 0
+
+    # Claude, as in the study (key read from the environment only); --batch halves the price
+    ANTHROPIC_API_KEY=... python gen_priming.py --backend anthropic --condition all --n 1000
+    ANTHROPIC_API_KEY=... python gen_priming.py --backend anthropic --batch --condition all
+
+    # any OpenAI-compatible server, e.g. a local `vllm serve Qwen/Qwen2.5-32B-Instruct`
+    python gen_priming.py --backend openai --base-url http://localhost:8000/v1 \
+        --model Qwen/Qwen2.5-32B-Instruct --condition all_strategies --n 200 --concurrency 32
+
+Writes <out>/<condition>.jsonl, one record per task:
+{"id","prompt","completion","nums","target","condition","correct","behaviors"}, where the
+prompt is countdown.make_prompt(...) (ending in "<think>") and the completion is the thinking,
+then "</think>\\n<answer>EXPR</answer>". `behaviors` holds the counts the symbolic writer wrote
+(null for API traces: run classify.py on them). <out>/summary.json gives per condition the
+record count, correctness rate, mean completion tokens and mean count of each behavior.
+Runs resume: records already in a file (by task id) are skipped; each record is appended
+whole as soon as it exists, so a killed run loses nothing and duplicates nothing.
+<out>/settings.json keeps the settings that shape the records (backend, model, seed, task
+source, template, budget); resuming under other ones is refused rather than mixed.
+
+Conditions: all_strategies, only_backtracking, backtracking_verification,
+backtracking_subgoal, backtracking_backward are written directly. empty_cot (thinking
+emptied, answer kept), dots (thinking replaced by "." placeholders of the same token count
+under --tokenizer) and no_positive (all_strategies traces whose answer is wrong; extra tasks
+are solved, into <out>/extra/, until n wrong ones exist) are derived from all_strategies,
+which is written first whenever one of them is asked for. --budget sets how often the
+symbolic search gives up: the default 3 gives about 50% correct traces (the study's Claude
+traces were right 19-44% of the time, ../shared/reference/claude_accs.csv).
+
+What each behavior looks like in the symbolic writer's text. One sentence is one instance;
+no sentence shows two behaviors; PHRASES below lists every wording under the behavior it
+counts for, and MARKERS gives a regex per behavior that finds exactly those sentences.
+- backtracking: explicitly leaves the current path and names the state it returns to: the
+  start ("Let me go back to the start: 44, 19, 3 and 1."), an intermediate state ("Backtrack
+  to 25, 3 and 1."), or an earlier need of a backward chain ("Return to needing 6 from 3, 2
+  and 1."). Always contains "back to", "backtrack", "return to" or "start over".
+- verification: compares a computed value with the target: "76 is not 77; it is 1 too
+  low.", "24 equals the target 24.", a final "Verifying: (3 * 2) * 4 = 24, which matches the
+  target." and, when the search gives up, "... the closest attempt was ... off by 3".
+  Conditions without verification never judge a value in words: a failed attempt is
+  followed directly by a backtracking sentence (or by the answer once the budget is spent).
+- subgoal: names an intermediate number derived from the target, then the search works
+  forward toward it: "Subgoal: make 6 from 3, 2 and 1, since 6 * 4 = 24." Always contains
+  "subgoal", "intermediate goal" or "aim for".
+- backward: reasons from the target (or a needed value) back to what the step before needs:
+  "Working backwards from 24: if the last step is 6 * 4 = 24, then 3, 2 and 1 must make 6."
+  Always contains "backwards" or "reverse".
+Neutral sentences (the opening, arithmetic steps, the answer) use none of these words.
+"""
+import argparse
+import http.client
+import json
+import math
+import os
+import random
+import re
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from fractions import Fraction
+from functools import lru_cache
+from itertools import combinations
+
+import countdown
+from common import DataError, append_jsonl, read_jsonl, read_jsonl_tolerant, write_json, write_jsonl
+
+# ---------------------------------------------------------------------------------
+# settings (the CLI flags; defaults follow the study's priming sets)
+DEFAULTS = dict(
+    backend="symbolic",        # symbolic (offline search) | anthropic | openai
+    condition="all",           # a condition name, a comma-separated list, or all
+    n=1000,                    # records per condition
+    out="data/priming",        # output folder: <condition>.jsonl and summary.json
+    seed=0,                    # seeds the task stream and every trace's wording and search order
+    tasks=None,                # optional task JSONL ({"id","nums","target"}) instead of generating
+    sizes="3,4",               # how many numbers a generated task has; each size an equal share
+    target_min=10, target_max=25,  # target range of generated tasks (the study's priming range)
+    num_min=1, num_max=99,     # range of the input numbers of generated tasks
+    template="base",           # prompt template (countdown.TEMPLATES) stored in each record
+    tokenizer="tiny",          # tokenizer that measures lengths (dots matching, summary)
+    budget=3,                  # symbolic: complete attempts before giving up (3: ~50% correct)
+    width=2,                   # symbolic: steps tried from an intermediate state before going back
+    model=None,                # API model id (default per backend, see DEFAULT_MODEL)
+    base_url=None,             # API base URL (default: env ANTHROPIC_BASE_URL / OPENAI_BASE_URL)
+    max_tokens=4096,           # API: longest completion
+    temperature=1.0,           # API: sampling temperature
+    concurrency=8,             # API: requests in flight at once
+    max_retries=8,             # API: retries of one request on 429 / 5xx / overload / bad body
+    retry_base=1.0,            # API: first backoff in seconds, doubled on each retry
+    timeout=600.0,             # API: seconds before one HTTP request is abandoned (and retried)
+    batch=False,               # anthropic: use Message Batches (half price, results within 24 h)
+    poll=30.0,                 # anthropic --batch: seconds between status polls
+)
+DEFAULT_MODEL = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4o"}  # study: claude-3.5-sonnet
+ANTHROPIC_VERSION = "2023-06-01"
+MAX_BACKOFF = 60.0             # longest single wait between retries, seconds
+BATCH_MAX = 10000              # requests per Message Batch (the API allows 100k)
+MAX_EXTRA = 20                 # no_positive: give up after solving this many x n extra tasks
+TASK_CHUNK = 256               # generated tasks come in seeded chunks so the stream is prefix-stable
+MAX_NEED = 200                 # symbolic: largest intermediate number a subgoal or chain may need
+HEURISTIC = 0.5                # symbolic: weight of "result near the goal" against random order
+
+BEHAVIORS = ("verification", "backtracking", "subgoal", "backward")
+DIRECT = {  # condition -> behaviors its traces show (every one includes backtracking)
+    "all_strategies": set(BEHAVIORS),
+    "only_backtracking": {"backtracking"},
+    "backtracking_verification": {"backtracking", "verification"},
+    "backtracking_subgoal": {"backtracking", "subgoal"},
+    "backtracking_backward": {"backtracking", "backward"},
+}
+DERIVED = ("empty_cot", "dots", "no_positive")   # built from all_strategies
+CONDITIONS = tuple(DIRECT) + DERIVED
+BASE = "all_strategies"
+
+
+def log(msg):
+    """Progress-bar-safe message on stderr, with any API key blanked out."""
+    from tqdm import tqdm
+    tqdm.write(redact(str(msg)), file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------
+# tasks
+
+def make_tasks(n, seed, sizes=(3, 4), num_range=(1, 99), target_range=(10, 25)):
+    """The first n tasks of a seeded stream; asking for more later extends the same list.
+
+    Tasks come from countdown.generate_tasks in chunks, each chunk excluding the earlier
+    ones, so ids (p<seed>-<index>) name the same task whatever n is (resume relies on it).
+    >>> a, b = make_tasks(3, 0), make_tasks(5, 0)
+    >>> a == b[:3], a[0]["id"]
+    (True, 'p0-000000')
+    """
+    tasks, seen, chunk = [], set(), 0
+    while len(tasks) < n:
+        got = countdown.generate_tasks(TASK_CHUNK, (seed << 20) + chunk, sizes=tuple(sizes),
+                                       num_range=num_range, target_range=target_range,
+                                       exclude=set(seen))
+        for t in got:
+            seen.add(countdown.task_key(t["nums"], t["target"]))
+            tasks.append({"id": f"p{seed}-{len(tasks):06d}", "nums": t["nums"],
+                          "target": t["target"]})
+        chunk += 1
+    return tasks[:n]
+
+
+def load_tasks(args, n):
+    """n tasks from --tasks (fewer if the file is short) or from the seeded stream."""
+    if not args.tasks:
+        return make_tasks(n, args.seed, args.sizes, (args.num_min, args.num_max),
+                          (args.target_min, args.target_max))
+    recs = read_jsonl(args.tasks, required=("nums", "target"))
+    return [{"id": str(r.get("id", f"t{i:06d}")), "nums": [int(x) for x in r["nums"]],
+             "target": int(r["target"])} for i, r in enumerate(recs[:n])]
+
+
+def make_record(task, condition, completion, template, behaviors):
+    """A priming record in DESIGN.md's format; `correct` is judged from the answer tag."""
+    expr = countdown.extract_answer(completion)
+    return {"id": task["id"], "prompt": countdown.make_prompt(task["nums"], task["target"], template),
+            "completion": completion, "nums": list(task["nums"]), "target": task["target"],
+            "condition": condition,
+            "correct": countdown.check_equation(expr, task["nums"], task["target"]),
+            "behaviors": behaviors}
+
+
+# ---------------------------------------------------------------------------------
+# symbolic writer: phrase lists. A key's prefix before the dot names the behavior a
+# sentence counts for; neutral keys count for nothing. The writer picks one wording per
+# sentence with its seeded RNG so that no single sentence is learned by rote.
+
+PHRASES = {
+    "open": ["We have {nums} and need to reach {t}.",
+             "The numbers are {nums}; I need {t}.",
+             "I have to combine {nums} into {t}, using each number once.",
+             "Task: make {t} from {nums}.",
+             "Let me find a way to get {t} from {nums}."],
+    "step.try": ["Let me try {shown}, which leaves {left}.",
+                 "Try {shown}. Now I have {left}.",
+                 "{shown}; the numbers left are {left}.",
+                 "Suppose {shown}. That leaves {left}.",
+                 "First combine: {shown}, so I have {left}."],
+    "step.then": ["Then {shown}.", "Next, {shown}.", "Now {shown}.", "And {shown}.", "{shown}."],
+    "answer": ["So the answer is {expr}.", "The equation is {expr}.", "My answer: {expr}.",
+               "So I will write {expr}."],
+    "verification.hit": ["{v} equals the target {t}.",
+                         "That is exactly {t}, the target.",
+                         "Check: {v} = {t}, which matches the target.",
+                         "{v} is the target number, so this works."],
+    "verification.high": ["{v} is not {t}; it is {d} too high.",
+                          "That overshoots: {v} is {d} more than {t}.",
+                          "{v} is above the target {t} by {d}.",
+                          "Compared with {t}, {v} is too big by {d}."],
+    "verification.low": ["{v} is not {t}; it is {d} too low.",
+                         "That falls short: {v} is {d} less than {t}.",
+                         "{v} is below the target {t} by {d}.",
+                         "Compared with {t}, {v} is too small by {d}."],
+    "verification.final": ["Let me verify the whole equation: {expr} = {t}, and each number is "
+                           "used exactly once, so it is correct.",
+                           "Double-check: {expr} evaluates to {t}, the target, using every "
+                           "number once.",
+                           "Verifying: {expr} = {t}, which matches the target."],
+    "verification.closest": ["I have not hit {t} exactly; the closest attempt was {expr} = {v}, "
+                             "off by {d}.",
+                             "No exact match for {t} within my attempts; the nearest was "
+                             "{expr} = {v}, {d} away.",
+                             "Checking my attempts against {t}, none matched; {expr} = {v} "
+                             "came closest (off by {d})."],
+    "backtracking.start": ["Let me go back to the start: {nums}.",
+                           "Back to the original numbers {nums}.",
+                           "I'll abandon this path and return to {nums}.",
+                           "Let me backtrack to the beginning with {nums}.",
+                           "Start over from {nums}."],
+    "backtracking.state": ["Let me go back to {state} and try a different step.",
+                           "Backtrack to {state}.",
+                           "Return to {state} and pick another combination.",
+                           "Going back to {state}.",
+                           "Undo that step; back to {state}."],
+    "backtracking.need": ["Let me go back to making {need} from {state} another way.",
+                          "Backtrack: {need} from {state}, a different option.",
+                          "Return to needing {need} from {state}.",
+                          "Going back to the point where {state} had to make {need}."],
+    "subgoal.set": ["Subgoal: make {s} from {rest}, since {rel} = {w}.",
+                    "Let me set an intermediate goal of {s} using {rest}; then {rel} = {w}.",
+                    "I'll aim for {s} first with {rest}, because {rel} = {w}.",
+                    "A useful subgoal is {s}: if {rest} can make {s}, then {rel} = {w}."],
+    "subgoal.name": ["So my subgoal is {s} from {rest}.",
+                     "That makes {s} an intermediate goal for {rest}.",
+                     "I'll aim for {s} with {rest} first."],
+    "backward.first": ["Working backwards from {w}: if the last step is {rel} = {w}, then {rest} "
+                       "must make {s}.",
+                       "Reasoning backwards: {w} = {rel}, so {rest} would have to produce {s}.",
+                       "In reverse: to end on {w} by {how}, I need {s} from {rest}.",
+                       "Thinking backwards, {w} could come from {rel}; that requires {s} from "
+                       "{rest}."],
+    "backward.next": ["Continuing backwards: {w} = {rel}, so {rest} must give {s}.",
+                      "One more step in reverse: {w} could be {rel}, which needs {s} from {rest}.",
+                      "Backwards again: reaching {w} by {how} means {rest} must make {s}."],
+}
+
+# Regexes (case-insensitive) that find each behavior's sentences in this writer's text:
+# split a completion into sentences at whitespace after a period; a sentence matching a
+# pattern is one instance. tests/test_gen_priming.py checks that these counts equal the
+# recorded ones on every record; classify.py may use them as a starting point.
+MARKERS = {
+    "backtracking": r"\bback to\b|\bbacktrack|\breturn to\b|\bstart over\b",
+    "verification": (r"\bthe target\b|\bis not \d|\btoo (?:high|low|big|small)\b|overshoots|"
+                     r"falls short|\bverif|double-check|closest|nearest"),
+    "subgoal": r"\bsubgoal\b|intermediate goal|\baim for\b",
+    "backward": r"\bbackwards\b|\breverse\b",
+}
+
+# How a missing value x and a kept number a can make the needed value w:
+# form -> (x from w and a, or None when that form cannot apply; value of the form; "how" words)
+FORMS = {
+    "{x} + {a}": (lambda w, a: w - a if w > a else None, lambda x, a: x + a, "adding {a}"),
+    "{x} - {a}": (lambda w, a: w + a, lambda x, a: x - a, "subtracting {a}"),
+    "{a} - {x}": (lambda w, a: a - w if a > w else None, lambda x, a: a - x,
+                  "taking something away from {a}"),
+    "{x} * {a}": (lambda w, a: w // a if a > 1 and w % a == 0 else None, lambda x, a: x * a,
+                  "multiplying by {a}"),
+    "{x} / {a}": (lambda w, a: w * a if a > 1 else None, lambda x, a: x / a, "dividing by {a}"),
+    "{a} / {x}": (lambda w, a: a // w if a % w == 0 and a // w > 1 else None, lambda x, a: a / x,
+                  "dividing {a} by something"),
+}
+PLAN_KINDS = {  # top-level attempt kinds a condition may use (forward is the neutral fallback)
+    "all_strategies": ("combined", "forward", "subgoal", "backward"),
+    "only_backtracking": ("forward",),
+    "backtracking_verification": ("forward",),
+    "backtracking_subgoal": ("subgoal",),
+    "backtracking_backward": ("backward",),
+}
+
+
+def fmt(v):
+    """A number as written in a trace. >>> fmt(Fraction(6)), fmt(Fraction(7, 2)), fmt(5)
+    ('6', '7/2', '5')"""
+    v = Fraction(v)
+    return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
+
+
+def fmt_list(values):
+    """Numbers as a reader lists them.
+
+    >>> fmt_list([44, 19, 3, 1])
+    '44, 19, 3 and 1'
+    """
+    s = [fmt(v) for v in values]
+    return s[0] if len(s) == 1 else ", ".join(s[:-1]) + " and " + s[-1]
+
+
+def wrap(expr):
+    """Parenthesise a compound expression. >>> wrap("3"), wrap("3 + 4")
+    ('3', '(3 + 4)')"""
+    return expr if expr.isdigit() else f"({expr})"
+
+
+def combine(p, q):
+    """The ways a person combines two (value, expr) items: larger first, no negative or
+    fractional results. Returns [(value, expr, shown)].
+
+    >>> [s for _, _, s in combine((3, "3"), (12, "12"))]
+    ['12 + 3 = 15', '12 * 3 = 36', '12 - 3 = 9', '12 / 3 = 4']
+    """
+    (a, ea), (b, eb) = (p, q) if p[0] >= q[0] else (q, p)
+    ea, eb = wrap(ea), wrap(eb)
+    out = [(a + b, f"{ea} + {eb}", f"{a} + {b} = {a + b}"),
+           (a * b, f"{ea} * {eb}", f"{a} * {b} = {a * b}")]
+    if a > b:
+        out.append((a - b, f"{ea} - {eb}", f"{a} - {b} = {a - b}"))
+    if b > 1 and a % b == 0:
+        out.append((a // b, f"{ea} / {eb}", f"{a} / {b} = {a // b}"))
+    return out
+
+
+def outer_step(form, kept):
+    """The step that joins a sub-result x with a kept (value, expr) item via form;
+    returns f(value, expr) -> (value, expr, shown).
+
+    >>> outer_step("{x} * {a}", (4, "4"))(Fraction(6), "3 + 3")
+    (Fraction(24, 1), '(3 + 3) * 4', '6 * 4 = 24')
+    """
+    a, ea = kept
+    apply_ = FORMS[form][1]
+
+    def step(x, ex):
+        value = apply_(Fraction(x), Fraction(a))
+        return value, form.format(x=wrap(ex), a=wrap(ea)), \
+            form.format(x=fmt(x), a=fmt(a)) + f" = {fmt(value)}"
+    return step
+
+
+# ---------------------------------------------------------------------------------
+# symbolic writer: the search. Items are (value, expr) pairs; a "leaf" is the last two
+# numbers of an attempt, where the writer takes whichever operation lands on the current
+# goal (else the closest), completes the equation and, with verification, judges it.
+# Every leaf spends one unit of the budget; when it runs out the writer answers with its
+# closest attempt, which is how wrong traces arise.
+
+class Writer:
+    """One trace for one task under one condition: a seeded, budgeted search whose moves
+    are all written out as sentences; self.counts tallies the behavior sentences."""
+
+    def __init__(self, nums, target, condition, rng, budget, width):
+        self.nums, self.target, self.rng = list(nums), target, rng
+        self.on, self.kinds = DIRECT[condition], PLAN_KINDS[condition]
+        self.budget, self.width = budget, width
+        self.paras, self.counts = [[]], dict.fromkeys(BEHAVIORS, 0)
+        self.best, self.solved = None, None  # (distance, expr, value) / expr
+
+    def say(self, key, newline=False, **kw):
+        behavior = key.split(".")[0]
+        assert behavior not in BEHAVIORS or behavior in self.on, f"{key} outside condition"
+        if newline and self.paras[-1]:
+            self.paras.append([])
+        text = self.rng.choice(PHRASES[key]).format(**kw)
+        self.paras[-1].append(text[0].upper() + text[1:])
+        if behavior in BEHAVIORS:
+            self.counts[behavior] += 1
+
+    def moves(self, items, goal):
+        """Next forward steps [(new_items, shown)], in the order this writer tries them:
+        random, nudged toward results near the goal; steps giving the same numbers once."""
+        out, seen = [], set()
+        for i, j in combinations(range(len(items)), 2):
+            rest = [items[k] for k in range(len(items)) if k not in (i, j)]
+            for v, e, shown in combine(items[i], items[j]):
+                new = rest + [(v, e)]
+                key = tuple(sorted(x for x, _ in new))
+                if key not in seen:
+                    seen.add(key)
+                    score = self.rng.random() + HEURISTIC * abs(math.log(v / goal))
+                    out.append((score, len(out), new, shown))
+        return [(new, shown) for *_, new, shown in sorted(out)]
+
+    def last_steps(self, items, need):
+        """Ways the last step can make `need` from one kept item and the rest:
+        [(form, kept, x, rest)] where the rest must make x; shuffled, common forms first."""
+        out, seen = [], set()
+        for k, kept in enumerate(items):
+            rest = items[:k] + items[k + 1:]
+            for form, (solve_x, _, _) in FORMS.items():
+                x = solve_x(need, kept[0])
+                if x is None or not 1 <= x <= MAX_NEED or (kept[0], form) in seen:
+                    continue
+                seen.add((kept[0], form))
+                rare = 0.0 if form in ("{x} + {a}", "{x} - {a}", "{x} * {a}") else 0.4
+                out.append((self.rng.random() + rare, len(out), (form, kept, x, rest)))
+        return [c for *_, c in sorted(out)]
+
+    def leaf(self, items, goal, finish):
+        """Last two numbers: land on goal if possible, finish the equation, judge it."""
+        options = combine(*items)
+        self.rng.shuffle(options)
+        v, expr, shown = min(options, key=lambda o: abs(o[0] - goal))
+        self.budget -= 1
+        self.say("step.then", shown=shown)
+        value = Fraction(v)
+        for step in finish:  # the outer steps of a subgoal or backward plan
+            value, expr, shown = step(value, expr)
+            self.say("step.then", shown=shown)
+        d = abs(value - self.target)
+        if self.best is None or d < self.best[0]:
+            self.best = (d, expr, value)
+        if "verification" in self.on:
+            key = "hit" if d == 0 else "high" if value > self.target else "low"
+            self.say("verification." + key, v=fmt(value), t=self.target, d=fmt(d))
+        if d == 0:
+            self.solved = expr
+        return d == 0
+
+    def forward(self, items, goal, finish, limit):
+        """Depth-first over pairwise steps toward goal, at most `limit` steps per state."""
+        if len(items) == 2:
+            return self.leaf(items, goal, finish)
+        for k, (new, shown) in enumerate(self.moves(items, goal)):
+            if self.budget <= 0 or k >= limit:
+                return False
+            if k:
+                self.say("backtracking.state", state=fmt_list(v for v, _ in items))
+            self.say("step.try", shown=shown, left=fmt_list(v for v, _ in new))
+            if self.forward(new, goal, finish, limit):
+                return True
+        return False
+
+    def backward(self, items, need, finish, limit):
+        """Chain from `need` back toward the inputs, one inverse step per level."""
+        if len(items) == 2:
+            return self.leaf(items, need, finish)
+        for k, (form, kept, x, rest) in enumerate(self.last_steps(items, need)):
+            if self.budget <= 0 or k >= limit:
+                return False
+            if k:
+                self.say("backtracking.need", need=need, state=fmt_list(v for v, _ in items))
+            self.say("backward.next", **self.relation(form, kept, x, rest, need))
+            if self.backward(rest, x, [outer_step(form, kept)] + finish, limit):
+                return True
+        return False
+
+    def relation(self, form, kept, x, rest, w):
+        """Fields that subgoal and backward sentences share."""
+        return dict(w=w, s=x, rest=fmt_list(v for v, _ in rest), how=FORMS[form][2].format(a=kept[0]),
+                    rel=form.format(x=x, a=kept[0]))
+
+    def attempt(self, kind, plan):
+        """One top-level attempt; plan is a first forward step or a last-step candidate."""
+        if kind == "forward":
+            new, shown = plan
+            self.say("step.try", shown=shown, left=fmt_list(v for v, _ in new))
+            return self.forward(new, self.target, [], self.width)
+        form, kept, x, rest = plan
+        fields = self.relation(form, kept, x, rest, self.target)
+        if kind in ("backward", "combined"):
+            self.say("backward.first", **fields)
+        if kind == "backward":
+            return self.backward(rest, x, [outer_step(form, kept)], self.width)
+        self.say("subgoal.name" if kind == "combined" else "subgoal.set", **fields)
+        return self.forward(rest, x, [outer_step(form, kept)], self.width)
+
+    def next_kind(self, queues, first):
+        """Which kind of attempt comes next (None when nothing is left to try)."""
+        if first and "combined" in self.kinds and queues["last"]:
+            return "combined"
+        kinds = [k for k in self.kinds if queues["forward" if k == "forward" else "last"]]
+        if not kinds:  # the condition's own kinds are spent: plain forward steps are neutral
+            return "forward" if queues["forward"] else None
+        return self.rng.choice(kinds)
+
+    def write(self):
+        """Run the search and return (completion, counts)."""
+        items = [(v, str(v)) for v in self.nums]
+        self.say("open", nums=fmt_list(self.nums), t=self.target)
+        queues = {"forward": deque(self.moves(items, self.target)),
+                  "last": deque(self.last_steps(items, self.target))}
+        first = True
+        while self.budget > 0 and self.solved is None:
+            kind = self.next_kind(queues, first)
+            if kind is None:
+                break
+            if not first:
+                self.say("backtracking.start", newline=True, nums=fmt_list(self.nums))
+            first = False
+            self.attempt(kind, queues["forward" if kind == "forward" else "last"].popleft())
+        if self.best is None:  # every chain stalled before a leaf (rare): one forward attempt
+            self.budget = max(self.budget, 1)
+            self.say("backtracking.start", newline=True, nums=fmt_list(self.nums))
+            self.attempt("forward", queues["forward"].popleft())
+        return self.conclude(), dict(self.counts)
+
+    def conclude(self):
+        """Final check (or closest-attempt remark) and the answer; returns the completion."""
+        verify = "verification" in self.on
+        if self.solved is not None:
+            expr = self.solved
+            if verify:
+                self.say("verification.final", newline=True, expr=expr, t=self.target)
+        else:
+            d, expr, value = self.best
+            if verify:
+                self.say("verification.closest", newline=True, expr=expr, v=fmt(value),
+                         t=self.target, d=fmt(d))
+        self.say("answer", newline=not verify, expr=expr)
+        body = "\n".join(" ".join(p) for p in self.paras)
+        return f"\n{body}\n</think>\n<answer>{expr}</answer>"
+
+
+def write_symbolic(task, condition, seed=0, budget=DEFAULTS["budget"], width=DEFAULTS["width"],
+                   template="base"):
+    """One symbolic priming record; the same (task, condition, seed) gives the same record.
+
+    >>> r = write_symbolic({"id": "x", "nums": [3, 2, 4], "target": 24}, "only_backtracking")
+    >>> r["completion"].endswith("</answer>"), r["behaviors"]["verification"]
+    (True, 0)
+    """
+    rng = random.Random(f"{seed}|{condition}|{task['id']}|{task['nums']}|{task['target']}")
+    w = Writer(task["nums"], task["target"], condition, rng, budget, width)
+    completion, counts = w.write()
+    return make_record(task, condition, completion, template, counts)
+
+
+# ---------------------------------------------------------------------------------
+# derived conditions (built from all_strategies records, as the study built them)
+
+def thinking(completion):
+    """The text before </think>. >>> thinking("\\nhm\\n</think>\\n<answer>1</answer>")
+    '\\nhm\\n'"""
+    end = completion.find("</think>")
+    return completion if end < 0 else completion[:end]
+
+
+def after_thinking(completion):
+    """'</think>' and what follows (an answer-only tail when there is no tag)."""
+    end = completion.find("</think>")
+    if end >= 0:
+        return completion[end:]
+    expr = countdown.extract_answer(completion)
+    return "</think>\n" + (f"<answer>{expr}</answer>" if expr is not None else "")
+
+
+def derive(rec, condition, completion, behaviors):
+    return {**rec, "completion": completion, "condition": condition, "behaviors": behaviors}
+
+
+def empty_cot(rec):
+    """The record with its thinking removed and its answer kept."""
+    return derive(rec, "empty_cot", after_thinking(rec["completion"]), dict.fromkeys(BEHAVIORS, 0))
+
+
+def placeholder(n_tokens, count, unit="."):
+    """A run of `unit` whose token count is n_tokens (or as close as the tokenizer allows).
+
+    >>> placeholder(7, lambda ts: [len(t) for t in ts])
+    '.......'
+    """
+    k, best = n_tokens, None
+    for _ in range(8):  # most tokenizers are near-linear in k: a few corrections converge
+        got = count([unit * k])[0]
+        if best is None or abs(got - n_tokens) < abs(best[1] - n_tokens):
+            best = (k, got)
+        if got == n_tokens:
+            break
+        k = max(0, k + (n_tokens - got) * max(1, k // max(got, 1)))
+    return unit * best[0]
+
+
+def dots(rec, count):
+    """The record with its thinking replaced by dots of the same token count."""
+    n = count([thinking(rec["completion"])])[0]
+    return derive(rec, "dots", placeholder(n, count) + after_thinking(rec["completion"]),
+                  dict.fromkeys(BEHAVIORS, 0))
+
+
+def no_positive(recs, n):
+    """The first n records whose answer is wrong, relabelled."""
+    return [derive(r, "no_positive", r["completion"], r["behaviors"])
+            for r in recs if not r["correct"]][:n]
+
+
+# ---------------------------------------------------------------------------------
+# API backends: system prompts (our own words), HTTP with retries, batches
+
+SYSTEM_COMMON = """\
+You write worked solutions to Countdown puzzles; they become training examples for a smaller \
+model. A puzzle gives a few numbers and a target; a solution is an arithmetic expression that \
+uses every number exactly once, with + - * / and parentheses, and equals the target.
+
+Your output continues a transcript that has just opened a <think> tag. Write your reasoning as \
+plain prose (no markdown, no headings, no lists), then the closing </think> tag, then only the \
+final expression inside answer tags, and nothing after them:
+...your reasoning...
+</think>
+<answer>(8 - 2) * 4</answer>
+
+Search for the solution genuinely, the way a person would with pencil and paper: you do not \
+know the answer in advance, you try combinations and keep the arithmetic explicit. If you \
+cannot find an exact solution, still answer with your best expression that uses every number \
+once.
+
+"""
+BEHAVIOR_TEXT = {
+    "backtracking": "backtracking: when a line of attack is not leading anywhere, say plainly "
+                    "that you are abandoning it and name where you go back to (the original "
+                    "numbers or an earlier intermediate state) before trying something else.",
+    "verification": "verification: after computing a result, compare it with the target in "
+                    "words, saying whether it matches or by how much it misses; check the "
+                    "final equation once more before answering.",
+    "subgoal": "subgoal setting: name an intermediate number to reach first, derived from the "
+               "target (for example 'if the other numbers make 6, then 6 * 4 gives 24'), and "
+               "then work forward toward that number.",
+    "backward": "backward chaining: start from the target and reason in reverse about what "
+                "the last step must have been and what it needs, then what the step before "
+                "that needs, moving back toward the given numbers.",
+}
+AVOID_TEXT = {
+    "backtracking": "do not announce that you are going back or starting over",
+    "verification": "never judge a result in words: do not say that a number matches, misses, "
+                    "is too big, too small, close or wrong; just compute and move on",
+    "subgoal": "do not name intermediate goals to aim for",
+    "backward": "do not reason backwards from the target; always work forward from the given "
+                "numbers",
+}
+# Examples shown in every system prompt, written by the symbolic writer: (task, seed, budget).
+# Three solve their task after 1-3 backtracks and one gives up (the study's traces were
+# often wrong). They also bring the prompt near or above the 1024 tokens below which
+# Anthropic does not cache a prefix (2048 on Haiku models).
+EXAMPLES = [({"id": "ex1", "nums": [56, 26, 96, 89], "target": 23}, 8, 6),
+            ({"id": "ex2", "nums": [38, 77, 61], "target": 22}, 28, 6),
+            ({"id": "ex3", "nums": [54, 21, 23, 29], "target": 19}, 8, 6),
+            ({"id": "ex4", "nums": [70, 44, 6, 8], "target": 22}, 1, 2)]
+
+
+@lru_cache(maxsize=None)
+def system_prompt(condition):
+    """The system prompt for a directly written condition: the format, the behaviors to
+    show and to avoid, and symbolic examples of the expected shape."""
+    use, avoid = DIRECT[condition], [b for b in BEHAVIORS if b not in DIRECT[condition]]
+    text = SYSTEM_COMMON + ("Show these reasoning habits, each several times where natural:\n"
+                            if len(use) > 1 else "Show this reasoning habit, several times:\n")
+    text += "".join(f"- {BEHAVIOR_TEXT[b]}\n" for b in BEHAVIORS if b in use)
+    if avoid:
+        text += "Show no other habit. In particular:\n" + "".join(f"- {AVOID_TEXT[b]}.\n" for b in avoid)
+    text += ("\nExamples of the shape (word yours freely and differently; do not copy their "
+             "sentences):\n")
+    for task, seed, budget in EXAMPLES:
+        ex = write_symbolic(task, condition, seed=seed, budget=budget)
+        text += f"\n{user_message(task)}\n{ex['completion'].strip()}\n"
+    return text
+
+
+def user_message(task):
+    """The user turn of an API request (the system prompt explains the format).
+
+    >>> user_message({"nums": [1, 2, 3], "target": 6})
+    'Numbers: [1, 2, 3]\\nTarget: 6'
+    """
+    return f"Numbers: {list(task['nums'])}\nTarget: {task['target']}"
+
+
+def normalize_completion(text):
+    """Model output -> completion after the prompt's <think>: drop a repeated opening tag and
+    make sure '</think>' precedes the answer.
+
+    >>> normalize_completion("<think>try 1+2</think> <answer>1+2</answer>")
+    '\\ntry 1+2</think> <answer>1+2</answer>'
+    >>> normalize_completion("1+2=3 <answer>1+2</answer>")
+    '\\n1+2=3 \\n</think>\\n<answer>1+2</answer>'
+    """
+    text = text.strip()
+    if text.startswith("<think>"):
+        text = text[len("<think>"):].lstrip()
+    if "</think>" not in text:
+        i = text.rfind("<answer>")
+        text = text + "\n</think>" if i < 0 else text[:i] + "\n</think>\n" + text[i:]
+    return "\n" + text
+
+
+_SECRETS = set()  # API keys in use; blanked out of every message we print or raise
+
+
+def redact(text):
+    """Text with every key in use blanked out.
+
+    >>> _SECRETS.add("sk-123"); redact("bad key sk-123"); _SECRETS.discard("sk-123")
+    'bad key [redacted]'
+    """
+    for s in _SECRETS:
+        text = text.replace(s, "[redacted]")
+    return text
+
+
+class Retryable(Exception):
+    """A failure worth retrying: 429, 5xx (529 overloaded included), network, bad body."""
+
+    def __init__(self, msg, retry_after=None):
+        super().__init__(msg)
+        self.retry_after = retry_after
+
+
+class ApiError(Exception):
+    """A failure that retrying will not fix (bad key, bad model id, bad request)."""
+
+
+def _error_text(body):
+    """The API's own error message from a JSON error body, else the start of the body."""
+    try:
+        err = json.loads(body).get("error")
+        msg = err.get("message") if isinstance(err, dict) else err
+        return redact(str(msg))[:300]
+    except (ValueError, AttributeError):
+        return redact(body[:200])
+
+
+def http_call(url, body=None, headers=None, timeout=60.0, parse=json.loads):
+    """One HTTP request -> parse(response text). Non-2xx and bad bodies become Retryable
+    (429, 408, 409, 5xx, malformed) or ApiError (other 4xx). GET when body is None."""
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    req = urllib.request.Request(url, data=data, headers=headers or {},
+                                 method="GET" if data is None else "POST")
+    # the loopback (tests, local vllm) is never sent through an environment proxy
+    host = urllib.parse.urlsplit(url).hostname or ""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({})) \
+        if host in ("127.0.0.1", "localhost", "::1") else urllib.request.build_opener()
+    try:
+        with opener.open(req, timeout=timeout) as r:
+            status, hdrs, text = r.status, r.headers, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        status, hdrs, text = e.code, e.headers, e.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+        # refused, reset, timed out, cut short
+        raise Retryable(f"network error: {redact(str(e))}") from None
+    if 200 <= status < 300:
+        try:
+            return parse(text)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise Retryable(f"malformed response body: {redact(text[:80])!r}") from None
+    if status in (408, 409, 429) or status >= 500:
+        ra = hdrs.get("retry-after") if hdrs else None
+        raise Retryable(f"HTTP {status}: {_error_text(text)}",
+                        float(ra) if ra and re.fullmatch(r"\d+(\.\d+)?", ra) else None)
+    raise ApiError(f"HTTP {status} from {url}: {_error_text(text)}")
+
+
+def anthropic_text(text):
+    """Assistant text of a Messages API response body (raises on a malformed one)."""
+    msg = json.loads(text)
+    return "".join(b["text"] for b in msg["content"] if b["type"] == "text")
+
+
+def openai_text(text):
+    """Assistant text of a chat-completions response body (raises on a malformed one)."""
+    content = json.loads(text)["choices"][0]["message"]["content"]
+    if not isinstance(content, str):
+        raise TypeError("no text content")
+    return content
+
+
+class ApiBackend:
+    """Claude (Messages API, Message Batches) or any OpenAI-compatible chat server."""
+
+    def __init__(self, args):
+        self.args, self.kind = args, args.backend
+        self.model = args.model or DEFAULT_MODEL[self.kind]
+        if self.kind == "anthropic":
+            self.key = os.environ.get("ANTHROPIC_API_KEY", "")
+            base = args.base_url or os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
+        else:
+            self.key = os.environ.get("OPENAI_API_KEY", "")
+            base = args.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        if self.key:
+            _SECRETS.add(self.key)
+        self.base = base.rstrip("/")
+        self.retries, self.failed, self.lock = 0, 0, threading.Lock()
+        self.flush_every = 1  # a paid-for record goes to disk the moment it arrives
+        self.rng = random.Random()  # backoff jitter only
+
+    def headers(self):
+        if self.kind == "anthropic":
+            return {"x-api-key": self.key, "anthropic-version": ANTHROPIC_VERSION,
+                    "content-type": "application/json"}
+        h = {"content-type": "application/json"}
+        if self.key:  # a local server often needs none
+            h["authorization"] = f"Bearer {self.key}"
+        return h
+
+    def params(self, condition, task):
+        """Request body of one completion (Messages API or chat completions)."""
+        a, system = self.args, system_prompt(condition)
+        if self.kind == "anthropic":  # the system prompt is the cached prefix of every request
+            return {"model": self.model, "max_tokens": a.max_tokens, "temperature": a.temperature,
+                    "system": [{"type": "text", "text": system,
+                                "cache_control": {"type": "ephemeral"}}],
+                    "messages": [{"role": "user", "content": user_message(task)}]}
+        return {"model": self.model, "max_tokens": a.max_tokens, "temperature": a.temperature,
+                "messages": [{"role": "system", "content": system},
+                             {"role": "user", "content": user_message(task)}]}
+
+    def with_retries(self, what, fn):
+        """fn() with exponential backoff (plus jitter, or the server's retry-after)."""
+        for attempt in range(self.args.max_retries + 1):
+            try:
+                return fn()
+            except Retryable as e:
+                if attempt == self.args.max_retries:
+                    raise Retryable(f"{what}: gave up after {attempt} retries ({e})") from None
+                wait = e.retry_after if e.retry_after is not None else \
+                    self.args.retry_base * 2 ** attempt * (0.5 + self.rng.random())
+                wait = min(wait, MAX_BACKOFF)
+                with self.lock:
+                    self.retries += 1
+                log(f"{what}: {e}; retry {attempt + 1}/{self.args.max_retries} in {wait:.2f}s")
+                time.sleep(wait)
+
+    def complete(self, condition, task):
+        """Completion text of one task, retried as needed."""
+        if self.kind == "anthropic":
+            url, parse = self.base + "/v1/messages", anthropic_text
+        else:
+            url, parse = self.base + "/chat/completions", openai_text
+        body = self.params(condition, task)
+        return self.with_retries(f"task {task['id']}", lambda: http_call(
+            url, body, self.headers(), self.args.timeout, parse=parse))
+
+    def generate(self, condition, tasks, path):
+        """Yield records as requests finish; `concurrency` requests in flight."""
+        if self.args.batch:
+            yield from self.generate_batch(condition, tasks, path)
+            return
+        pool = ThreadPoolExecutor(max_workers=self.args.concurrency)
+        futures = {pool.submit(self.complete, condition, t): t for t in tasks}
+        try:
+            for f in as_completed(futures):
+                task = futures[f]
+                try:
+                    text = f.result()
+                except Retryable as e:
+                    self.failed += 1
+                    log(f"skipping task {task['id']} for now (a rerun retries it): {e}")
+                    continue
+                yield make_record(task, condition, normalize_completion(text),
+                                  self.args.template, None)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- Message Batches: submit, remember the batch id on disk, poll, collect ----------
+
+    def submit_batch(self, condition, tasks):
+        reqs = [{"custom_id": f"r{i}", "params": self.params(condition, t)}
+                for i, t in enumerate(tasks)]
+        batch = self.with_retries("batch create", lambda: http_call(
+            self.base + "/v1/messages/batches", {"requests": reqs}, self.headers(),
+            self.args.timeout, parse=lambda t: json.loads(t)["id"]))
+        log(f"submitted batch {batch} ({len(tasks)} requests)")
+        return {"batch_id": batch, "ids": {f"r{i}": t["id"] for i, t in enumerate(tasks)}}
+
+    def collect_batch(self, entry):
+        """Poll until the batch has ended; then {task id: text} of its successes."""
+        url = f"{self.base}/v1/messages/batches/{entry['batch_id']}"
+        while True:
+            status = self.with_retries("batch poll", lambda: http_call(
+                url, None, self.headers(), self.args.timeout, parse=json.loads))
+            if status["processing_status"] == "ended":
+                break
+            time.sleep(self.args.poll)
+        results = self.with_retries("batch results", lambda: http_call(
+            status["results_url"], None, self.headers(), self.args.timeout, parse=lambda t: t))
+        out = {}
+        for line in results.splitlines():
+            try:
+                r = json.loads(line)
+                if r["result"]["type"] == "succeeded":
+                    out[entry["ids"][r["custom_id"]]] = anthropic_text(json.dumps(r["result"]["message"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn or unknown line: that request is simply asked again
+        if len(out) < len(entry["ids"]):
+            log(f"batch {entry['batch_id']}: {len(entry['ids']) - len(out)} requests did not "
+                "succeed; they go into the next batch")
+        return out
+
+    def generate_batch(self, condition, tasks, path):
+        """Yield records from Message Batches. Batch ids live in <file>.pending.json until
+        collected, so a killed run resumes polling instead of paying for the same work."""
+        state = path + ".pending.json"
+        pending = []
+        if os.path.exists(state):
+            with open(state) as f:
+                pending = json.load(f)
+        by_id, written = {t["id"]: t for t in tasks}, set()
+        for _ in range(self.args.max_retries + 1):
+            todo = [t for t in tasks if t["id"] not in written]
+            if not pending and todo:
+                pending = [self.submit_batch(condition, todo[i:i + BATCH_MAX])
+                           for i in range(0, len(todo), BATCH_MAX)]
+                write_json(state, pending)
+            if not pending:
+                break
+            while pending:
+                for tid, text in self.collect_batch(pending[0]).items():
+                    if tid in by_id and tid not in written:
+                        written.add(tid)
+                        yield make_record(by_id[tid], condition, normalize_completion(text),
+                                          self.args.template, None)
+                pending = pending[1:]
+                write_json(state, pending)
+        if os.path.exists(state) and not pending:
+            os.remove(state)
+        self.failed += len(tasks) - len(written)
+
+
+class SymbolicBackend:
+    def __init__(self, args):
+        self.args, self.failed, self.retries = args, 0, 0
+        self.flush_every = 64  # cheap to redo, so appends are grouped (fsync is the cost)
+
+    def generate(self, condition, tasks, path):
+        a = self.args
+        for t in tasks:
+            yield write_symbolic(t, condition, a.seed, a.budget, a.width, a.template)
+
+
+# ---------------------------------------------------------------------------------
+# the resumable run
+
+def check_stamp(args):
+    """An out folder holds one run's records. <out>/settings.json keeps the settings that
+    shape them; resuming under different ones would mix two runs, so it is refused."""
+    keys = ["backend", "seed", "tasks", "sizes", "num_min", "num_max", "target_min",
+            "target_max", "template"] + (["budget", "width"] if args.backend == "symbolic"
+                                         else ["model", "base_url"])
+    stamp = json.loads(json.dumps({k: getattr(args, k) for k in keys}))  # tuples -> lists
+    stamp["model"] = stamp.get("model") and (args.model or DEFAULT_MODEL[args.backend])
+    path = os.path.join(args.out, "settings.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        diff = [k for k in stamp if old.get(k) != stamp[k]]
+        if diff:
+            was = ", ".join(f"--{k.replace('_', '-')} {old.get(k)!r}" for k in diff)
+            raise DataError(f"{args.out} holds records written with {was}; rerun with those "
+                            "settings to resume, or choose a new --out")
+    else:
+        write_json(path, stamp)
+
+
+def existing(path, tasks):
+    """Records already in path (a torn last line is dropped), checked against the tasks."""
+    recs = read_jsonl_tolerant(path)
+    by_id = {t["id"]: t for t in tasks}
+    for r in recs:
+        t = by_id.get(r.get("id"))
+        if t is not None and (r.get("nums") != t["nums"] or r.get("target") != t["target"]):
+            raise DataError(f"{path}: record {r['id']} is a different task than this run's "
+                            f"(nums/target differ): --seed or task settings changed; use a new --out")
+    return recs
+
+
+def run_condition(backend, condition, tasks, path):
+    """Write records for every task not yet in path; returns the records in task order."""
+    from tqdm import tqdm
+    done = {r["id"] for r in existing(path, tasks)}
+    todo = [t for t in tasks if t["id"] not in done]
+    buf = []  # whole records not yet on disk (API backends flush each one at once)
+    with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=condition, unit="rec",
+              file=sys.stderr, leave=False, disable=None) as bar:
+        try:
+            for rec in backend.generate(condition, todo, path):
+                if rec["id"] not in done:  # never twice, whatever a backend yields
+                    buf.append(rec)
+                    done.add(rec["id"])
+                    bar.update(1)
+                if len(buf) >= backend.flush_every:
+                    append_jsonl(path, buf)  # whole lines, one write, flushed to disk
+                    buf = []
+        finally:  # Ctrl-C or an error: what was made is still kept
+            if buf:
+                append_jsonl(path, buf)
+    order = {t["id"]: i for i, t in enumerate(tasks)}
+    recs = [r for r in existing(path, tasks) if r["id"] in order]
+    return sorted(recs, key=lambda r: order[r["id"]])
+
+
+def fill_no_positive(backend, args, base):
+    """The no_positive set: wrong all_strategies traces, first from the n tasks, then from
+    extra tasks (solved into <out>/extra/all_strategies.jsonl) until there are n."""
+    n, path = args.n, os.path.join(args.out, "extra", f"{BASE}.jsonl")
+    limit, end, extra = n * (MAX_EXTRA + 1), n, []
+    while len(no_positive(base + extra, n)) < n and end < limit:
+        seen = base + extra
+        rate = max(0.05, sum(not r["correct"] for r in seen) / len(seen))  # guess the yield
+        missing = n - len(no_positive(seen, n))
+        end = min(end + math.ceil(missing / rate * 1.2) + 8, limit)
+        tasks = load_tasks(args, end)
+        if len(tasks) <= n + len(extra):
+            break  # a --tasks file ran out
+        extra = run_condition(backend, BASE, tasks[n:], path)
+    wrong = no_positive(base + extra, n)
+    if len(wrong) < n:
+        log(f"no_positive: only {len(wrong)} wrong traces after {len(extra)} extra tasks "
+            "(lower --budget or supply more tasks)")
+    return wrong
+
+
+@lru_cache(maxsize=4)
+def token_counter(name):
+    """texts -> token counts under a tokenizer (alias, hub id or folder). A folder with a
+    tokenizer.json is read by the `tokenizers` library directly (fast, no transformers)."""
+    import common
+    path = common.resolve_model(name)
+    tj = os.path.join(path, "tokenizer.json")
+    if os.path.isfile(tj):
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(tj)
+        return lambda texts: [len(e.ids) for e in tok.encode_batch(list(texts), add_special_tokens=False)]
+    tok = common.load_tokenizer(name)
+    return lambda texts: [len(x) for x in tok(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def summarize(out, count, settings):
+    """summary.json over every condition file in out."""
+    conds = {}
+    for c in CONDITIONS:
+        path = os.path.join(out, f"{c}.jsonl")
+        if not os.path.exists(path):
+            continue
+        recs = read_jsonl_tolerant(path)
+        known = [r["behaviors"] for r in recs if isinstance(r.get("behaviors"), dict)]
+        toks = count([r["completion"] for r in recs]) if recs else []
+        conds[c] = {
+            "records": len(recs),
+            "correct_rate": sum(r["correct"] for r in recs) / max(len(recs), 1),
+            "mean_completion_tokens": sum(toks) / max(len(toks), 1),
+            "behaviors": ({b: sum(k.get(b, 0) for k in known) / len(known) for b in BEHAVIORS}
+                          if recs and len(known) == len(recs) else None),  # null: unknown (API)
+        }
+    write_json(os.path.join(out, "summary.json"), {"settings": settings, "conditions": conds})
+    return conds
+
+
+# ---------------------------------------------------------------------------------
+# command line
+
+def build_parser():
+    """One flag per setting in DEFAULTS (its default and type come from there)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    def add(name, help, **kw):
+        d = DEFAULTS[name]
+        if isinstance(d, bool):
+            kw["action"] = "store_true"
+        elif d is not None and "choices" not in kw:
+            kw["type"] = type(d)
+        ap.add_argument("--" + name.replace("_", "-"), default=d, help=help, **kw)
+
+    add("backend", "who writes the traces: the offline symbolic search, Claude, or an "
+        "OpenAI-compatible server", choices=["symbolic", "anthropic", "openai"])
+    add("condition", f"condition(s), comma-separated, or all: {', '.join(CONDITIONS)}")
+    add("n", "records per condition")
+    add("out", "output folder (resumed if it already holds records of this run)")
+    add("seed", "seed of the task stream and of each trace's wording and search order")
+    add("tasks", "task JSONL ({id, nums, target} per line) to use instead of generated tasks")
+    add("sizes", "comma-separated task sizes (3..5), each an equal share")
+    add("target_min", "smallest target of generated tasks")
+    add("target_max", "largest target of generated tasks")
+    add("num_min", "smallest input number of generated tasks")
+    add("num_max", "largest input number of generated tasks")
+    add("template", "prompt template stored in each record", choices=sorted(countdown.TEMPLATES))
+    add("tokenizer", "tokenizer for lengths (dots matching, summary): alias, hub id or folder")
+    add("budget", "symbolic: complete attempts before giving up with a wrong answer "
+        "(lower: fewer correct)")
+    add("width", "symbolic: steps tried from an intermediate state before going further back")
+    add("model", "API model id; unset: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_MODEL.items()))
+    add("base_url", "API base URL; unset: env ANTHROPIC_BASE_URL / OPENAI_BASE_URL, else the "
+        "public API")
+    add("max_tokens", "API: longest completion in tokens")
+    add("temperature", "API: sampling temperature")
+    add("concurrency", "API: requests in flight at once")
+    add("max_retries", "API: retries of a request on 429, 5xx, overload or a malformed body")
+    add("retry_base", "API: first backoff in seconds (doubles on each retry, with jitter)")
+    add("timeout", "API: seconds before one HTTP request is abandoned (and retried)")
+    add("batch", "anthropic: use Message Batches (half price; polls until they end)")
+    add("poll", "anthropic --batch: seconds between status polls")
+    return ap
+
+
+def parse_args(argv=None):
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    check_args(ap, args)
+    return args
+
+
+def check_args(ap, a):
+    """Reject bad settings with a message naming the flag and the reason."""
+    names = CONDITIONS if a.condition == "all" else \
+        [c.strip() for c in a.condition.split(",") if c.strip()]
+    bad = [c for c in names if c not in CONDITIONS]
+    if bad or not names:
+        ap.error(f"--condition: unknown condition {bad[0] if bad else a.condition!r}; "
+                 f"choose from {', '.join(CONDITIONS)} or all")
+    a.conditions = [c for c in CONDITIONS if c in names]
+    try:
+        a.sizes = tuple(int(s) for s in a.sizes.split(","))
+    except ValueError:
+        ap.error(f"--sizes must be comma-separated integers, got {a.sizes!r}")
+    checks = [(a.n >= 1, "--n must be at least 1"),
+              (all(3 <= s <= 5 for s in a.sizes), f"--sizes must lie in 3..5, got {a.sizes}"),
+              (1 <= a.num_min <= a.num_max, "need 1 <= --num-min <= --num-max"),
+              (1 <= a.target_min <= a.target_max, "need 1 <= --target-min <= --target-max"),
+              (a.budget >= 1, "--budget must be at least 1 (one attempt)"),
+              (a.width >= 1, "--width must be at least 1"),
+              (a.concurrency >= 1, "--concurrency must be at least 1"),
+              (a.max_retries >= 0 and a.retry_base >= 0,
+               "--max-retries and --retry-base must be >= 0"),
+              (a.max_tokens >= 1 and a.timeout > 0 and a.poll >= 0,
+               "--max-tokens and --timeout must be positive, --poll at least 0"),
+              (not a.batch or a.backend == "anthropic", "--batch works only with --backend anthropic"),
+              (a.tasks is None or os.path.isfile(a.tasks), f"--tasks: no such file {a.tasks!r}"),
+              (a.backend != "anthropic" or os.environ.get("ANTHROPIC_API_KEY"),
+               "--backend anthropic needs ANTHROPIC_API_KEY in the environment")]
+    for ok, msg in checks:
+        if not ok:
+            ap.error(msg)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except ApiError as e:  # bad key, model id or request: retrying cannot help
+        log(f"error: {e}")
+        return 2
+
+
+def run(args):
+    t0 = time.time()
+    check_stamp(args)
+    backend = SymbolicBackend(args) if args.backend == "symbolic" else ApiBackend(args)
+    count = token_counter(args.tokenizer)
+    tasks = load_tasks(args, args.n)
+    if len(tasks) < args.n:
+        log(f"--tasks holds only {len(tasks)} tasks; writing {len(tasks)} per condition")
+    direct = [c for c in DIRECT if c in args.conditions
+              or (c == BASE and any(d in args.conditions for d in DERIVED))]
+    recs = {c: run_condition(backend, c, tasks, os.path.join(args.out, f"{c}.jsonl")) for c in direct}
+    derived = [c for c in DERIVED if c in args.conditions]
+    if derived and len(recs[BASE]) < len(tasks):
+        log(f"{BASE} is incomplete ({len(recs[BASE])}/{len(tasks)}): not deriving {derived}; rerun")
+    elif derived:
+        make = {"empty_cot": lambda: [empty_cot(r) for r in recs[BASE]],
+                "dots": lambda: [dots(r, count) for r in recs[BASE]],
+                "no_positive": lambda: fill_no_positive(backend, args, recs[BASE])}
+        for c in derived:
+            write_jsonl(os.path.join(args.out, f"{c}.jsonl"), make[c]())
+    settings = {k: v for k, v in vars(args).items() if k not in ("conditions",)}
+    conds = summarize(args.out, count, settings)
+    for c in args.conditions:
+        if c in conds:
+            s = conds[c]
+            beh = " ".join(f"{b[:5]} {v:.2f}" for b, v in (s["behaviors"] or {}).items())
+            print(f"{c:26s} {s['records']:6d} rec  correct {s['correct_rate']:.3f}  "
+                  f"tokens {s['mean_completion_tokens']:7.1f}  {beh}")
+    print(f"wrote {args.out}/ in {time.time() - t0:.1f}s"
+          + (f" ({backend.retries} retries)" if backend.retries else ""))
+    if backend.failed:
+        log(f"{backend.failed} requests failed after retries; rerun the same command to fill them in")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""Tests of gen_priming.py: the symbolic writer (behaviors, derived sets, resume, the
+--n 1000 acceptance run) and the API backends against a local fake server."""
+import doctest
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import countdown
+import gen_priming as gp
+from common import read_jsonl
+from fake_llm_server import FakeLLM
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEY = "sk-test-NEVER-PRINT-ME-0123456789"
+RECORD_KEYS = {"id", "prompt", "completion", "nums", "target", "condition", "correct", "behaviors"}
+
+
+def records(out, cond):
+    return read_jsonl(os.path.join(out, f"{cond}.jsonl"))
+
+
+def marker_counts(completion):
+    """Behavior sentences found by gen_priming.MARKERS (one match per sentence)."""
+    sents = [s for s in re.split(r"(?<=\.)\s+", gp.thinking(completion)) if s.strip()]
+    return {b: sum(bool(re.search(p, s, re.I)) for s in sents) for b, p in gp.MARKERS.items()}
+
+
+def assert_no_key(out_dir, *texts):
+    for t in texts:
+        assert KEY not in t
+    for root, _, files in os.walk(out_dir):
+        for f in files:
+            with open(os.path.join(root, f), encoding="utf-8", errors="replace") as fh:
+                assert KEY not in fh.read(), f"key leaked into {f}"
+
+
+# ---------------------------------------------------------------------------------
+# symbolic backend
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("priming"))
+    assert gp.main(["--condition", "all", "--n", "60", "--out", out]) == 0
+    return out
+
+
+def test_record_format(small):
+    for cond in gp.CONDITIONS:
+        recs = records(small, cond)
+        assert len(recs) == 60 and len({r["id"] for r in recs}) == 60
+        for r in recs:
+            assert set(r) == RECORD_KEYS and r["condition"] == cond
+            assert r["prompt"] == countdown.make_prompt(r["nums"], r["target"], "base")
+            assert r["completion"].count("</think>") == 1
+            assert r["completion"].endswith("</answer>")
+            expr = countdown.extract_answer(r["completion"])
+            assert r["correct"] == countdown.check_equation(expr, r["nums"], r["target"])
+            assert countdown.score(r["completion"], r["nums"], r["target"]) in (0.1, 1.0)
+            assert set(r["behaviors"]) == set(gp.BEHAVIORS)
+
+
+def test_exactly_the_conditions_behaviors(small):
+    judging = re.compile(r"too (high|low|big|small)|\bis not\b|equals|match|correct|wrong|"
+                         r"close|short of|the target|works|verif|check", re.I)
+    for cond, wanted in gp.DIRECT.items():
+        for r in records(small, cond):
+            # the recorded counts are the sentences actually written, and nothing else shows
+            assert marker_counts(r["completion"]) == r["behaviors"], r["completion"]
+            assert all(r["behaviors"][b] == 0 for b in gp.BEHAVIORS if b not in wanted)
+            if "verification" not in wanted:
+                assert not judging.search(gp.thinking(r["completion"])), r["completion"]
+
+
+def test_five_numbers_and_any_budget():
+    rng = __import__("random").Random(5)  # solvable or not: the writer copes either way
+    tasks = [{"id": f"r{i}", "nums": [rng.randint(1, 99) for _ in range(5)],
+              "target": rng.randint(10, 25)} for i in range(40)]
+    for cond, wanted in gp.DIRECT.items():
+        for t in tasks:
+            for budget in (1, 9):
+                r = gp.write_symbolic(t, cond, 0, budget)
+                assert marker_counts(r["completion"]) == r["behaviors"]
+                assert all(r["behaviors"][b] == 0 for b in gp.BEHAVIORS if b not in wanted)
+                assert countdown.score(r["completion"], t["nums"], t["target"]) > 0
+
+
+def test_phrasing_varies(small):
+    openings = {gp.thinking(r["completion"]).strip().split(".")[0].split(" ")[0]
+                for r in records(small, "all_strategies")}
+    assert len(openings) >= 3  # several wordings of the same move, picked by the seed
+
+
+def test_derived_conditions(small):
+    base = {r["id"]: r for r in records(small, "all_strategies")}
+    count = gp.token_counter("tiny")
+    for e, d in zip(records(small, "empty_cot"), records(small, "dots")):
+        b = base[e["id"]]
+        assert gp.thinking(e["completion"]) == "" and e["correct"] == b["correct"]
+        assert countdown.extract_answer(e["completion"]) == countdown.extract_answer(b["completion"])
+        assert set(gp.thinking(d["completion"])) <= {"."}
+        assert count([gp.thinking(d["completion"])]) == count([gp.thinking(b["completion"])])
+    extra = {r["id"]: r for r in read_jsonl(os.path.join(small, "extra", "all_strategies.jsonl"))}
+    for r in records(small, "no_positive"):
+        src = base.get(r["id"]) or extra[r["id"]]
+        assert not r["correct"] and r["completion"] == src["completion"]
+
+
+def test_same_seed_same_files_and_resume_after_kill(tmp_path):
+    argv = ["--condition", "only_backtracking,dots", "--n", "40"]
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    gp.main(argv + ["--out", a])
+    gp.main(argv + ["--out", b])
+    names = ["only_backtracking.jsonl", "all_strategies.jsonl", "dots.jsonl"]
+    read = lambda d, f: open(os.path.join(d, f), "rb").read()
+    assert all(read(a, f) == read(b, f) for f in names)
+    # a "killed" run: 13 whole lines and a torn 14th; the rerun completes it exactly
+    path = os.path.join(b, "only_backtracking.jsonl")
+    lines = read(b, "only_backtracking.jsonl").splitlines(keepends=True)
+    with open(path, "wb") as f:
+        f.write(b"".join(lines[:13]) + lines[13][:25])
+    gp.main(argv + ["--out", b])
+    assert all(read(a, f) == read(b, f) for f in names)
+    gp.main(argv + ["--out", b])  # nothing left to do: nothing changes
+    assert all(read(a, f) == read(b, f) for f in names)
+
+
+def test_resume_refuses_other_tasks(tmp_path):
+    out = str(tmp_path)
+    gp.main(["--condition", "only_backtracking", "--n", "5", "--out", out, "--seed", "1"])
+    for flag, value in [("--seed", "2"), ("--budget", "7"), ("--target-max", "30")]:
+        with pytest.raises(gp.DataError, match=f"written with {flag} "):
+            gp.main(["--condition", "only_backtracking", "--n", "5", "--out", out, "--seed", "1",
+                     flag, value])
+    # same settings, larger n: resumes
+    gp.main(["--condition", "only_backtracking", "--n", "8", "--out", out, "--seed", "1"])
+    assert len(records(out, "only_backtracking")) == 8
+
+
+def test_budget_controls_correctness():
+    tasks = gp.make_tasks(150, 7)
+    rate = {b: sum(gp.write_symbolic(t, "all_strategies", 0, b)["correct"] for t in tasks) / 150
+            for b in (1, 3, 12)}
+    assert rate[1] < rate[3] < rate[12]
+    one = [gp.write_symbolic(t, "only_backtracking", 0, 1) for t in tasks]
+    assert all(r["behaviors"]["backtracking"] == 0 for r in one)  # one attempt, nothing to undo
+
+
+def test_tasks_file_and_template(tmp_path):
+    tasks = str(tmp_path / "tasks.jsonl")
+    with open(tasks, "w") as f:
+        for i, (nums, t) in enumerate([([3, 2, 4], 24), ([44, 19, 3, 1], 76), ([1, 2, 3], 6)]):
+            f.write(json.dumps({"id": f"t{i}", "nums": nums, "target": t}) + "\n")
+    out = str(tmp_path / "out")
+    gp.main(["--tasks", tasks, "--condition", "backtracking_backward", "--n", "3",
+             "--out", out, "--template", "qwen-instruct"])
+    recs = records(out, "backtracking_backward")
+    assert [r["id"] for r in recs] == ["t0", "t1", "t2"]
+    assert all(r["prompt"].startswith("<|im_start|>system") for r in recs)
+
+
+def test_acceptance_n1000(tmp_path):
+    out = str(tmp_path)
+    t0 = time.process_time()  # CPU time: other jobs on a shared machine cannot make it flaky
+    assert gp.main(["--condition", "all", "--n", "1000", "--out", out]) == 0
+    assert time.process_time() - t0 < 45
+    s = json.load(open(os.path.join(out, "summary.json")))["conditions"]
+    assert sorted(s) == sorted(gp.CONDITIONS)
+    assert all(s[c]["records"] == 1000 for c in gp.CONDITIONS)
+    assert all(s["all_strategies"]["behaviors"][b] >= 1 for b in gp.BEHAVIORS)
+    for cond, wanted in gp.DIRECT.items():
+        for b in gp.BEHAVIORS:
+            mean = s[cond]["behaviors"][b]
+            assert mean >= 1 if b in wanted else mean == 0, (cond, b, mean)
+        assert 0 < s[cond]["correct_rate"] < 1
+    assert all(gp.thinking(r["completion"]) == "" for r in records(out, "empty_cot"))
+    ratio = s["dots"]["mean_completion_tokens"] / s["all_strategies"]["mean_completion_tokens"]
+    assert abs(ratio - 1) < 0.05
+    assert s["no_positive"]["correct_rate"] == 0
+
+
+# ---------------------------------------------------------------------------------
+# command line
+
+@pytest.mark.parametrize("argv, words", [
+    (["--condition", "bogus"], "--condition: unknown condition 'bogus'"),
+    (["--n", "0"], "--n must be at least 1"),
+    (["--budget", "0"], "--budget must be at least 1"),
+    (["--sizes", "2,3"], "--sizes must lie in 3..5"),
+    (["--sizes", "three"], "--sizes must be comma-separated"),
+    (["--batch"], "--batch works only with --backend anthropic"),
+    (["--tasks", "/no/such/file.jsonl"], "--tasks: no such file"),
+    (["--backend", "anthropic"], "needs ANTHROPIC_API_KEY"),
+    (["--template", "nope"], "--template"),
+])
+def test_bad_flags_say_which_and_why(argv, words, capsys, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(SystemExit) as e:
+        gp.parse_args(argv)
+    assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_every_flag_has_help():
+    ap = gp.build_parser()
+    flags = [a for a in ap._actions if a.option_strings and a.dest != "help"]
+    assert {a.dest for a in flags} == set(gp.DEFAULTS)  # one flag per setting, and back
+    assert all(a.help and len(a.help) > 10 for a in flags)
+
+
+def test_import_has_no_side_effects(tmp_path):
+    r = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {REPO!r}); "
+                        "import gen_priming"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "" and os.listdir(tmp_path) == []
+
+
+def test_doctests():
+    assert doctest.testmod(gp).failed == 0
+
+
+# ---------------------------------------------------------------------------------
+# API backends against the local fake server
+
+FAULTS = ["429", "500", "overloaded", "malformed"]
+
+
+@pytest.fixture
+def server():
+    made = []
+
+    def make(**kw):
+        made.append(FakeLLM(KEY, **kw).start())
+        return made[-1]
+    yield make
+    for s in made:
+        s.stop()
+
+
+def check_api_records(out, cond, n):
+    recs = records(out, cond)
+    assert len(recs) == n and len({r["id"] for r in recs}) == n
+    for r in recs:
+        assert set(r) == RECORD_KEYS and r["behaviors"] is None
+        assert r["completion"].startswith("\nLet me try") and "<think>" not in r["completion"]
+        assert r["correct"] == (r["target"] % 2 == 0)  # the fake answers even targets right
+    return recs
+
+
+@pytest.mark.parametrize("backend", ["anthropic", "openai"])
+def test_api_retries_on_429_500_overload_and_bad_body(backend, server, tmp_path, monkeypatch, capfd):
+    srv = server(faults=list(FAULTS))
+    env = "ANTHROPIC_API_KEY" if backend == "anthropic" else "OPENAI_API_KEY"
+    monkeypatch.setenv(env, KEY)
+    url = srv.url if backend == "anthropic" else srv.url + "/v1"
+    out = str(tmp_path)
+    rc = gp.main(["--backend", backend, "--base-url", url, "--condition",
+                  "backtracking_verification", "--n", "12", "--out", out, "--retry-base", "0.001",
+                  "--concurrency", "3"])
+    cap = capfd.readouterr()
+    assert rc == 0
+    assert srv.served_faults == FAULTS and cap.err.count("retry") == len(FAULTS)
+    assert "[redacted]" in cap.err  # the 500 echoed the key; we printed it blanked
+    check_api_records(out, "backtracking_verification", 12)
+    assert srv.completions == 12
+    assert_no_key(out, cap.out, cap.err)
+
+
+def test_api_derived_conditions(server, tmp_path, monkeypatch):
+    srv = server()
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    out = str(tmp_path)
+    assert gp.main(["--backend", "openai", "--base-url", srv.url + "/v1", "--condition",
+                    "empty_cot,dots,no_positive", "--n", "10", "--out", out]) == 0
+    assert len(records(out, "no_positive")) == 10
+    assert all(not r["correct"] for r in records(out, "no_positive"))
+    assert all(gp.thinking(r["completion"]) == "" for r in records(out, "empty_cot"))
+    s = json.load(open(os.path.join(out, "summary.json")))["conditions"]
+    assert s["all_strategies"]["behaviors"] is None and s["dots"]["records"] == 10
+
+
+def test_bad_key_stops_cleanly(server, tmp_path, monkeypatch, capfd):
+    srv = server()
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY + "-wrong")
+    rc = gp.main(["--backend", "anthropic", "--base-url", srv.url, "--condition",
+                  "only_backtracking", "--n", "4", "--out", str(tmp_path), "--retry-base", "0"])
+    cap = capfd.readouterr()
+    assert rc == 2 and "HTTP 401" in cap.err and "invalid x-api-key" in cap.err
+    assert KEY not in cap.err and KEY not in cap.out
+
+
+def test_anthropic_batch_resubmits_errored(server, tmp_path, monkeypatch, capfd):
+    srv = server(batch_faults=["429", "overloaded", "malformed"], batch_errored=3)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    out = str(tmp_path)
+    rc = gp.main(["--backend", "anthropic", "--batch", "--base-url", srv.url, "--condition",
+                  "backtracking_subgoal", "--n", "10", "--out", out, "--poll", "0.01",
+                  "--retry-base", "0.001"])
+    cap = capfd.readouterr()
+    assert rc == 0 and srv.served_faults == ["429", "overloaded", "malformed"]
+    assert len(srv.batches) == 2 and len(srv.batches["msgbatch_0001"]["requests"]) == 3
+    check_api_records(out, "backtracking_subgoal", 10)
+    assert not os.path.exists(os.path.join(out, "backtracking_subgoal.jsonl.pending.json"))
+    assert_no_key(out, cap.out, cap.err)
+
+
+# -- kill and restart: a real process, SIGKILLed mid-run ------------------------------
+
+def start(args, env_key):
+    env = {**os.environ, env_key: KEY, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "gen_priming.py"), *args],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(pred, timeout=30):
+    t0 = time.time()
+    while not pred():
+        assert time.time() - t0 < timeout, "timed out"
+        time.sleep(0.02)
+
+
+def lines(path):
+    return open(path).read().count("\n") if os.path.exists(path) else 0
+
+
+def test_kill_and_restart_loses_and_duplicates_nothing(server, tmp_path):
+    srv = server(delay=0.05)
+    out, n = str(tmp_path), 40
+    path = os.path.join(out, "only_backtracking.jsonl")
+    args = ["--backend", "openai", "--base-url", srv.url + "/v1", "--condition",
+            "only_backtracking", "--n", str(n), "--out", out, "--concurrency", "2"]
+    p = start(args, "OPENAI_API_KEY")
+    wait_for(lambda: lines(path) >= 8)
+    p.send_signal(signal.SIGKILL)
+    out1, err1 = p.communicate()
+    assert 8 <= lines(path) < n
+    with open(path, "a") as f:  # as if killed in the middle of a write
+        f.write('{"id": "p0-0000')
+    srv.delay = 0
+    p = start(args, "OPENAI_API_KEY")
+    out2, err2 = p.communicate(timeout=60)
+    assert p.returncode == 0, err2
+    check_api_records(out, "only_backtracking", n)
+    assert [r["id"] for r in sorted(records(out, "only_backtracking"), key=lambda r: r["id"])] \
+        == [t["id"] for t in gp.make_tasks(n, 0)]
+    assert_no_key(out, out1, err1, out2, err2)
+
+
+def test_batch_killed_while_polling_resumes_the_same_batch(server, tmp_path):
+    srv = server(batch_polls=10**9)  # stays "in_progress" until we say so
+    out, n = str(tmp_path), 6
+    pending = os.path.join(out, "only_backtracking.jsonl.pending.json")
+    args = ["--backend", "anthropic", "--batch", "--base-url", srv.url, "--condition",
+            "only_backtracking", "--n", str(n), "--out", out, "--poll", "0.02"]
+    p = start(args, "ANTHROPIC_API_KEY")
+    wait_for(lambda: os.path.exists(pending) and any(r[0] == "GET" for r in srv.requests))
+    p.send_signal(signal.SIGKILL)
+    out1, err1 = p.communicate()
+    srv.batch_polls = 0
+    p = start(args, "ANTHROPIC_API_KEY")
+    out2, err2 = p.communicate(timeout=60)
+    assert p.returncode == 0, err2
+    assert len(srv.batches) == 1  # polled again, not paid for twice
+    check_api_records(out, "only_backtracking", n)
+    assert not os.path.exists(pending)
+    assert_no_key(out, out1, err1, out2, err2)
