@@ -1,0 +1,1025 @@
+"""
+Pretraining curation, as in the study's last experiment: label math web documents for the four
+reasoning behaviors, build a behavior-rich set and a behavior-minimal control matched in
+document count and length, rewrite each document as question / thinking / answer, and cut
+both sets to the same token budget for continued pretraining with sft.py.
+
+Offline, CPU, on the test fixture (seconds; rules backend, tiny tokenizer):
+    python curate_pretrain.py --source tests/fixtures/math_docs.jsonl --backend rules \\
+        --tokenizer tiny --token-budget 2000 --out out/curate_fixture
+    python sft.py --model tiny --data out/curate_fixture/rich.jsonl --out out/cpt_tiny_rich \\
+        --epochs 3 --batch-size 8 --micro-batch 8 --max-len 512 --lr 2e-3
+
+The real thing (the study: Qwen-2.5-32B labels 200k documents of OpenWebMath and FineMath,
+8.3M tokens per set, then continued pretraining of Llama-3.2-3B and PPO). Needs
+`pip install datasets` and a GPU server for the 32B model (2 x 80GB, tensor parallel):
+    vllm serve Qwen/Qwen2.5-32B-Instruct --tensor-parallel-size 2 --max-model-len 16384 --port 8000
+    # 1. label 200k documents (100k from each corpus); one process, 64 requests in flight ...
+    python curate_pretrain.py --stage label --source open-web-math,finemath --n-docs 200000 \\
+        --backend openai --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-32B-Instruct \\
+        --concurrency 64 --out data/curated
+    # ... or several processes (e.g. one per vllm server), each with its own --shard i/n:
+    for i in 0 1 2 3; do python curate_pretrain.py --stage label --source open-web-math,finemath \\
+        --n-docs 200000 --backend openai --base-url http://localhost:8000/v1 \\
+        --model Qwen/Qwen2.5-32B-Instruct --concurrency 32 --shard $i/4 --out data/curated & done; wait
+    # 2. frequencies (figure 7), selection, rewriting, 8.3M tokens of each set in Llama's tokens
+    python curate_pretrain.py --stage stats,select,rewrite,pack --backend openai \\
+        --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-32B-Instruct --concurrency 64 \\
+        --tokenizer llama-3.2-3b --token-budget 8300000 --out data/curated
+    # 3. continued pretraining on each set, then PPO from each result
+    python sft.py --model llama-3.2-3b --data data/curated/rich.jsonl --out out/cpt_llama_rich \\
+        --epochs 1 --pack --max-len 4096 --overlong truncate --grad-ckpt
+    python sft.py --model llama-3.2-3b --data data/curated/minimal.jsonl --out out/cpt_llama_minimal \\
+        --epochs 1 --pack --max-len 4096 --overlong truncate --grad-ckpt
+    python ppo.py --model llama-3.2-3b --init out/cpt_llama_rich/final --data data/countdown --out out/ppo_llama_rich
+    python ppo.py --model llama-3.2-3b --init out/cpt_llama_minimal/final --data data/countdown --out out/ppo_llama_minimal
+Any stage can be rerun or resumed: label and rewrite append whole records and skip what is
+done; stats, select and pack are cheap, deterministic and write atomically. Claude instead
+of a local server: --backend anthropic (ANTHROPIC_API_KEY in the environment). A local
+Hugging Face model can do the rewriting: --rewrite-model PATH (labels still come from
+--backend). Keys come only from the environment and are never printed or written.
+
+Stages (--stage, comma-separated, or all) and what each writes under --out:
+  label    labels.jsonl (labels.shardIofN.jsonl with --shard): {"id", "source", "text",
+           "n_chars", "labels": {verification, backtracking, subgoal, backward: bool},
+           "solves_problem": bool, "labeler"}, appended as documents finish.
+  stats    stats.json: fraction of documents with each behavior, any, none, solving a
+           problem, and (after pack) the same for the two sets; also printed as a table.
+  select   selected.jsonl: rich documents (backtracking or verification first, then the
+           other behaviors) paired one to one with behavior-free documents of the same
+           length bucket; as many pairs as the token budget needs (x --oversample).
+  rewrite  rewrites.jsonl: each selected document as question / <think> / <answer>, labelled
+           again; rewrites that lost or gained a behavior are reported and dropped.
+  pack     rich.jsonl and minimal.jsonl ({"text", "id", "tokens"}), each cut to the token
+           budget (the last document truncated to fit); pack.json with the figures.
+"""
+import argparse
+import glob
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+import common
+
+# ---------------------------------------------------------------------------------
+# settings (the CLI flags)
+DEFAULTS = dict(
+    stage="all",              # label, stats, select, rewrite, pack (comma-separated) or all
+    source="open-web-math",   # open-web-math, finemath, a hub dataset id, or a local .jsonl/.parquet/folder; comma-separated for several
+    n_docs=200_000,           # documents to label, split evenly over the sources (the study: 200k)
+    text_field="text",        # field holding the document text
+    shuffle_buffer=10_000,    # hub streams: shuffle buffer for a random sample (0: stream order)
+    seed=0,                   # seed of the stream shuffle and of the selection order
+    out="data/curated",       # output folder
+    backend="rules",          # labeller and rewriter: rules (offline), openai (any compatible server), anthropic
+    model=None,               # API model id (default per backend, see DEFAULT_MODEL)
+    base_url=None,            # API base URL (default env OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the public API)
+    rewrite_model=None,       # local Hugging Face model (folder, hub id, alias) that rewrites instead of --backend
+    device=None,              # device of --rewrite-model (default cuda if available)
+    concurrency=16,           # API requests in flight at once
+    max_retries=6,            # API: retries of a request (429, 5xx, network, unreadable reply)
+    retry_base=1.0,           # API: first backoff in seconds, doubled each retry (plus jitter)
+    timeout=300.0,            # API: seconds before a request is abandoned (and retried)
+    max_doc_chars=12_000,     # documents are cut to this many characters before an LLM reads them
+    max_tokens=4096,          # longest rewrite (API max_tokens, or new tokens of --rewrite-model)
+    temperature=0.7,          # rewrite sampling temperature (labelling uses 0)
+    shard="0/1",              # label only documents i, i+n, i+2n, ... of the stream (i/n)
+    limit=0,                  # label at most this many new documents in this run (0: no limit)
+    token_budget=8_300_000,   # tokens per set (the study: 8.3M)
+    tokenizer="llama-3.2-3b", # tokenizer that measures the budget (the model you will train)
+    oversample=1.5,           # select this many times the budget (rewrites get dropped, lengths change)
+    chars_per_token=4.0,      # select: estimate of characters per token of the source text
+    bucket_width=0.5,         # select: width of the length buckets in log2(characters)
+)
+SOURCES = {  # --source short names -> (hub dataset, config)
+    "open-web-math": ("open-web-math/open-web-math", None),
+    "finemath": ("HuggingFaceTB/finemath", "finemath-3plus"),  # our choice of config; the study does not name one
+}
+DEFAULT_MODEL = {"openai": "Qwen/Qwen2.5-32B-Instruct", "anthropic": "claude-sonnet-4-5"}
+ANTHROPIC_VERSION = "2023-06-01"
+BEHAVIORS = ("verification", "backtracking", "subgoal", "backward")
+STAGES = ("label", "stats", "select", "rewrite", "pack")
+MAX_BACKOFF = 60.0  # seconds
+
+# ---------------------------------------------------------------------------------
+# offline labels: phrases of each behavior (the `rules` backend)
+
+CUES = {
+    "verification": [
+        r"\b(let'?s|let us|we can|I'?ll|we'?ll|now) (double[- ])?check\b", r"\bdouble[- ]check",
+        r"\bsanity check", r"(^|[.!?]\s+)check:", r"\bto (check|verify|confirm|make sure)\b",
+        r"\bverif(y|ies|ied|ying|ication)\b", r"\b(plug|plugging|substitute|substituting) (\w+ )?back in",
+        r"\b(which|this|that|it) (matches|agrees with|checks out)\b", r"\bas expected\b",
+        r"\b(which|this|that) confirms\b", r"\b(we can )?make sure\b",
+    ],
+    "backtracking": [
+        r"\b(that|this|it|which) (doesn'?t|does not|won'?t|will not|didn'?t|did not) work\b",
+        r"\b(try|trying|tried) (a |an )?(different|another|something else|again)\b",
+        r"\b(let'?s|let me|we|I) (go|went) back\b", r"\bgoing back to\b", r"\bstart(ing)? over\b",
+        r"\b(scratch|scrap) that\b", r"\bdead end\b", r"\bon second thought\b",
+        r"\b(that|this|it) (was|is) (wrong|a mistake|not right|incorrect)\b",
+        r"\b(I|we) made (a|an) (mistake|error)\b", r"(^|[.!?]\s+)Wait\b",
+        r"\b(did not|didn'?t|does not|doesn'?t) (lead|get us|get me) anywhere\b",
+        r"\b(guess|attempt|approach|idea) (fails|failed)\b", r"\bthat guess fails\b",
+    ],
+    "subgoal": [
+        r"\bsub-?goals?\b", r"\b(first|next|then),? (we|I) (need|want|have) to\b",
+        r"\b(we|I) (first|then|next) (need|have|want) to\b",
+        r"\b(our|the|my) (first|next|immediate|intermediate) (goal|aim|task)\b",
+        r"\b(step one|the first step) is to\b", r"\bbreak (it|this|the problem|the task) (down |up )?into\b",
+        r"\b(the|our|my) plan( is)?\b[:,]?", r"\bonce (we|I) (have|know|find)\b[^.]{0,80}\b(we|I) can\b",
+        r"\b(we|I) need to handle (two|three|several|the) cases\b",
+    ],
+    "backward": [
+        r"\b(work|working|worked|reason|reasoning) backwards?\b", r"\bbackwards? from\b",
+        r"\b(start|begin)(ning|s)? (from|with|at) the (end|goal|answer|conclusion|target|result|desired)",
+        r"\bundo (each|the|every) (step|operation)", r"\breverse the (steps|operations)\b",
+        r"\bfor (this|that|it|the \w+) to (be|equal|hold|work)\b[^.]{0,40}\b(we|I) (need|must)\b",
+    ],
+}
+SOLVED = [  # a stated conclusion anywhere in the document
+    r"\b(the )?(final )?answer is\b", r"\btherefore\b", r"\bthus\b", r"\bhence\b",
+    r"\bso (the|its|her|his|their) \w+( \w+)? (is|are|was|equals)\b", r"\bso,? [a-zA-Z] ?=",
+    r"\bthe solutions? (is|are)\b", r"\bso there are\b", r"\\boxed", r"∎|\bQ\.?E\.?D\b",
+    r"\b(which|this) proves\b", r"\b(holds|is true) for (all|every)\b",
+]
+RESULT = [  # ... or a last sentence that states a result
+    r"=", r"^(so|since|therefore|thus|hence)\b",
+    r"\b(is|are|was|were|be|equals?|gives|get|got|have|has) (about |approximately |exactly )?[-$]?\d",
+]
+_CUES = {k: re.compile("|".join(f"(?:{p})" for p in v), re.I | re.M) for k, v in CUES.items()}
+_SOLVED = re.compile("|".join(f"(?:{p})" for p in SOLVED), re.I)
+_RESULT = re.compile("|".join(f"(?:{p})" for p in RESULT), re.I)
+
+
+def rule_labels(text):
+    """Which behaviors a document shows, by phrase, and whether it works a problem to a
+    conclusion (a concluding phrase, or a last sentence that states a value).
+    Returns ({behavior: bool}, solves_problem).
+
+    >>> labels, solves = rule_labels("Check: 3(6) + 7 = 25, which matches. So x = 6.")
+    >>> labels["verification"], labels["backtracking"], solves
+    (True, False, True)
+    >>> rule_labels("That doesn't work, so let's try a different substitution.")[0]["backtracking"]
+    True
+    >>> rule_labels("First we need to find the width; once we know it, we can get the area.")[0]["subgoal"]
+    True
+    >>> rule_labels("Work backwards from 100: before doubling it was 50.")[0]["backward"]
+    True
+    >>> rule_labels("A group is a set with an associative operation.")
+    ({'verification': False, 'backtracking': False, 'subgoal': False, 'backward': False}, False)
+    """
+    labels = {k: bool(_CUES[k].search(text)) for k in BEHAVIORS}
+    last = re.split(r"(?<=[.!?])\s+", text.strip())[-1]
+    solves = (bool(re.search(r"\d|=", text)) and not last.endswith("?")
+              and bool(_SOLVED.search(text) or _RESULT.search(last)))
+    return labels, solves
+
+
+# ---------------------------------------------------------------------------------
+# LLM prompts and the parsing of their replies
+
+DEFINITIONS = """\
+- verification: the author checks an intermediate or final result, e.g. substitutes it back, \
+recomputes it another way, or compares it with a known value.
+- backtracking: the author abandons an approach that failed or was wrong and goes back to try \
+another.
+- subgoal: the author names an intermediate goal to reach on the way to the answer, e.g. \
+"first we need to find the width".
+- backward: the author works backwards from the goal or the desired result toward the given \
+facts."""
+LABEL_SYSTEM = f"""You read a math document from the web and say which reasoning behaviors \
+its author shows in the text itself.
+{DEFINITIONS}
+- solves_problem: the document works a problem or proof through to a stated result.
+Reply with one JSON object and nothing else: {{"verification": true or false, \
+"backtracking": ..., "subgoal": ..., "backward": ..., "solves_problem": ...}}"""
+REWRITE_SYSTEM = f"""You rewrite a math document from the web as one worked problem in three \
+parts: <question>the problem the document works on</question> <think>the reasoning, step by \
+step, in the first person</think> <answer>the final result</answer>. Use only the content of \
+the document: keep its mathematics and do not invent new results. The reasoning behaviors \
+are:
+{DEFINITIONS}
+Reply with the three tagged parts and nothing else."""
+KEEP = "The document shows {present}. The thinking must show each of them where the document does{absent}."
+AVOID = ("The thinking must go straight through: it must not check results, abandon an "
+         "approach, name intermediate goals or work backwards from the answer.")
+FRAME = "Question: {q}\n\n<think>\n{t}\n</think>\n\n<answer>\n{a}\n</answer>"  # training text
+
+
+def parse_label_reply(text):
+    """({behavior: bool}, solves_problem) from an LLM's JSON reply; ValueError if unreadable.
+
+    >>> parse_label_reply('Sure. {"verification": true, "backtracking": "no", "subgoal": 0, '
+    ...                   '"backward": false, "solves_problem": "yes"}')
+    ({'verification': True, 'backtracking': False, 'subgoal': False, 'backward': False}, True)
+    """
+    m = re.search(r"\{[^{}]*\}", text, re.S)
+    if not m:
+        raise ValueError("no JSON object in the reply")
+    obj = {k.lower().strip(): v for k, v in json.loads(m.group(0)).items()}
+
+    def truth(k):
+        v = obj[k]
+        if isinstance(v, str):
+            if v.strip().lower() not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError(f"{k}: {v!r} is not yes/no")
+            return v.strip().lower() in ("true", "yes", "1")
+        return bool(v)
+    try:
+        return {k: truth(k) for k in BEHAVIORS}, truth("solves_problem")
+    except KeyError as e:
+        raise ValueError(f"reply lacks {e}") from None
+
+
+def parse_rewrite_reply(text):
+    """(question, thinking, answer) from tagged LLM output, or None if a part is missing.
+
+    >>> parse_rewrite_reply("<question>2+2?</question>\\n<think>Add them.</think><answer>4</answer>")
+    ('2+2?', 'Add them.', '4')
+    >>> parse_rewrite_reply("<think>no question</think>") is None
+    True
+    """
+    parts = [re.search(rf"<{tag}>(.*?)</{tag}>", text, re.S) for tag in ("question", "think", "answer")]
+    if not all(parts):
+        return None
+    q, t, a = (p.group(1).strip() for p in parts)
+    return (q, t, a) if q and t and a else None
+
+
+def frame_document(text):
+    """The document's own text cut into (question, thinking, answer), inventing nothing:
+    first and last paragraph around the middle ones, else first and last sentence.
+
+    >>> frame_document("Solve x + 1 = 3.\\n\\nSubtract 1.\\n\\nSo x = 2.")
+    ('Solve x + 1 = 3.', 'Subtract 1.', 'So x = 2.')
+    >>> frame_document("Find x. We subtract. Then divide. So x = 2.")
+    ('Find x.', 'We subtract. Then divide.', 'So x = 2.')
+    >>> frame_document("Just one sentence.")
+    ('', 'Just one sentence.', '')
+    """
+    paras = [p.strip() for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+    if len(paras) >= 3:
+        return paras[0], "\n\n".join(paras[1:-1]), paras[-1]
+    sents = [s for s in re.split(r"(?<=[.?!])\s+", " ".join(paras)) if s]
+    if len(sents) >= 3:
+        return sents[0], " ".join(sents[1:-1]), sents[-1]
+    if len(sents) == 2:
+        return sents[0], "", sents[1]
+    return "", " ".join(sents), ""
+
+
+def rewrite_messages(text, set_name, labels, max_chars):
+    """(system, user) of one rewrite request: keep the source's behaviors (rich) or none."""
+    present = [k for k in BEHAVIORS if labels[k]]
+    if set_name == "rich" and present:
+        absent = [k for k in BEHAVIORS if not labels[k]]
+        rule = KEEP.format(present=", ".join(present),
+                           absent=f"; it must not add {', '.join(absent)}" if absent else "")
+    else:
+        rule = AVOID
+    return REWRITE_SYSTEM, f"{rule}\n\n<document>\n{text[:max_chars]}\n</document>"
+
+
+# ---------------------------------------------------------------------------------
+# HTTP: chat completions (OpenAI-compatible) and the Anthropic Messages API, stdlib only
+
+class Retryable(Exception):
+    """Worth retrying: 408/409/429, 5xx, network errors, an unreadable reply."""
+
+    def __init__(self, msg, retry_after=None):
+        super().__init__(msg)
+        self.retry_after = retry_after
+
+
+class ApiError(Exception):
+    """Retrying will not help (bad key, unknown model, bad request): the run stops."""
+
+
+def post_json(url, body, headers, timeout):
+    """POST a JSON body -> reply text. Raises Retryable or ApiError on failure. The
+    loopback (a local server, the tests) never goes through an environment proxy."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    local = urllib.parse.urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
+    try:
+        with opener.open(req, timeout=timeout) as r:
+            return r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read().decode("utf-8", "replace")
+        retry_after = e.headers.get("retry-after") if e.headers else None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise Retryable(f"network error: {type(e).__name__}") from None
+    msg = f"HTTP {status}: {text[:200]}"
+    if status in (408, 409, 429) or status >= 500:
+        ra = float(retry_after) if retry_after and re.fullmatch(r"\d+(\.\d+)?", retry_after) else None
+        raise Retryable(msg, ra)
+    raise ApiError(msg)
+
+
+class LLM:
+    """One chat turn (system + user -> text) against an OpenAI-compatible server or the
+    Anthropic Messages API, with exponential backoff. Keys come from the environment."""
+
+    def __init__(self, kind, model=None, base_url=None, max_retries=6, retry_base=1.0, timeout=300.0):
+        self.kind, self.model = kind, model or DEFAULT_MODEL[kind]
+        env = "ANTHROPIC" if kind == "anthropic" else "OPENAI"
+        public = "https://api.anthropic.com" if kind == "anthropic" else "https://api.openai.com/v1"
+        self._key = os.environ.get(f"{env}_API_KEY", "")
+        self.base = (base_url or os.environ.get(f"{env}_BASE_URL") or public).rstrip("/")
+        self.max_retries, self.retry_base, self.timeout = max_retries, retry_base, timeout
+        self.retries, self.lock, self.rng = 0, threading.Lock(), random.Random()
+
+    def redact(self, text):
+        return text.replace(self._key, "[key]") if self._key else text
+
+    def request(self, system, user, max_tokens, temperature):
+        """(url, headers, body) in the backend's wire format."""
+        if self.kind == "anthropic":
+            headers = {"x-api-key": self._key, "anthropic-version": ANTHROPIC_VERSION,
+                       "content-type": "application/json"}
+            body = {"model": self.model, "max_tokens": max_tokens, "temperature": temperature,
+                    "system": system, "messages": [{"role": "user", "content": user}]}
+            return self.base + "/v1/messages", headers, body
+        headers = {"content-type": "application/json"}
+        if self._key:  # a local vllm server needs none
+            headers["authorization"] = f"Bearer {self._key}"
+        body = {"model": self.model, "max_tokens": max_tokens, "temperature": temperature,
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+        return self.base + "/chat/completions", headers, body
+
+    def reply_text(self, raw):
+        """The assistant's text in a response body (raises on a malformed one)."""
+        obj = json.loads(raw)
+        if self.kind == "anthropic":
+            return "".join(b.get("text", "") for b in obj["content"] if b.get("type") == "text")
+        content = obj["choices"][0]["message"]["content"]
+        if not isinstance(content, str):
+            raise TypeError("no text content")
+        return content
+
+    def chat(self, system, user, max_tokens=1024, temperature=0.0, parse=None):
+        """Reply text (or parse(text)); retries 429/5xx/network/unreadable with backoff."""
+        url, headers, body = self.request(system, user, max_tokens, temperature)
+        for attempt in range(self.max_retries + 1):
+            try:
+                raw = post_json(url, body, headers, self.timeout)
+                try:
+                    text = self.reply_text(raw)
+                    return parse(text) if parse else text
+                except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+                    raise Retryable(f"unreadable reply ({e})") from None
+            except Retryable as e:
+                if attempt == self.max_retries:
+                    raise Retryable(self.redact(f"gave up after {attempt} retries: {e}")) from None
+                wait_s = e.retry_after if e.retry_after is not None else \
+                    self.retry_base * 2 ** attempt * (0.5 + self.rng.random())
+                with self.lock:
+                    self.retries += 1
+                wait_s = min(wait_s, MAX_BACKOFF)
+                log(self.redact(f"{e}; retry {attempt + 1}/{self.max_retries} in {wait_s:.2f}s"))
+                time.sleep(wait_s)
+            except ApiError as e:
+                raise ApiError(self.redact(str(e))) from None
+
+
+# ---------------------------------------------------------------------------------
+# reading documents and our own append-only logs
+
+def log(msg):
+    print(f"[curate] {msg}", file=sys.stderr, flush=True)
+
+
+def doc_id(prefix, text):
+    """A stable id from the text (duplicates share one).
+
+    >>> doc_id("owm", "x = 1")
+    'owm-34bce5f775de97f5'
+    """
+    return f"{prefix}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:16]}"
+
+
+def _need_datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise SystemExit("curate_pretrain: streaming a Hugging Face dataset needs the `datasets` "
+                         "package: pip install datasets (or pass a local .jsonl/.parquet file as --source)")
+    return datasets
+
+
+def _local_files(path):
+    if os.path.isdir(path):
+        files = sorted(glob.glob(os.path.join(path, "*.jsonl")) + glob.glob(os.path.join(path, "*.parquet")))
+        if not files:
+            raise common.DataError(f"{path}: no .jsonl or .parquet files")
+        return files
+    return [path]
+
+
+def _iter_local(path, field):
+    """(id or None, text) of a local JSONL or parquet file, in order."""
+    if path.endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise SystemExit("curate_pretrain: reading parquet needs pyarrow: pip install pyarrow")
+        for batch in pq.ParquetFile(path).iter_batches(columns=[field]):
+            for text in batch.column(0).to_pylist():
+                yield None, text
+        return
+    for rec in common.read_jsonl(path, required=(field,)):
+        yield rec.get("id"), rec[field]
+
+
+def iter_source(name, n, field, shuffle_buffer, seed):
+    """Yield (id, text) of the first n documents of one source (short name, hub id or path)."""
+    if os.path.exists(name):
+        prefix = os.path.splitext(os.path.basename(name.rstrip("/")))[0]
+        stream = (d for f in _local_files(name) for d in _iter_local(f, field))
+    else:
+        datasets = _need_datasets()
+        hub, config = SOURCES.get(name, (name, None))
+        ds = datasets.load_dataset(hub, config, split="train", streaming=True)
+        if shuffle_buffer:
+            ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer)
+        prefix = name.split("/")[-1]
+        stream = ((None, r[field]) for r in ds)
+    for i, (rid, text) in enumerate(stream):
+        if i >= n:
+            return
+        if isinstance(text, str) and text.strip():
+            yield (str(rid) if rid is not None else doc_id(prefix, text)), text
+
+
+def iter_documents(args):
+    """(index, source, id, text) over all sources, --n-docs split evenly between them."""
+    names = [s.strip() for s in args.source.split(",") if s.strip()]
+    index = 0
+    for j, name in enumerate(names):
+        n = args.n_docs // len(names) + (1 if j < args.n_docs % len(names) else 0)
+        for did, text in iter_source(name, n, args.text_field, args.shuffle_buffer, args.seed):
+            yield index, name, did, text
+            index += 1
+
+
+def repair_tail(path):
+    """Cut a torn last line (a run killed mid-write) off an append-only JSONL file."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        end = pos = f.seek(0, 2)
+        while pos > 0:
+            step = min(1 << 16, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                pos = pos - step + nl + 1
+                break
+            pos -= step
+        if pos != end:
+            f.truncate(pos)
+            log(f"{path}: dropped a torn last line ({end - pos} bytes)")
+
+
+def iter_jsonl(path):
+    """Records of a JSONL file, streamed (files here may be gigabytes)."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise common.DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+
+
+def label_files(out):
+    return sorted(glob.glob(os.path.join(out, "labels*.jsonl")))
+
+
+def iter_labels(out, fields=None, desc=None):
+    """Labelled documents of every labels*.jsonl in out, each id once; `fields` keeps only
+    those keys (select reads lengths first, texts later); `desc` shows a progress bar."""
+    from tqdm import tqdm
+    seen = set()
+    bar = tqdm(desc=desc, unit="doc", disable=desc is None, leave=False, dynamic_ncols=True)
+    for path in label_files(out):
+        for rec in iter_jsonl(path):
+            bar.update(1)
+            if rec["id"] not in seen:
+                seen.add(rec["id"])
+                yield {k: rec[k] for k in fields} if fields else rec
+    bar.close()
+
+
+# ---------------------------------------------------------------------------------
+# running many documents through a labeller or rewriter, resumably
+
+def run_jobs(items, work, path, concurrency, desc, total=None, flush_every=1):
+    """Apply work(item) -> record to items and append each record to path as it finishes.
+    `concurrency` > 1 runs that many in threads (with a bounded queue). A Retryable failure
+    skips the item (a rerun retries it); ApiError stops the run. Returns (done, failed)."""
+    from tqdm import tqdm
+    buf, done, failed = [], 0, 0
+    bar = tqdm(total=total, desc=desc, unit="doc", dynamic_ncols=True)
+
+    def finish(item, fn):
+        nonlocal done, failed
+        try:
+            rec = fn()
+        except Retryable as e:
+            failed += 1
+            log(f"skipped {item.get('id')} (a rerun retries it): {e}")
+            return
+        buf.append(rec)
+        done += 1
+        bar.update(1)
+        if len(buf) >= flush_every:
+            common.append_jsonl(path, buf)
+            buf.clear()
+    try:
+        if concurrency <= 1:
+            for item in items:
+                finish(item, lambda: work(item))
+        else:
+            with ThreadPoolExecutor(max_workers=concurrency) as pool:
+                pending = {}
+                for item in items:
+                    pending[pool.submit(work, item)] = item
+                    while len(pending) >= 2 * concurrency:
+                        ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        for f in ready:
+                            finish(pending.pop(f), f.result)
+                for f in list(pending):
+                    finish(pending.pop(f), f.result)
+    finally:
+        if buf:
+            common.append_jsonl(path, buf)
+        bar.close()
+    return done, failed
+
+
+def make_labeller(args, llm=None):
+    """text -> ({behavior: bool}, solves_problem), and the labeller's name for records."""
+    if args.backend == "rules":
+        return rule_labels, "rules"
+    def label(text):
+        user = f"<document>\n{text[:args.max_doc_chars]}\n</document>"
+        return llm.chat(LABEL_SYSTEM, user, max_tokens=200, temperature=0.0, parse=parse_label_reply)
+    return label, f"{args.backend}:{llm.model}"
+
+
+def parse_shard(s):
+    """'i/n' -> (i, n).
+
+    >>> parse_shard("2/4")
+    (2, 4)
+    """
+    m = re.fullmatch(r"(\d+)/(\d+)", s.strip())
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise ValueError(f"--shard wants i/n with 0 <= i < n, got {s!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def stage_label(args, llm):
+    """Label every document of this shard not yet in any labels*.jsonl; append as we go."""
+    i, n = parse_shard(args.shard)
+    path = os.path.join(args.out, "labels.jsonl" if n == 1 else f"labels.shard{i}of{n}.jsonl")
+    repair_tail(path)
+    done = {r["id"] for r in iter_labels(args.out, fields=("id",), desc="done")}
+    label, name = make_labeller(args, llm)
+
+    def todo():
+        k = 0
+        for index, source, did, text in iter_documents(args):
+            if args.limit and k >= args.limit:
+                return
+            if index % n != i or did in done:
+                continue
+            done.add(did)  # a document repeated in the stream is labelled once
+            k += 1
+            yield {"id": did, "source": source, "text": text}
+
+    def work(d):
+        labels, solves = label(d["text"])
+        return {**d, "n_chars": len(d["text"]), "labels": labels, "solves_problem": solves, "labeler": name}
+    local = all(os.path.exists(x.strip()) for x in args.source.split(","))
+    total = None if local else -(-args.n_docs // n)  # a local file's length is unknown up front
+    if args.limit:
+        total = min(total or args.limit, args.limit)
+    conc = 1 if args.backend == "rules" else args.concurrency
+    new, failed = run_jobs(todo(), work, path, conc, "label", total=total,
+                           flush_every=256 if conc == 1 else 1)
+    log(f"label: {new} new documents in {path}, {len(done) - failed} labelled in all"
+        + (f", {failed} failed (rerun to retry)" if failed else ""))
+    return new, failed
+
+
+# ---------------------------------------------------------------------------------
+# stats
+
+def frequencies(records):
+    """Fraction of records showing each behavior, any behavior, none.
+
+    >>> f = frequencies([{"labels": {"verification": True, "backtracking": False, "subgoal": False,
+    ...                   "backward": False}}, {"labels": dict.fromkeys(BEHAVIORS, False)}])
+    >>> f["verification"], f["any"], f["none"]
+    (0.5, 0.5, 0.5)
+    """
+    n = len(records)
+    counts = dict.fromkeys(BEHAVIORS + ("any",), 0)
+    for r in records:
+        for k in BEHAVIORS:
+            counts[k] += bool(r["labels"][k])
+        counts["any"] += any(r["labels"][k] for k in BEHAVIORS)
+    freq = {k: (v / n if n else 0.0) for k, v in counts.items()}
+    freq["none"] = 1.0 - freq["any"] if n else 0.0
+    return freq
+
+
+def corpus_stats(out):
+    """stats.json contents: corpus frequencies, and the packed sets' once pack has run."""
+    recs = list(iter_labels(out, fields=("labels", "solves_problem"), desc="stats"))
+    stats = {"n_docs": len(recs), "frequency": frequencies(recs),
+             "solves_problem": sum(r["solves_problem"] for r in recs) / len(recs) if recs else 0.0,
+             "sets": {}}
+    pack_path = os.path.join(out, "pack.json")
+    if os.path.exists(pack_path):
+        with open(pack_path) as f:
+            pack = json.load(f)
+        stats["sets"] = {k: {x: pack[k][x] for x in ("n_docs", "tokens", "frequency")}
+                         for k in ("rich", "minimal") if k in pack}
+    return stats
+
+
+def stats_table(stats):
+    """The printed table: one row per behavior, a column per population."""
+    cols = [("corpus", stats["n_docs"], stats["frequency"])]
+    cols += [(k, v["n_docs"], v["frequency"]) for k, v in stats["sets"].items()]
+    lines = [f"{'':14s}" + "".join(f"{name:>12s}" for name, _, _ in cols),
+             f"{'documents':14s}" + "".join(f"{n:12d}" for _, n, _ in cols)]
+    for k in BEHAVIORS + ("any", "none"):
+        lines.append(f"{k:14s}" + "".join(f"{f[k]:12.3f}" for _, _, f in cols))
+    lines.append(f"{'solves_problem':14s}{stats['solves_problem']:12.3f}")
+    return "\n".join(lines)
+
+
+def stage_stats(args, llm=None):
+    stats = corpus_stats(args.out)
+    common.write_json(os.path.join(args.out, "stats.json"), stats)
+    print(stats_table(stats), flush=True)
+    return stats
+
+
+# ---------------------------------------------------------------------------------
+# select
+
+def length_bucket(n_chars, width=0.5):
+    """Length bucket of a document: floor(log2(characters) / width).
+
+    >>> length_bucket(1000), length_bucket(1400), length_bucket(2000)
+    (19, 20, 21)
+    """
+    return int(math.floor(math.log2(max(n_chars, 1)) / width))
+
+
+def stable_rank(key, seed):
+    """A seeded, order-free shuffle key."""
+    return hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()
+
+
+def rich_priority(labels):
+    """0: backtracking or verification, 1: only other behaviors, None: no behavior.
+
+    >>> rich_priority({"verification": False, "backtracking": True, "subgoal": False, "backward": False})
+    0
+    """
+    if labels["backtracking"] or labels["verification"]:
+        return 0
+    return 1 if any(labels[k] for k in BEHAVIORS) else None
+
+
+def select_pairs(docs, token_target, chars_per_token, width, seed):
+    """Pair rich documents (in priority order) with unused behavior-free documents of the
+    same length bucket, until the rich side's estimated tokens reach token_target.
+    docs: [{"id", "n_chars", "labels"}]. Returns ([(rich_id, minimal_id)], n_unmatched).
+
+    >>> no, v = dict.fromkeys(BEHAVIORS, False), dict(dict.fromkeys(BEHAVIORS, False), verification=True)
+    >>> docs = [dict(id="a", n_chars=100, labels=v), dict(id="b", n_chars=105, labels=no),
+    ...         dict(id="c", n_chars=900, labels=v), dict(id="d", n_chars=30, labels=no)]
+    >>> select_pairs(docs, 1e9, 4.0, 0.5, 0)
+    ([('a', 'b')], 1)
+    """
+    rich = sorted((d for d in docs if rich_priority(d["labels"]) is not None),
+                  key=lambda d: (rich_priority(d["labels"]), stable_rank(d["id"], seed)))
+    pool = {}
+    for d in sorted((d for d in docs if rich_priority(d["labels"]) is None),
+                    key=lambda d: stable_rank(d["id"], seed)):
+        pool.setdefault(length_bucket(d["n_chars"], width), []).append(d["id"])
+    pairs, unmatched, tokens = [], 0, 0.0
+    for d in rich:
+        if tokens >= token_target:
+            break
+        bucket = pool.get(length_bucket(d["n_chars"], width))
+        if not bucket:
+            unmatched += 1
+            continue
+        pairs.append((d["id"], bucket.pop()))
+        tokens += d["n_chars"] / chars_per_token
+    return pairs, unmatched
+
+
+def stage_select(args, llm=None):
+    """selected.jsonl: the rich/minimal pairs with their texts, in pair order."""
+    docs = list(iter_labels(args.out, fields=("id", "n_chars", "labels"), desc="select: lengths"))
+    if not docs:
+        raise SystemExit(f"curate_pretrain: no labels in {args.out}; run --stage label first")
+    pairs, unmatched = select_pairs(docs, args.token_budget * args.oversample,
+                                    args.chars_per_token, args.bucket_width, args.seed)
+    where = {}
+    for k, (r, m) in enumerate(pairs):
+        where[r], where[m] = ("rich", k), ("minimal", k)
+    chosen = {}
+    for rec in iter_labels(args.out, desc="select: texts"):
+        if rec["id"] in where:
+            chosen[rec["id"]] = rec
+    out = []
+    for k, (r, m) in enumerate(pairs):
+        for set_name, did in (("rich", r), ("minimal", m)):
+            rec = chosen[did]
+            out.append({"id": did, "set": set_name, "pair": k, "n_chars": rec["n_chars"],
+                        "labels": rec["labels"], "solves_problem": rec["solves_problem"],
+                        "text": rec["text"]})
+    common.write_jsonl(os.path.join(args.out, "selected.jsonl"), out)
+    n_rich_cand = sum(rich_priority(d["labels"]) is not None for d in docs)
+    first = sum(rich_priority(chosen[r]["labels"]) == 0 for r, _ in pairs)
+    summary = {"pairs": len(pairs), "rich_candidates": n_rich_cand,
+               "minimal_candidates": len(docs) - n_rich_cand, "rich_with_backtracking_or_verification": first,
+               "rich_without_length_match": unmatched,
+               "est_tokens": sum(chosen[r]["n_chars"] for r, _ in pairs) / args.chars_per_token}
+    common.write_json(os.path.join(args.out, "select.json"), summary)
+    log(f"select: {len(pairs)} pairs ({first} rich documents with backtracking or verification; "
+        f"{unmatched} rich documents had no behavior-free partner of their length) -> selected.jsonl")
+    if args.token_budget * args.oversample > summary["est_tokens"]:
+        log(f"select: only about {summary['est_tokens']:.0f} tokens of rich text where "
+            f"{args.token_budget * args.oversample:.0f} were wanted (--token-budget x --oversample); "
+            f"label more documents (--n-docs) if pack falls short of the budget")
+    return summary
+
+
+# ---------------------------------------------------------------------------------
+# rewrite
+
+def rewrite_verdict(source, new):
+    """(keep, lost, gained): a rewrite is kept only if it shows exactly the source's behaviors.
+
+    >>> v = dict.fromkeys(BEHAVIORS, False)
+    >>> rewrite_verdict(dict(v, verification=True), dict(v, backward=True))
+    (False, ['verification'], ['backward'])
+    """
+    lost = [k for k in BEHAVIORS if source[k] and not new[k]]
+    gained = [k for k in BEHAVIORS if new[k] and not source[k]]
+    return not lost and not gained, lost, gained
+
+
+class HFRewriter:
+    """Rewrites with a local causal LM through transformers (greedy, one document at a time)."""
+
+    def __init__(self, name, device, max_new_tokens):
+        import torch
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tok = common.load_tokenizer(name)
+        self.model = common.load_model(name, device=self.device).eval()
+        self.max_new_tokens, self.name = max_new_tokens, name
+
+    def __call__(self, system, user):
+        tok = self.tok
+        if tok.chat_template:
+            msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False)
+        else:
+            ids = tok(f"{system}\n\n{user}\n\n", add_special_tokens=True)["input_ids"]
+        room = getattr(self.model.config, "max_position_embeddings", 4096) - self.max_new_tokens
+        ids = list(ids)[-max(room, 1):]
+        x = self.torch.tensor([ids], device=self.device)
+        with self.torch.no_grad():
+            y = self.model.generate(x, attention_mask=self.torch.ones_like(x), do_sample=False,
+                                    max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id)
+        return tok.decode(y[0, len(ids):], skip_special_tokens=True)
+
+
+def make_rewriter(args, llm):
+    """(system, user) -> reply text, or None for the rules backend; and its name."""
+    if args.rewrite_model:
+        r = HFRewriter(args.rewrite_model, args.device, args.max_tokens)
+        return r, f"hf:{args.rewrite_model}"
+    if args.backend == "rules":
+        return None, "rules"
+    return (lambda s, u: llm.chat(s, u, max_tokens=args.max_tokens, temperature=args.temperature),
+            f"{args.backend}:{llm.model}")
+
+
+def rewrite_one(item, rewriter, name, labeller, max_chars):
+    """One selected document -> its rewrite record (kept or dropped, with the reason)."""
+    if rewriter is None:
+        parts = frame_document(item["text"])
+    else:
+        system, user = rewrite_messages(item["text"], item["set"], item["labels"], max_chars)
+        parts = parse_rewrite_reply(rewriter(system, user))
+    rec = {"id": item["id"], "set": item["set"], "pair": item["pair"], "source_labels": item["labels"],
+           "rewriter": name, "text": None, "labels": None, "kept": False, "lost": [], "gained": []}
+    if parts is None:
+        return dict(rec, reason="unparseable")
+    q, t, a = parts
+    text = FRAME.format(q=q, t=t, a=a)
+    labels, _ = labeller(text)
+    keep, lost, gained = rewrite_verdict(item["labels"], labels)
+    return dict(rec, text=text, labels=labels, kept=keep, lost=lost, gained=gained,
+                reason="ok" if keep else "behaviors changed")
+
+
+def rewrite_report(recs):
+    """Per set: kept, dropped as unparseable, dropped for lost / gained behaviors."""
+    rep = {}
+    for s in ("rich", "minimal"):
+        rs = [r for r in recs if r["set"] == s]
+        rep[s] = {"rewritten": len(rs), "kept": sum(r["kept"] for r in rs),
+                  "unparseable": sum(r["reason"] == "unparseable" for r in rs),
+                  "lost": {k: sum(k in r["lost"] for r in rs) for k in BEHAVIORS},
+                  "gained": {k: sum(k in r["gained"] for r in rs) for k in BEHAVIORS}}
+    return rep
+
+
+def stage_rewrite(args, llm):
+    """rewrites.jsonl: one record per selected document (resumes by set and id)."""
+    sel_path, path = os.path.join(args.out, "selected.jsonl"), os.path.join(args.out, "rewrites.jsonl")
+    if not os.path.exists(sel_path):
+        raise SystemExit(f"curate_pretrain: {sel_path} is missing; run --stage select first")
+    repair_tail(path)
+    done = {(r["set"], r["id"]) for r in common.read_jsonl_tolerant(path)}
+    todo = [r for r in iter_jsonl(sel_path) if (r["set"], r["id"]) not in done]
+    labeller, _ = make_labeller(args, llm)
+    rewriter, name = make_rewriter(args, llm)
+    conc = 1 if (rewriter is None or args.rewrite_model) else args.concurrency
+    run_jobs(iter(todo), lambda it: rewrite_one(it, rewriter, name, labeller, args.max_doc_chars),
+             path, conc, "rewrite", total=len(todo), flush_every=64 if conc == 1 else 1)
+    selected = {(r["set"], r["id"]) for r in iter_jsonl(sel_path)}
+    recs = [r for r in common.read_jsonl_tolerant(path) if (r["set"], r["id"]) in selected]
+    rep = rewrite_report(recs)
+    common.write_json(os.path.join(args.out, "rewrite.json"), rep)
+    for s, v in rep.items():
+        lost = ", ".join(f"{k} {n}" for k, n in v["lost"].items() if n) or "none"
+        gained = ", ".join(f"{k} {n}" for k, n in v["gained"].items() if n) or "none"
+        log(f"rewrite {s}: {v['kept']}/{v['rewritten']} kept; dropped: {v['unparseable']} unparseable, "
+            f"lost [{lost}], gained [{gained}]")
+    return rep
+
+
+# ---------------------------------------------------------------------------------
+# pack
+
+def cut_to_budget(lengths, budget):
+    """How many documents to take, and the tokens of the last one, so that the total is the
+    budget: whole documents while they fit, then the next one truncated to the remainder.
+
+    >>> cut_to_budget([5, 5, 5], 12)
+    (3, 2)
+    >>> cut_to_budget([5, 5], 100)
+    (2, 5)
+    >>> cut_to_budget([5, 5], 10)
+    (2, 5)
+    """
+    total = 0
+    for k, n in enumerate(lengths):
+        if total + n >= budget:
+            return k + 1, budget - total
+        total += n
+    return len(lengths), (lengths[-1] if lengths else 0)
+
+
+def pack_set(recs, tok, budget):
+    """{"text", "id", "tokens"} records holding `budget` tokens of recs (in their order)."""
+    from tqdm import tqdm
+    lengths, ids = [], []
+    for k in tqdm(range(0, len(recs), 256), desc="tokens", unit="batch", leave=False):
+        enc = tok([r["text"] for r in recs[k:k + 256]], add_special_tokens=False)["input_ids"]
+        ids += enc
+        lengths += [len(e) for e in enc]
+    n, last = cut_to_budget(lengths, budget)
+    out = [{"text": r["text"], "id": r["id"], "tokens": ln} for r, ln in zip(recs[:n], lengths[:n])]
+    if out and last < lengths[n - 1]:
+        text = tok.decode(ids[n - 1][:last])
+        out[-1] = {"text": text, "id": recs[n - 1]["id"],
+                   "tokens": len(tok(text, add_special_tokens=False)["input_ids"]), "truncated": True}
+    return out
+
+
+def stage_pack(args, llm=None):
+    """rich.jsonl, minimal.jsonl and pack.json; then stats.json with the sets filled in."""
+    path = os.path.join(args.out, "rewrites.jsonl")
+    if not os.path.exists(path):
+        raise SystemExit(f"curate_pretrain: {path} is missing; run --stage rewrite first")
+    selected = {(r["set"], r["id"]) for r in iter_jsonl(os.path.join(args.out, "selected.jsonl"))}
+    kept = sorted((r for r in common.read_jsonl_tolerant(path)
+                   if r["kept"] and (r["set"], r["id"]) in selected), key=lambda r: r["pair"])
+    tok = common.load_tokenizer(args.tokenizer)
+    summary = {}
+    for s in ("rich", "minimal"):
+        recs = [r for r in kept if r["set"] == s]
+        packed = pack_set(recs, tok, args.token_budget)
+        common.write_jsonl(os.path.join(args.out, f"{s}.jsonl"), packed)
+        labels = {r["id"]: r for r in recs}
+        tokens = sum(r["tokens"] for r in packed)
+        summary[s] = {"n_docs": len(packed), "tokens": tokens, "budget": args.token_budget,
+                      "frequency": frequencies([labels[r["id"]] for r in packed]),
+                      "truncated_last": bool(packed and packed[-1].get("truncated"))}
+        log(f"pack {s}: {len(packed)} documents, {tokens} tokens (budget {args.token_budget})")
+        if tokens < args.token_budget - 1:
+            log(f"pack {s}: short of the budget by {args.token_budget - tokens} tokens: label "
+                f"more documents or raise --oversample")
+    summary["tokenizer"] = args.tokenizer
+    common.write_json(os.path.join(args.out, "pack.json"), summary)
+    stage_stats(args)
+    return summary
+
+
+# ---------------------------------------------------------------------------------
+# command line
+
+def parse_args(argv=None):
+    d = DEFAULTS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = ap.add_argument
+    a("--stage", default=d["stage"], help="label, stats, select, rewrite, pack (comma-separated) or all")
+    a("--source", default=d["source"], help="open-web-math, finemath, a hub dataset id, or a local .jsonl/.parquet/folder; comma-separated for several")
+    a("--n-docs", type=int, default=d["n_docs"], help="documents to label, split evenly over the sources")
+    a("--text-field", default=d["text_field"], help="field holding the document text")
+    a("--shuffle-buffer", type=int, default=d["shuffle_buffer"], help="hub streams: shuffle buffer (0: stream order)")
+    a("--seed", type=int, default=d["seed"], help="seed of the stream shuffle and the selection order")
+    a("--out", default=d["out"], help="output folder")
+    a("--backend", choices=["rules", "openai", "anthropic"], default=d["backend"], help="labeller and rewriter")
+    a("--model", default=d["model"], help=f"API model id (default {DEFAULT_MODEL})")
+    a("--base-url", default=d["base_url"], help="API base URL, e.g. http://localhost:8000/v1 for vllm serve")
+    a("--rewrite-model", default=d["rewrite_model"], help="local HF model that rewrites instead of --backend")
+    a("--device", default=d["device"], help="device of --rewrite-model (default cuda if available)")
+    a("--concurrency", type=int, default=d["concurrency"], help="API requests in flight at once")
+    a("--max-retries", type=int, default=d["max_retries"], help="API retries per request")
+    a("--retry-base", type=float, default=d["retry_base"], help="API first backoff in seconds (doubles)")
+    a("--timeout", type=float, default=d["timeout"], help="API request timeout in seconds")
+    a("--max-doc-chars", type=int, default=d["max_doc_chars"], help="characters of a document an LLM reads")
+    a("--max-tokens", type=int, default=d["max_tokens"], help="longest rewrite in tokens")
+    a("--temperature", type=float, default=d["temperature"], help="rewrite sampling temperature")
+    a("--shard", default=d["shard"], help="label stage: this process takes documents i, i+n, ... (i/n)")
+    a("--limit", type=int, default=d["limit"], help="label at most this many new documents (0: all)")
+    a("--token-budget", type=int, default=d["token_budget"], help="tokens per set")
+    a("--tokenizer", default=d["tokenizer"], help="tokenizer measuring the budget: alias, hub id, folder, tiny")
+    a("--oversample", type=float, default=d["oversample"], help="select this many times the budget")
+    a("--chars-per-token", type=float, default=d["chars_per_token"], help="select: characters per token estimate")
+    a("--bucket-width", type=float, default=d["bucket_width"], help="select: length bucket width in log2(chars)")
+    args = ap.parse_args(argv)
+    args.stages = list(STAGES) if args.stage == "all" else [s.strip() for s in args.stage.split(",")]
+    bad = [s for s in args.stages if s not in STAGES]
+    if bad:
+        ap.error(f"unknown stage {bad[0]!r}; choose from {', '.join(STAGES)} or all")
+    try:
+        shard = parse_shard(args.shard)
+    except ValueError as e:
+        ap.error(str(e))
+    if shard[1] > 1 and args.stages != ["label"]:
+        ap.error("--shard is for --stage label only; run the other stages once, after every shard")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    common.write_json(os.path.join(args.out, "config.json"), vars(args))  # no keys in here
+    llm = None
+    if args.backend != "rules":
+        llm = LLM(args.backend, args.model, args.base_url, args.max_retries, args.retry_base, args.timeout)
+    run = {"label": stage_label, "stats": stage_stats, "select": stage_select,
+           "rewrite": stage_rewrite, "pack": stage_pack}
+    try:
+        for s in args.stages:
+            run[s](args, llm)
+    except ApiError as e:
+        raise SystemExit(f"curate_pretrain: the API refused a request (not retried): {e}")
+    except common.DataError as e:
+        raise SystemExit(f"curate_pretrain: bad data: {e}")
+
+
+if __name__ == "__main__":
+    main()
