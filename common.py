@@ -96,6 +96,7 @@ def atomic_write_text(path, text):
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs should read like any other
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
