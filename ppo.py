@@ -285,6 +285,7 @@ class MasterAdamW:
         self.opt.step()
         for p, m in zip(self.params, self.master):
             p.copy_(m, non_blocking=True)
+            m.grad = None  # 4 bytes/param of host memory we need not keep between steps
 
     def state_dict(self):
         return {"opt": self.opt.state_dict(), "master": [m.detach() for m in self.master]}
@@ -624,10 +625,11 @@ def build(args, dist):
     critic = Critic(common.load_model(args.model, dtype, device, init=init)) \
         if args.adv_estimator == "gae" else None
     grad_ckpt = args.grad_ckpt if args.grad_ckpt is not None else device.startswith("cuda")
-    if grad_ckpt:
-        policy.gradient_checkpointing_enable()
+    if grad_ckpt:  # non-reentrant checkpointing is the variant that works under DDP
+        kw = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+        policy.gradient_checkpointing_enable(**kw)
         if critic is not None:
-            critic.trunk.gradient_checkpointing_enable()
+            critic.trunk.gradient_checkpointing_enable(**kw)
     policy.config.use_cache = True  # generation needs the cache even with checkpointing on
     opt_a = make_optimizer(policy, args.actor_lr, args, device)
     opt_c = make_optimizer(critic, args.critic_lr, args, device) if critic is not None else None
