@@ -340,7 +340,8 @@ def setup_dist(device=None):
     cap = os.environ.get("CBM_GPU_MEM_GB")  # emulate a smaller card (e.g. 80 on an H200)
     if cap and device.startswith("cuda"):
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) * 2**30 / total), device)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) * 2**30 / total),
+                                                   torch.device(device).index or 0)
     return dict(ddp=ddp, rank=rank, local_rank=local_rank, world_size=world,
                 master=rank == 0, device=device)
 

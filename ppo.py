@@ -312,6 +312,9 @@ def make_optimizer(module, lr, args, device):
         n = sum(p.numel() for p in params)
         total = torch.cuda.get_device_properties(device).total_memory
         where = "cuda" if 2 * 12 * n < 0.45 * total else "cpu"
+    if where == "cpu":  # torchrun sets OMP_NUM_THREADS=1; the CPU Adam step needs the cores
+        torch.set_num_threads(max(torch.get_num_threads(),
+                                  (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     return MasterAdamW(params, device=device if where == "cuda" else "cpu", **kw)
 
 
