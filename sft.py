@@ -1,0 +1,772 @@
+"""
+Supervised fine-tuning of a Hugging Face causal LM: priming on reasoning traces
+({"prompt", "completion"} records, loss on the completion only) and continued
+pretraining ({"text"} records, loss on every token). One file for a CPU, one GPU and
+several GPUs under torchrun (DDP, or FSDP2 with --fsdp).
+
+CPU, tiny model (about a minute; OMP_NUM_THREADS=1 is much faster on a busy CPU):
+    python gen_priming.py --condition all_strategies --n 2000 --out data/priming --sizes 3 --budget 1
+    python sft.py --model tiny --data data/priming/all_strategies.jsonl --eval-frac 0.05 \\
+        --out out/sft_tiny --batch-size 4 --micro-batch 4 --max-steps 200 --lr 2e-3 \\
+        --min-lr-frac 1 --grad-clip 0.5 --max-len 384     # held-out loss 6.4 -> 0.9
+
+One GPU (the study's priming: 5 epochs, batch 64, max length 2048):
+    python sft.py --model llama-3.2-3b --data data/priming/all_strategies.jsonl \\
+        --eval-frac 0.05 --out out/prime_llama_all --grad-ckpt
+
+Several GPUs (DDP; add --fsdp to shard weights, gradients and optimizer states):
+    torchrun --standalone --nproc_per_node=2 sft.py --model llama-3.2-3b \\
+        --data data/priming/all_strategies.jsonl --eval-frac 0.05 --out out/prime_llama_all
+
+Continue a killed run from its last checkpoint (same data order, same result):
+    python sft.py ...same flags... --resume
+
+Then PPO or more SFT from the result: --init out/prime_llama_all/final
+
+Throughput, MFU and peak memory of a Qwen2.5-3B-shaped model (random weights, random
+tokens of a fixed length, batch 64 x 1024 tokens; nothing is saved):
+    python sft.py --model random:qwen2.5-3b --synthetic 1024 --max-steps 8 --batch-size 64 \\
+        --micro-batch 4 --grad-ckpt --no-save --out out/bench_sft_1gpu
+    torchrun --standalone --nproc_per_node=2 sft.py --model random:qwen2.5-3b --synthetic 1024 \\
+        --max-steps 8 --batch-size 64 --micro-batch 4 --grad-ckpt --no-save --out out/bench_sft_ddp
+    (the same with --fsdp --out out/bench_sft_fsdp: weights, gradients and AdamW states sharded)
+Each step prints tok/s (all GPUs together), mfu (per GPU, 6N FLOPs per token against the
+dense bf16 peak) and mem_gb (peak allocated on rank 0); the first step is warm-up.
+Memory: bf16-mixed keeps fp32 weights + gradients + AdamW states, 16 bytes a parameter
+(~49 GB for 3.1B) on every GPU under DDP, 1/N of it under FSDP; fp32 logits over a 152k
+vocabulary add ~5 GB per 4k tokens of micro-batch.
+
+Precision: on a GPU the default is bf16-mixed: fp32 master weights and AdamW states, bf16
+compute (autocast; FSDP2's MixedPrecisionPolicy under --fsdp). Pure bf16 weights
+(--precision bf16) halve memory but round away most updates at lr 1e-5. CPU runs in fp32.
+
+Loss: summed over the loss tokens of the whole global batch and divided by their count,
+so the result does not depend on --micro-batch or the number of GPUs.
+Writes out/RUN/config.json, metrics.jsonl, ckpt/step_XXXXXX/ (HF folder + resume.pt +
+trainer_state.json, written last) and final/ (HF folder).
+"""
+import argparse
+import contextlib
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from functools import lru_cache
+
+import common
+
+# ---------------------------------------------------------------------------------
+# settings (the CLI flags). Defaults are the study's priming SFT (5 epochs, batch 64, max
+# length 2048); lr, warmup and the schedule are ours (the study does not state them).
+DEFAULTS = dict(
+    model=None,           # architecture + tokenizer: alias, hub id, folder, tiny, random:<arch>
+    init=None,            # checkpoint folder whose weights start the run (e.g. out/RUN/final)
+    data=None,            # training JSONL: {"prompt","completion"} or {"text"} records
+    eval_data=None,       # held-out JSONL (same formats)
+    eval_frac=0.0,        # if no --eval-data: fraction of --data split off as held-out
+    eval_max=512,         # at most this many held-out examples are scored
+    eval_every=50,        # held-out loss every this many steps (0: only at the end)
+    out="out/sft",        # run folder
+    epochs=5,             # passes over the training data
+    max_steps=0,          # if > 0: stop after this many optimizer steps (overrides epochs)
+    batch_size=64,        # global batch: sequences (rows) per optimizer step, all GPUs together
+    micro_batch=4,        # sequences per forward/backward on one GPU (grad accumulation fills the rest)
+    max_len=2048,         # longest sequence in tokens (prompt + completion + EOS)
+    overlong="drop",      # sequences longer than max_len: drop, or truncate to max_len
+    pack=False,           # pack several short examples into one max_len row (no cross-attention)
+    lr=1e-5,              # peak learning rate (AdamW)
+    min_lr_frac=0.1,      # the cosine decays to lr * min_lr_frac
+    warmup_frac=0.03,     # linear warm-up over this fraction of the steps (at least 1 step)
+    weight_decay=0.0,     # AdamW weight decay on matrices (not on norms / biases)
+    beta1=0.9, beta2=0.95,  # AdamW betas
+    grad_clip=1.0,        # clip the global gradient norm to this (0: off)
+    precision="auto",     # auto (bf16-mixed on GPU, fp32 on CPU), bf16-mixed, bf16, fp32
+    grad_ckpt=False,      # gradient checkpointing (recompute activations in backward)
+    fsdp=False,           # under torchrun: FSDP2 (fully_shard) instead of DDP
+    save_every=100,       # checkpoint every this many steps (0: only final/)
+    keep=2,               # keep only the newest K checkpoints
+    no_save=False,        # write no checkpoints and no final/ (benchmarks)
+    resume=False,         # continue from the newest checkpoint in out/RUN/ckpt
+    overwrite=False,      # start afresh: delete out/RUN's ckpt/, final/ and metrics.jsonl
+    stop_after=0,         # testing: exit after this step as if killed (no final/)
+    synthetic=0,          # benchmark: ignore --data, train on random tokens of this length
+    seed=0,               # data order, eval split and synthetic data
+    device=None,          # cpu or cuda (default: cuda if available)
+    wandb=False,          # also log to Weights & Biases
+    wandb_project="cognitive-behaviors",  # wandb project name
+)
+IGNORE = -100  # label of positions that carry no loss
+
+# ---------------------------------------------------------------------------------
+# data: records -> examples (ids, labels) -> rows -> padded micro-batches
+
+
+def record_kind(rec):
+    """'pc' (prompt/completion), 'text', or None (neither)."""
+    has_pc = "prompt" in rec or "completion" in rec
+    if has_pc and "text" in rec:
+        return "both"
+    return "pc" if has_pc else "text" if "text" in rec else None
+
+
+def load_records(path):
+    """(records, kind) from a JSONL file; every error names file:line."""
+    recs = common.read_jsonl(path)
+    if not recs:
+        raise common.DataError(f"{path}: no records (the file is empty)")
+    with open(path, encoding="utf-8") as f:  # line number of each record (blank lines skipped)
+        linenos = [i for i, line in enumerate(f, 1) if line.strip()]
+    kind0, line0 = None, None
+    for rec, ln in zip(recs, linenos):
+        kind = record_kind(rec)
+        where = f"{path}:{ln}"
+        if kind is None:
+            raise common.DataError(f"{where}: record has neither prompt/completion nor text "
+                                   f"(keys: {', '.join(sorted(rec)) or 'none'})")
+        if kind == "both":
+            raise common.DataError(f"{where}: record has both text and prompt/completion; use one")
+        keys = ("prompt", "completion") if kind == "pc" else ("text",)
+        for k in keys:
+            if k not in rec:
+                raise common.DataError(f"{where}: record has {'prompt' if k == 'completion' else 'completion'} but no {k}")
+            if not isinstance(rec[k], str):
+                raise common.DataError(f"{where}: {k} must be a string, got {type(rec[k]).__name__}")
+        if kind == "text" and not rec["text"]:
+            raise common.DataError(f"{where}: text is empty")
+        if kind0 is None:
+            kind0, line0 = kind, ln
+        elif kind != kind0:
+            name = {"pc": "prompt/completion", "text": "text"}
+            raise common.DataError(f"{where}: a {name[kind]} record in a file of {name[kind0]} records "
+                                   f"(line {line0}); a file holds one kind, not both")
+    return recs, kind0
+
+
+def make_example(prompt_ids, completion_ids, eos_id):
+    """(ids, labels): prompt positions get IGNORE, completion + EOS are targets.
+
+    For text records pass prompt_ids=[] and the text as completion. The first token never
+    carries loss (nothing precedes it; in a packed row it would be predicted across examples).
+    """
+    ids = list(prompt_ids) + list(completion_ids) + [eos_id]
+    labels = [IGNORE] * len(prompt_ids) + list(completion_ids) + [eos_id]
+    labels[0] = IGNORE
+    return ids, labels
+
+
+def tokenize_records(recs, kind, tok, max_len, overlong="drop"):
+    """Examples [(ids, labels)] and a report line about over-long ones (or None).
+
+    Prompts (and texts) get the tokenizer's special prefix (e.g. Llama's BOS) exactly as at
+    generation time; completions are tokenized alone and followed by EOS.
+    """
+    if kind == "pc":
+        p = tok([r["prompt"] for r in recs], add_special_tokens=True)["input_ids"]
+        c = tok([r["completion"] for r in recs], add_special_tokens=False)["input_ids"]
+    else:
+        p = [[] for _ in recs]
+        c = tok([r["text"] for r in recs], add_special_tokens=True)["input_ids"]
+    out, n_long, n_lost = [], 0, 0
+    for pi, ci in zip(p, c):
+        ids, labels = make_example(pi, ci, tok.eos_token_id)
+        if len(ids) > max_len:
+            n_long += 1
+            if overlong == "drop":
+                continue
+            ids, labels = ids[:max_len], labels[:max_len]
+        if all(x == IGNORE for x in labels):
+            n_lost += 1  # the prompt alone fills max_len: nothing left to learn from
+            continue
+        out.append((ids, labels))
+    msg = None
+    if n_long:
+        msg = (f"{n_long} of {len(recs)} sequences are longer than --max-len {max_len} tokens: "
+               + ("dropped (--overlong truncate keeps their first tokens)" if overlong == "drop"
+                  else f"truncated to {max_len} tokens"
+                  + (f"; {n_lost} had no completion left and were dropped" if n_lost else "")))
+    return out, msg
+
+
+def pack_examples(examples, max_len):
+    """Rows: lists of examples whose lengths sum to <= max_len (best fit, longest first)."""
+    import bisect
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i][0]))
+    rows, free = [], []  # free: sorted (space left, row index)
+    for i in order:
+        n = len(examples[i][0])
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            space, r = free.pop(k)
+        else:
+            space, r = max_len, len(rows)
+            rows.append([])
+        rows[r].append(examples[i])
+        bisect.insort(free, (space - n, r))
+    return rows
+
+
+def row_len(row):
+    return sum(len(ids) for ids, _ in row)
+
+
+def collate(rows, pad_id, packed=False):
+    """Rows (lists of (ids, labels)) -> tensors, right-padded to the longest row.
+
+    input_ids, labels, position_ids: [B, T]; attention_mask [B, T] (None when packed: then
+    position_ids restart at 0 for every example and transformers builds a block-diagonal
+    causal mask from them, so examples in a row never attend to each other).
+    """
+    import torch
+    T = max(row_len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    pos = torch.zeros((len(rows), T), dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for b, row in enumerate(rows):
+        t = 0
+        for e_ids, e_labels in row:
+            n = len(e_ids)
+            ids[b, t:t + n] = torch.tensor(e_ids)
+            labels[b, t:t + n] = torch.tensor(e_labels)
+            pos[b, t:t + n] = torch.arange(n)
+            t += n
+        mask[b, :t] = 1
+        pos[b, t:] = torch.arange(T - t)  # the padding forms its own "example" at the end
+    return dict(input_ids=ids, labels=labels, position_ids=pos,
+                attention_mask=None if packed else mask)
+
+
+def token_loss_sum(logits, labels):
+    """(sum of next-token cross-entropy over positions whose label is not IGNORE, count).
+
+    logits [B, T, V] (any float dtype; computed in fp32), labels [B, T]: labels[:, t] is the
+    target predicted from position t - 1.
+    """
+    import torch.nn.functional as F
+    logits = logits[:, :-1].float()                # [B, T-1, V]
+    target = labels[:, 1:]                         # [B, T-1]
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+    return loss, int((target != IGNORE).sum())
+
+
+def n_targets(row):
+    """Loss tokens in a row: what token_loss_sum counts (every example's first label is IGNORE)."""
+    return sum(sum(1 for x in labels if x != IGNORE) for _, labels in row)
+
+
+@lru_cache(maxsize=4)
+def _epoch_perm(n, seed, epoch):
+    import numpy as np
+    return np.random.default_rng([seed, epoch]).permutation(n).tolist()
+
+
+def batch_rows(step, n_rows, batch_size, seed):
+    """Indices of the rows of optimizer step `step` (0-based): a fresh shuffle every epoch,
+    the last partial batch of an epoch dropped. A pure function of the step, so a resumed
+    run sees exactly the data an uninterrupted one would."""
+    per_epoch = n_rows // batch_size
+    epoch, k = divmod(step, per_epoch)
+    return _epoch_perm(n_rows, seed, epoch)[k * batch_size:(k + 1) * batch_size]
+
+
+def rank_micro_batches(idx, rows, rank, world, micro):
+    """This rank's share of a global batch, as lists of rows of at most `micro` rows.
+
+    Rows are sorted by length first (less padding, and an even token load across ranks).
+    """
+    idx = sorted(idx, key=lambda i: -row_len(rows[i]))[rank::world]
+    return [[rows[i] for i in idx[j:j + micro]] for j in range(0, len(idx), micro)]
+
+
+def lr_at(step, total, lr, warmup, min_frac):
+    """Linear warm-up over `warmup` steps, then cosine from lr down to lr * min_frac."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return lr * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+def split_eval(recs, frac, seed):
+    """(train records, held-out records): a seeded random `frac` of them held out (at least 1)."""
+    perm = _epoch_perm(len(recs), seed, 2**31)  # a stream no epoch uses
+    n_eval = max(1, int(round(len(recs) * frac)))
+    return [recs[i] for i in perm[n_eval:]], [recs[i] for i in perm[:n_eval]]
+
+
+def load_data(args, tok, log):
+    """(train rows, eval rows, kind) as the settings ask; reports what it dropped."""
+    if args.synthetic:
+        import numpy as np
+        rng = np.random.default_rng(args.seed)
+        n = max(args.batch_size * 4, 8)
+        seqs = rng.integers(0, len(tok), size=(n, args.synthetic)).tolist()
+        return [[make_example([], s[:-1], tok.eos_token_id)] for s in seqs], [], "text"
+    recs, kind = load_records(args.data)
+    eval_recs, ekind = load_records(args.eval_data) if args.eval_data else ([], kind)
+    if not args.eval_data and args.eval_frac > 0:
+        recs, eval_recs = split_eval(recs, args.eval_frac, args.seed)
+        if not recs:
+            raise common.DataError(f"{args.data}: --eval-frac {args.eval_frac} leaves no training records")
+    train, msg = tokenize_records(recs, kind, tok, args.max_len, args.overlong)
+    if msg:
+        log(f"train data: {msg}")
+    if not train:
+        raise common.DataError(f"{args.data}: no usable training sequences left")
+    evals = []
+    if eval_recs:
+        evals, emsg = tokenize_records(eval_recs[:args.eval_max], ekind, tok, args.max_len, args.overlong)
+        if emsg:
+            log(f"eval data: {emsg}")
+    rows = pack_examples(train, args.max_len) if args.pack else [[e] for e in train]
+    return rows, [[e] for e in evals], kind
+
+
+# ---------------------------------------------------------------------------------
+# model, optimizer, checkpoints
+
+
+def build_model(args, info, init):
+    """(model to train: plain, DDP or FSDP2-wrapped; the bare HF model; autocast context)."""
+    import torch
+    bf16_weights = args.precision == "bf16"
+    model = common.load_model(args.model, dtype=torch.bfloat16 if bf16_weights else torch.float32,
+                              device=info["device"], init=init)
+    model.config.use_cache = False
+    if args.grad_ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    raw = model
+    mixed = args.precision == "bf16-mixed"
+    autocast = contextlib.nullcontext
+    if info["ddp"] and args.fsdp:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if mixed else MixedPrecisionPolicy()
+        blocks = set(getattr(model, "_no_split_modules", None) or [])
+        for m in model.modules():  # one FSDP unit per decoder layer, then the root
+            if type(m).__name__ in blocks:
+                fully_shard(m, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+    else:
+        if mixed:
+            autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+        if info["ddp"]:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            cuda = info["device"].startswith("cuda")
+            model = DDP(model, device_ids=[info["local_rank"]] if cuda else None)
+    return model, raw, autocast
+
+
+def make_optimizer(model, args, device):
+    """AdamW; weight decay on matrices only (nanoGPT's grouping)."""
+    import torch
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=args.weight_decay),
+              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+    fused = str(device).startswith("cuda") and not args.fsdp
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), fused=fused)
+
+
+def gathered_state(model, opt, fsdp):
+    """(model state dict or None, optimizer state dict or None) as full CPU tensors.
+
+    Under FSDP both are gathered from the shards (a collective: every rank calls it);
+    otherwise the model saves itself and the optimizer's own state_dict is used.
+    """
+    if not fsdp:
+        return None, (opt.state_dict() if opt is not None else None)
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    o = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    osd = get_optimizer_state_dict(model, opt, options=o) if opt is not None else None
+    return get_model_state_dict(model, options=o), osd
+
+
+def load_optimizer(model, opt, state, fsdp):
+    if not fsdp:
+        return opt.load_state_dict(state)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(model, opt, optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True))
+
+
+class _WithState:
+    """What common.save_hf needs from a model, with explicit (gathered) weights."""
+    def __init__(self, model, state_dict):
+        alias = ({n for n, _ in model.named_parameters(remove_duplicate=False)}
+                 - {n for n, _ in model.named_parameters()})  # tied copies, e.g. lm_head.weight
+        self.model = model
+        self.state_dict = {k: v for k, v in state_dict.items() if k not in alias}
+
+    def save_pretrained(self, path, **kw):
+        self.model.save_pretrained(path, state_dict=self.state_dict, **kw)
+
+
+def rng_states():
+    import numpy as np
+    import torch
+    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def set_rng_states(s):
+    import numpy as np
+    import torch
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save_checkpoint(path, model, raw, opt, tok, info, args, run_cfg, state):
+    """HF folder (+ resume.pt and trainer_state.json, written last, when state is given)."""
+    import torch
+    import torch.distributed as dist
+    sd, osd = gathered_state(model, opt if state else None, args.fsdp and info["ddp"])
+    rngs = [rng_states()]
+    if info["ddp"] and state:  # every rank's RNG, so a resumed run draws the same numbers
+        rngs = [None] * info["world_size"]
+        dist.all_gather_object(rngs, rng_states())
+    if info["master"]:
+        def extra(tmp):
+            if state:
+                torch.save(dict(optimizer=osd, rng=rngs, **state), os.path.join(tmp, "resume.pt"))
+                common.write_json(os.path.join(tmp, "trainer_state.json"), state)  # completeness marker
+        common.save_hf(_WithState(raw, sd) if sd is not None else raw, tok, path,
+                       extra=extra, cfg=run_cfg)
+    if info["ddp"]:
+        dist.barrier()
+
+
+def prune_checkpoints(out, keep):
+    """Delete all but the newest `keep` checkpoints (and leftovers of killed saves)."""
+    root = os.path.join(out, "ckpt")
+    if not os.path.isdir(root):
+        return
+    for d in os.listdir(root):
+        if d.startswith(".tmp-") or d.endswith(".old"):
+            shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+    steps = sorted(d for d in os.listdir(root) if d.startswith("step_"))
+    for d in steps[:max(0, len(steps) - keep)]:
+        shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------
+# training
+
+
+def forward_loss(model, batch, device, autocast):
+    """(sum of token losses, count) of one micro-batch; batch from collate()."""
+    b = {k: (v.to(device) if v is not None else None) for k, v in batch.items()}
+    with autocast():
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                    position_ids=b["position_ids"], use_cache=False)
+    return token_loss_sum(out.logits, b["labels"])
+
+
+def evaluate(model, rows, args, info, autocast, pad_id):
+    """Held-out loss: token-weighted mean over all eval rows, all ranks together."""
+    import torch
+    if not rows:
+        return None
+    model.eval()
+    share = rows[info["rank"]::info["world_size"]]
+    n_micro = math.ceil(math.ceil(len(rows) / info["world_size"]) / args.micro_batch)
+    tot, cnt = 0.0, 0
+    with torch.no_grad():
+        for j in range(n_micro):  # equal count on every rank (FSDP forwards are collective)
+            part = share[j * args.micro_batch:(j + 1) * args.micro_batch]
+            s, c = forward_loss(model, collate(part or rows[:1], pad_id), info["device"], autocast)
+            if part:
+                tot, cnt = tot + float(s), cnt + c
+    model.train()
+    r = common.all_reduce_mean(dict(s=tot, c=cnt), info)
+    return r["s"] / max(r["c"], 1e-9)
+
+
+def train_step(model, opt, idx, rows, args, info, autocast, pad_id, lr):
+    """One optimizer step over the global batch `idx`; returns (mean loss, grad norm)."""
+    import torch
+    n_tok = sum(n_targets(rows[i]) for i in idx)  # loss tokens of the whole global batch
+    micro = rank_micro_batches(idx, rows, info["rank"], info["world_size"], args.micro_batch)
+    fsdp, ddp = args.fsdp and info["ddp"], info["ddp"] and not args.fsdp
+    local = 0.0
+    for j, part in enumerate(micro):
+        last = j == len(micro) - 1
+        if fsdp:
+            model.set_requires_gradient_sync(last)
+        ctx = model.no_sync() if ddp and not last else contextlib.nullcontext()
+        with ctx:
+            s, _ = forward_loss(model, collate(part, pad_id, args.pack), info["device"], autocast)
+            # ranks' gradients are averaged, so scale by world size: the sum over ranks of
+            # s / n_tok is the token mean of the global batch
+            (s * info["world_size"] / max(n_tok, 1)).backward()
+        local += float(s.detach()) / max(n_tok, 1)
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
+    if hasattr(gnorm, "full_tensor"):
+        gnorm = gnorm.full_tensor()
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    loss = common.all_reduce_mean(dict(loss=local), info)["loss"] * info["world_size"]
+    return loss, float(gnorm)
+
+
+class _TqdmStdout:
+    """stdout that prints above the progress bar, so the bar and the log lines do not mix."""
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, s):
+        from tqdm import tqdm
+        if s.strip():
+            tqdm.write(s.rstrip("\n"), file=self.stream)
+
+    def flush(self):
+        self.stream.flush()
+
+
+def resolve(args, info):
+    """Fill the automatic settings and check them; returns args."""
+    args.device = info["device"]
+    if args.precision == "auto":
+        args.precision = "bf16-mixed" if info["device"].startswith("cuda") else "fp32"
+    if args.precision != "fp32" and not info["device"].startswith("cuda"):
+        raise SystemExit(f"sft: --precision {args.precision} needs a GPU; use fp32 on the CPU")
+    if args.model is None:
+        args.model = args.init
+    if args.model is None:
+        raise SystemExit("sft: give --model (architecture and tokenizer) and/or --init")
+    if args.data is None and not args.synthetic:
+        raise SystemExit("sft: give --data FILE.jsonl (or --synthetic LEN for a benchmark)")
+    if args.fsdp and not info["ddp"]:
+        print("sft: --fsdp has no effect without torchrun; training on one process", file=sys.stderr)
+    per_step = args.micro_batch * info["world_size"]
+    if args.batch_size % per_step:
+        raise SystemExit(f"sft: --batch-size {args.batch_size} must be a multiple of --micro-batch x "
+                         f"GPUs = {args.micro_batch} x {info['world_size']}")
+    args.grad_accum = args.batch_size // per_step
+    return args
+
+
+def prepare_out(args, info, log):
+    """Apply --overwrite / --resume to the run folder: (start step, checkpoint folder or None)."""
+    out = args.out
+    if args.overwrite and info["master"]:
+        for name in ("ckpt", "final", "metrics.jsonl"):
+            p = os.path.join(out, name)
+            if os.path.isdir(p):
+                shutil.rmtree(p)
+            elif os.path.exists(p):
+                os.remove(p)
+    if args.overwrite and info["ddp"]:
+        import torch.distributed as dist
+        dist.barrier()
+    start, ckpt = common.latest_ckpt(out)
+    if ckpt and not args.resume:
+        raise SystemExit(f"sft: {out} already holds checkpoints; pass --resume to continue it, "
+                         "--overwrite to start afresh, or choose another --out")
+    if not args.resume and not args.no_save and os.path.exists(os.path.join(out, "final")):
+        raise SystemExit(f"sft: {out}/final exists (a finished run); pass --overwrite or choose another --out")
+    if args.resume and not ckpt:
+        log(f"--resume: no checkpoint in {out}/ckpt; starting from the beginning")
+    if info["master"]:  # forget log lines of steps after the checkpoint (they will be redone)
+        path = os.path.join(out, "metrics.jsonl")
+        keep = [r for r in common.read_jsonl_tolerant(path) if r.get("step", 0) <= start] if ckpt else []
+        common.write_jsonl(path, keep)
+    return start, ckpt
+
+
+def restore(ckpt, model, opt, args, info, data_key):
+    """Optimizer state and RNG from a checkpoint (the weights were loaded with the model)."""
+    import torch
+    state = torch.load(os.path.join(ckpt, "resume.pt"), map_location="cpu", weights_only=False)
+    if state["data"] != data_key:
+        raise SystemExit(f"sft: {ckpt} was written with data/order {state['data']}, this run has "
+                         f"{data_key}; resume with the same --data, --batch-size, --seed and steps")
+    load_optimizer(model, opt, state["optimizer"], args.fsdp and info["ddp"])
+    rngs = state["rng"]
+    set_rng_states(rngs[info["rank"]] if info["rank"] < len(rngs) else rngs[0])
+
+
+def setup(args):
+    """Everything a run needs, as a namespace: dist info, data, model, optimizer, schedule."""
+    import types
+    import torch
+    info = common.setup_dist(args.device)
+    args = resolve(args, info)
+    log = (lambda m: print(f"sft: {m}", flush=True)) if info["master"] else (lambda m: None)
+    start, ckpt = prepare_out(args, info, log)
+    torch.manual_seed(args.seed)
+    tok = common.load_tokenizer(args.model)
+    rows, eval_rows, kind = load_data(args, tok, log)
+    per_epoch = len(rows) // args.batch_size
+    if per_epoch == 0:
+        raise common.DataError(f"{args.data}: {len(rows)} training rows, fewer than one batch "
+                               f"(--batch-size {args.batch_size})")
+    total = args.max_steps or args.epochs * per_epoch
+    if args.init:
+        log(common.init_report(args.init))
+    model, raw, autocast = build_model(args, info, ckpt or args.init)
+    if len(tok) > raw.config.vocab_size:
+        raise SystemExit(f"sft: tokenizer has {len(tok)} tokens, the model only {raw.config.vocab_size}")
+    opt = make_optimizer(model, args, info["device"])
+    data_key = dict(n_rows=len(rows), batch_size=args.batch_size, seed=args.seed, total=total)
+    if ckpt:
+        restore(ckpt, model, opt, args, info, data_key)
+        log(f"resumed from {ckpt} (step {start} of {total})")
+    n_params = sum(p.numel() for p in raw.parameters())
+    warmup = max(1, int(args.warmup_frac * total))
+    cfg = dict(stage="sft", **vars(args), kind=kind, world_size=info["world_size"], n_params=n_params,
+               train_rows=len(rows), eval_rows=len(eval_rows), steps_per_epoch=per_epoch, steps=total,
+               warmup_steps=warmup)
+    if info["master"]:
+        common.save_config(args.out, cfg)
+    log(f"{n_params / 1e6:.1f}M parameters, {len(rows)} train rows ({kind}), {len(eval_rows)} eval, "
+        f"{total} steps of {args.batch_size} ({args.grad_accum} x {args.micro_batch} x "
+        f"{info['world_size']}), {args.precision} on {info['device']}")
+    return types.SimpleNamespace(args=args, info=info, log=log, tok=tok, rows=rows, eval_rows=eval_rows,
+                                 model=model, raw=raw, autocast=autocast, opt=opt, start=start,
+                                 total=total, warmup=warmup, per_epoch=per_epoch, n_params=n_params,
+                                 cfg=cfg, data_key=data_key)
+
+
+def step_metrics(R, step, loss, gnorm, lr, dt, ntok):
+    """The per-step log record (eval loss added by the caller)."""
+    import torch
+    m = dict(loss=loss, lr=lr, gnorm=gnorm, epoch=step / R.per_epoch, tokens=ntok, **{"tok/s": ntok / dt})
+    u = common.mfu(6 * R.n_params * ntok / dt / R.info["world_size"], R.info["device"])
+    if u is not None:
+        m["mfu"] = u  # per GPU, 6N FLOPs per token
+    if R.info["device"].startswith("cuda"):
+        m["mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return m
+
+
+def save_step(R, done):
+    """Checkpoint after `done` steps (HF folder + resume state), then prune old ones."""
+    state = dict(step=done, epoch=(done - 1) // R.per_epoch, batch_in_epoch=(done - 1) % R.per_epoch + 1,
+                 data=R.data_key)
+    save_checkpoint(common.ckpt_dir(R.args.out, done), R.model, R.raw, R.opt, R.tok, R.info, R.args,
+                    dict(R.cfg, steps=done), state)
+    if R.info["master"]:
+        prune_checkpoints(R.args.out, R.args.keep)
+
+
+def train(args):
+    """Run SFT as `args` says; returns the final/ folder (None when stopped or not saving)."""
+    from tqdm import tqdm
+    R = setup(args)
+    args, info, out, master = R.args, R.info, R.args.out, R.info["master"]
+    ev = lambda: evaluate(R.model, R.eval_rows, args, info, R.autocast, R.tok.pad_token_id)  # noqa: E731
+    run = None
+    if master and args.wandb:
+        import wandb
+        run = wandb.init(project=args.wandb_project, name=os.path.basename(os.path.abspath(out)),
+                         config=R.cfg, resume="allow")
+    R.model.train()
+    if R.eval_rows and R.start == 0:  # the held-out loss before training, as step 0
+        m0 = dict(eval_loss=ev())
+        if master:
+            common.log_step(out, 0, m0, keys=["eval_loss"])
+    keys = ["loss", "eval_loss", "lr", "gnorm", "tok/s", "mfu", "mem_gb"]
+    bar = tqdm(total=R.total, initial=R.start, desc="sft", unit="step", disable=not master)
+    t_start = time.time()
+    with contextlib.redirect_stdout(_TqdmStdout(sys.stdout)) if master else contextlib.nullcontext():
+        for step in range(R.start, R.total):
+            idx = batch_rows(step, len(R.rows), args.batch_size, args.seed)
+            lr = lr_at(step, R.total, args.lr, R.warmup, args.min_lr_frac)
+            t0 = time.time()
+            loss, gnorm = train_step(R.model, R.opt, idx, R.rows, args, info, R.autocast,
+                                     R.tok.pad_token_id, lr)
+            m = step_metrics(R, step, loss, gnorm, lr, time.time() - t0,
+                             sum(row_len(R.rows[i]) for i in idx))
+            done = step + 1
+            if R.eval_rows and ((args.eval_every and done % args.eval_every == 0) or done == R.total):
+                m["eval_loss"] = ev()
+            if master:  # eta from the steps this process has done
+                t_eff = time.time() - (time.time() - t_start) * done / (done - R.start)
+                common.log_step(out, done, m, keys=keys, total=R.total, t_start=t_eff)
+                if run:
+                    run.log(m, step=done)
+            bar.update(1)
+            if not args.no_save and args.save_every and done % args.save_every == 0 and done < R.total:
+                save_step(R, done)
+            if args.stop_after and args.stop_after <= done < R.total:
+                R.log(f"--stop-after {args.stop_after}: stopping as if killed")
+                bar.close()
+                common.cleanup_dist(info)
+                return None
+    bar.close()
+    final = None
+    if not args.no_save:
+        final = os.path.join(out, "final")
+        save_checkpoint(final, R.model, R.raw, R.opt, R.tok, info, args, R.cfg, None)
+        R.log(f"saved {final}")
+    if run:
+        run.finish()
+    common.cleanup_dist(info)
+    return final
+
+
+def parse_args(argv=None):
+    d = DEFAULTS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = ap.add_argument
+    a("--model", default=d["model"], help="architecture + tokenizer: alias, hub id, folder, tiny, random:<arch> (if omitted: --init)")
+    a("--init", default=d["init"], help="checkpoint folder whose weights start the run (e.g. out/RUN/final)")
+    a("--data", default=d["data"], help="training JSONL: {prompt, completion} or {text} records")
+    a("--eval-data", default=d["eval_data"], help="held-out JSONL")
+    a("--eval-frac", type=float, default=d["eval_frac"], help="without --eval-data: fraction of --data held out")
+    a("--eval-max", type=int, default=d["eval_max"], help="score at most this many held-out examples")
+    a("--eval-every", type=int, default=d["eval_every"], help="held-out loss every N steps (0: at the end only)")
+    a("--out", default=d["out"], help="run folder (config.json, metrics.jsonl, ckpt/, final/)")
+    a("--epochs", type=int, default=d["epochs"], help="passes over the training data")
+    a("--max-steps", type=int, default=d["max_steps"], help="if > 0: exactly this many steps (overrides --epochs)")
+    a("--batch-size", type=int, default=d["batch_size"], help="global batch: sequences per optimizer step, all GPUs")
+    a("--micro-batch", type=int, default=d["micro_batch"], help="sequences per forward/backward per GPU")
+    a("--max-len", type=int, default=d["max_len"], help="longest sequence in tokens")
+    a("--overlong", choices=["drop", "truncate"], default=d["overlong"], help="what to do with longer sequences")
+    a("--pack", action="store_true", help="pack short examples into max-len rows (no cross-attention)")
+    a("--lr", type=float, default=d["lr"], help="peak learning rate")
+    a("--min-lr-frac", type=float, default=d["min_lr_frac"], help="cosine ends at lr x this")
+    a("--warmup-frac", type=float, default=d["warmup_frac"], help="linear warm-up over this fraction of steps")
+    a("--weight-decay", type=float, default=d["weight_decay"], help="AdamW weight decay (matrices only)")
+    a("--beta1", type=float, default=d["beta1"], help="AdamW beta1")
+    a("--beta2", type=float, default=d["beta2"], help="AdamW beta2")
+    a("--grad-clip", type=float, default=d["grad_clip"], help="max global gradient norm (0: off)")
+    a("--precision", choices=["auto", "bf16-mixed", "bf16", "fp32"], default=d["precision"],
+      help="auto: bf16-mixed on GPU (fp32 weights, bf16 compute), fp32 on CPU")
+    a("--grad-ckpt", action="store_true", help="gradient checkpointing (less memory, ~30%% more compute)")
+    a("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 instead of DDP")
+    a("--save-every", type=int, default=d["save_every"], help="checkpoint every N steps (0: final/ only)")
+    a("--keep", type=int, default=d["keep"], help="keep the newest K checkpoints")
+    a("--no-save", action="store_true", help="write no checkpoints and no final/ (benchmarks)")
+    a("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    a("--overwrite", action="store_true", help="start afresh: delete --out's ckpt/, final/ and metrics.jsonl")
+    a("--stop-after", type=int, default=d["stop_after"], help="testing: exit after step N as if killed")
+    a("--synthetic", type=int, default=d["synthetic"], help="benchmark: random token sequences of this length")
+    a("--seed", type=int, default=d["seed"], help="seed of data order, eval split, synthetic data")
+    a("--device", default=d["device"], help="cpu or cuda (default: cuda if available)")
+    a("--wandb", action="store_true", help="also log to Weights & Biases")
+    a("--wandb-project", default=d["wandb_project"], help="wandb project")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would break the per-step lines
+    try:
+        train(args)
+    except common.DataError as e:
+        raise SystemExit(f"sft: bad data: {e}")
+
+
+if __name__ == "__main__":
+    main()
