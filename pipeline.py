@@ -27,12 +27,14 @@ SETTINGS = dict(
     n_train=2000, n_test=64,          # Countdown tasks
     task_sizes="3",                   # 3-number tasks: 4 are out of reach for a 0.9M model
     priming_n=400,                    # priming traces per condition
-    sft_epochs=3, sft_batch=16, sft_lr=3e-3,   # SFT of the tiny model (the study: 5 epochs, batch 64)
+    priming_budget=1,                 # search attempts before the writer gives up (short traces)
+    sft_epochs=2, sft_batch=4, sft_lr=2e-3,    # SFT of the tiny model (the study: 5 epochs, batch 64)
+    sft_max_len=384,                  # longer traces are dropped (counted in the SFT log)
     ppo_steps=8, ppo_prompts=16, ppo_samples=4, ppo_response_len=160,
     ppo_actor_lr=1e-4, ppo_critic_lr=1e-4,     # tiny models need far larger steps than 3B ones
     eval_every=4, val_size=32,
 )
-SMOKE = dict(n_train=200, n_test=16, priming_n=48, sft_epochs=1, ppo_steps=2, ppo_prompts=4,
+SMOKE = dict(n_train=200, n_test=16, priming_n=24, sft_epochs=1, ppo_steps=2, ppo_prompts=4,
              ppo_response_len=64, eval_every=2, val_size=8)
 
 
@@ -56,7 +58,11 @@ def run(cmd, done_marker, force):
         return
     print(f"[run ] {line}", flush=True)
     t0 = time.time()
-    r = subprocess.run([sys.executable] + [str(c) for c in cmd], cwd=os.path.dirname(os.path.abspath(__file__)))
+    # one thread per stage: the tiny model is too small to gain from more, and on a small
+    # shared CPU PyTorch's thread pool oversubscribes the cores
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    r = subprocess.run([sys.executable] + [str(c) for c in cmd], env=env,
+                       cwd=os.path.dirname(os.path.abspath(__file__)))
     if r.returncode != 0:
         raise SystemExit(f"stage failed (exit {r.returncode}): {line}")
     print(f"[done] {time.time() - t0:.0f}s", flush=True)
@@ -72,12 +78,13 @@ def main(argv=None):
          "--sizes", s["task_sizes"]], os.path.join(data, "test.jsonl"), args.force)
     conds = args.conditions
     run(["gen_priming.py", "--backend", "symbolic", "--condition", ",".join(conds), "--n", s["priming_n"],
-         "--out", priming, "--sizes", s["task_sizes"]], os.path.join(priming, "summary.json"), args.force)
+         "--out", priming, "--sizes", s["task_sizes"], "--budget", s["priming_budget"]], os.path.join(priming, "summary.json"), args.force)
     for c in conds:
         sft_out = os.path.join(out, f"sft-{c}")
         run(["sft.py", "--model", args.model, "--data", os.path.join(priming, f"{c}.jsonl"),
              "--out", sft_out, "--epochs", s["sft_epochs"], "--batch-size", s["sft_batch"],
-             "--lr", s["sft_lr"], "--eval-frac", "0.1"], os.path.join(sft_out, "final", "config.json"), args.force)
+             "--lr", s["sft_lr"], "--min-lr-frac", 1.0, "--grad-clip", 0.5, "--max-len", s["sft_max_len"],
+             "--overlong", "drop", "--eval-frac", "0.1", *(["--overwrite"] if args.force else [])], os.path.join(sft_out, "final", "config.json"), args.force)
         ppo_out = os.path.join(out, f"ppo-{c}")
         run(["ppo.py", "--model", args.model, "--init", os.path.join(sft_out, "final"), "--data", data,
              "--out", ppo_out, "--condition", c, "--steps", s["ppo_steps"], "--prompts-per-step", s["ppo_prompts"],

@@ -713,8 +713,8 @@ def train(args, reward_fn=countdown_reward):
     if dist["master"]:
         os.makedirs(args.out, exist_ok=True)
         common.save_config(args.out, {"stage": "ppo", **vars(args), "world_size": dist["world_size"]})
+        truncate_metrics(args.out, state["step"])  # a fresh run starts a fresh log
         if ckpt:
-            truncate_metrics(args.out, state["step"])
             print(f"resuming from {ckpt} at step {state['step'] + 1}")
         report = common.init_report(args.init)
         print(report or f"init {args.init or args.model}")

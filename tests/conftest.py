@@ -6,3 +6,6 @@ sys.path.insert(0, REPO)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
+# One thread per process: on a small shared CPU, PyTorch's default of one thread per core
+# oversubscribes as soon as a test starts a subprocess (measured ~10x slower on 2 cores).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
