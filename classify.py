@@ -60,6 +60,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from fractions import Fraction
 
+import common
 import countdown
 
 # ---------------------------------------------------------------------------------
@@ -1410,12 +1411,7 @@ def run_eval(path):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for name, default, typ, help_ in SETTINGS:
-        flag = "--" + name.replace("_", "-")
-        if typ is bool:
-            ap.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_)
-        else:
-            ap.add_argument(flag, default=default, type=typ, help=help_)
+    common.add_settings(ap, SETTINGS)
     a = ap.parse_args(argv)
     if a.backend not in ("rules", "openai", "anthropic"):
         ap.error("--backend must be rules, openai or anthropic")

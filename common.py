@@ -365,7 +365,19 @@ def all_reduce_mean(values, info):
 
 
 # ---------------------------------------------------------------------------------
-# runs: config, per-step log line, checkpoints
+# runs: flags, config, per-step log line, checkpoints
+
+def add_settings(ap, settings):
+    """Add one flag per (name, default, type, help) row; bool rows get --x / --no-x."""
+    import argparse
+    for name, default, typ, help_ in settings:
+        flag = "--" + name.replace("_", "-")
+        if typ is bool:
+            ap.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_)
+        else:
+            ap.add_argument(flag, default=default, type=typ, help=help_)
+    return ap
+
 
 def save_config(out_dir, cfg):
     write_json(os.path.join(out_dir, "config.json"), cfg)

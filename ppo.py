@@ -99,12 +99,7 @@ SETTINGS = [
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for name, default, typ, help_ in SETTINGS:
-        flag = "--" + name.replace("_", "-")
-        if typ is bool:
-            ap.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_)
-        else:
-            ap.add_argument(flag, default=default, type=typ, help=help_)
+    common.add_settings(ap, SETTINGS)
     a = ap.parse_args(argv)
     checks = [
         (a.template in countdown.TEMPLATES, f"--template must be one of {sorted(countdown.TEMPLATES)}"),
