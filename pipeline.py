@@ -27,10 +27,10 @@ SETTINGS = dict(
     n_train=2000, n_test=64,          # Countdown tasks
     task_sizes="3",                   # 3-number tasks: 4 are out of reach for a 0.9M model
     priming_n=400,                    # priming traces per condition
-    priming_budget=1,                 # search attempts before the writer gives up (short traces)
+    priming_budget=2,                 # attempts before the writer gives up (1 would never backtrack)
     sft_epochs=2, sft_batch=4, sft_lr=2e-3,    # SFT of the tiny model (the study: 5 epochs, batch 64)
-    sft_max_len=384,                  # longer traces are dropped (counted in the SFT log)
-    ppo_steps=8, ppo_prompts=16, ppo_samples=4, ppo_response_len=256,  # traces are ~230 tokens
+    sft_max_len=512,                  # longer traces are dropped (counted in the SFT log)
+    ppo_steps=8, ppo_prompts=16, ppo_samples=4, ppo_response_len=320,  # traces are ~300 tokens
     ppo_actor_lr=1e-4, ppo_critic_lr=1e-4,     # tiny models need far larger steps than 3B ones
     eval_every=4, val_size=32,
 )
