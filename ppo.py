@@ -30,7 +30,6 @@ ckpt/step_XXXXXX/, final/}; see DESIGN.md.
 """
 import argparse
 import json
-import math
 import os
 import random
 import time
@@ -482,9 +481,10 @@ def update(model, opt, b, args, dist, loss_fn, gen):
     """Gradient steps over mini-batches; each loss is a token-mean over its mini-batch
     (micro-batch sums divided by the mini-batch's token count). Returns stats and #bad."""
     import contextlib
-    stats, bad = {}, 0
+    stats, bad, n_mb = {}, 0, 0
     model.train()
     for idx in minibatches(b["mask"].shape[0], args, dist, gen):
+        n_mb += 1
         n_tok = b["mask"][idx].sum().clamp(min=1)
         micro = [idx[i:i + args.micro_batch] for i in range(0, len(idx), args.micro_batch)]
         finite = True
@@ -505,8 +505,7 @@ def update(model, opt, b, args, dist, loss_fn, gen):
             bad += 1
         opt.zero_grad(set_to_none=True)
         stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(gnorm)
-    n_mb = args.ppo_epochs * math.ceil(b["mask"].shape[0] / max(1, args.mini_batch_prompts * args.samples_per_prompt // dist["world_size"]))
-    return {k: v / n_mb for k, v in stats.items()}, bad
+    return {k: v / max(1, n_mb) for k, v in stats.items()}, bad
 
 
 def actor_loss_fn(args, kl_coef):
@@ -616,7 +615,7 @@ def build(args, dist):
     device = dist["device"]
     init = args.init or args.model
     tokenizer = common.load_tokenizer(args.model)
-    start, ckpt = common.latest_ckpt(args.out) if args.resume else (0, None)
+    _, ckpt = common.latest_ckpt(args.out) if args.resume else (0, None)
     dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     policy = common.load_model(args.model, dtype, device, init=ckpt or init)
     ref = common.load_model(args.model, dtype, device, init=init).eval().requires_grad_(False)
@@ -648,7 +647,7 @@ def build(args, dist):
     return tokenizer, policy, ref, critic, opt_a, opt_c, state, ckpt
 
 
-def train_step(step, tasks, models, state, args, dist, reward_fn, out_log):
+def train_step(step, tasks, models, state, args, dist, reward_fn):
     """One PPO step (see the module docstring); returns the metrics dict."""
     tokenizer, policy, ref, critic, opt_a, opt_c = models
     device = dist["device"]
@@ -723,7 +722,7 @@ def train(args, reward_fn=countdown_reward):
         set_lr(opt_a, args.actor_lr, step - 1, args.warmup_steps)
         if opt_c:
             set_lr(opt_c, args.critic_lr, step - 1, args.warmup_steps)
-        m, bad = train_step(step, train_tasks, models, state, args, dist, reward_fn, args.out)
+        m, bad = train_step(step, train_tasks, models, state, args, dist, reward_fn)
         state["bad_steps"] = state["bad_steps"] + 1 if bad else 0
         kl_ctl.update(m["kl"], args.prompts_per_step * args.samples_per_prompt)
         state.update(step=step, kl_coef=kl_ctl.value)
