@@ -50,22 +50,32 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def run(cmd, done_marker, force):
-    """Run one stage unless its output exists; print the command so it can be copied."""
+def run(cmd, done_marker, force, log=None):
+    """Run one stage unless its output exists; print the command so it can be copied.
+    log: a file that gets the stage's stdout and stderr instead of the console (stages that
+    run side by side); a failure then quotes its last lines. Returns True if it ran."""
     line = " ".join(shlex.quote(str(c)) for c in cmd)
     if os.path.exists(done_marker) and not force:
         print(f"[skip] {line}  (exists: {done_marker})", flush=True)
-        return
-    print(f"[run ] {line}", flush=True)
+        return False
+    print(f"[run ] {line}" + (f"  > {log}" if log else ""), flush=True)
     t0 = time.time()
     # one thread per stage: the tiny model is too small to gain from more, and on a small
     # shared CPU PyTorch's thread pool oversubscribes the cores
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    r = subprocess.run([sys.executable] + [str(c) for c in cmd], env=env,
-                       cwd=os.path.dirname(os.path.abspath(__file__)))
+    argv, cwd = [sys.executable] + [str(c) for c in cmd], os.path.dirname(os.path.abspath(__file__))
+    if log:
+        os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+        with open(log, "a") as f:
+            r = subprocess.run(argv, env=env, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+    else:
+        r = subprocess.run(argv, env=env, cwd=cwd)
     if r.returncode != 0:
-        raise SystemExit(f"stage failed (exit {r.returncode}): {line}")
-    print(f"[done] {time.time() - t0:.0f}s", flush=True)
+        tail = "".join(open(log, errors="replace").readlines()[-15:]) if log else ""
+        raise SystemExit(f"stage failed (exit {r.returncode}): {line}"
+                         + (f"\nlog: {log}, last lines:\n{tail}" if log else ""))
+    print(f"[done] {time.time() - t0:.0f}s" + (f"  {log}" if log else ""), flush=True)
+    return True
 
 
 def main(argv=None):
