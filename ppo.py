@@ -77,7 +77,9 @@ SETTINGS = [
     ("grad_clip", 1.0, float, "gradient norm clip"),
     ("grad_ckpt", None, bool, "gradient checkpointing (default: on for GPU)"),
     ("optim_device", "auto", str, "where fp32 master weights + Adam states live: auto | cuda | cpu"),
-    ("engine", "hf", str, "rollout generator: hf (transformers generate with KV cache)"),
+    ("engine", "builtin", str, "rollout generator: builtin (engine.py: CUDA graphs) | hf (transformers generate) | vllm"),
+    ("stop", None, str, "a string that ends a response like EOS does, e.g. '</answer>' (builtin and vllm engines)"),
+    ("vllm_mem", 0.3, float, "--engine vllm: fraction of GPU memory vLLM may take (weights + KV cache)"),
     ("eval_every", 25, int, "validation every N steps (0: never)"),
     ("val_size", 256, int, "test tasks used for validation"),
     ("val_samples", 4, int, "samples per validation task at temperature 1.0 (plus one greedy)"),
@@ -104,7 +106,8 @@ def parse_args(argv=None):
         (a.template in countdown.TEMPLATES, f"--template must be one of {sorted(countdown.TEMPLATES)}"),
         (a.kl_kind in ("k1", "abs", "mse", "k3"), "--kl-kind must be k1, abs, mse or k3"),
         (a.adv_estimator in ("gae", "grpo"), "--adv-estimator must be gae or grpo"),
-        (a.engine in ("hf",), "--engine must be hf (vllm lands with the fast-rollouts work)"),
+        (a.engine in ("builtin", "hf", "vllm"), "--engine must be builtin, hf or vllm"),
+        (a.stop is None or a.engine != "hf", "--stop needs --engine builtin or vllm"),
         (a.optim_device in ("auto", "cuda", "cpu"), "--optim-device must be auto, cuda or cpu"),
         (a.dtype in ("auto", "bf16", "fp32"), "--dtype must be auto, bf16 or fp32"),
         (a.prompts_per_step % a.mini_batch_prompts == 0 or a.mini_batch_prompts > a.prompts_per_step,
@@ -338,7 +341,41 @@ def response_mask(resp, eos_id, pad_id):
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompt_ids, prompt_mask, max_new, temperature=1.0, force_len=0):
+def generate(model, tokenizer, prompt_ids, prompt_mask, max_new, args, temperature=1.0):
+    """Responses [N, R], their mask [N, R] (1 up to and including EOS) and the sampler's
+    log-probs [N, R] (None from transformers), from the engine that args.engine names."""
+    force = args.force_response_len
+    if args.engine == "hf":
+        resp, mask = hf_generate(model, tokenizer, prompt_ids, prompt_mask, max_new, temperature, force)
+        return resp, mask, None
+    eng = get_engine(model, tokenizer, args)
+    stops = [tokenizer.encode(args.stop, add_special_tokens=False)] if args.stop else []
+    out = eng.generate(prompt_ids, prompt_mask, max_new, temperature=temperature, force_len=force,
+                       stop_seqs=stops)
+    if getattr(eng, "release_after", False):  # a 3B model's cache is wanted back by training
+        eng.release()
+    return out.tokens, out.mask, out.logp
+
+
+def get_engine(model, tokenizer, args):
+    """The model's engine, made on first use and kept on the model (it holds no weights)."""
+    eng = getattr(model, "_rollout_engine", None)
+    if eng is None:
+        import engine
+        if args.engine == "vllm":
+            eng = engine.VLLMEngine(model, tokenizer, args)
+        else:
+            eng = engine.Engine(model, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+            if eng.device.type == "cuda":   # keep cache + graphs only if they are cheap
+                need = eng.cache_bytes(args.prompts_per_step * args.samples_per_prompt,
+                                       args.max_prompt_len + args.max_response_len)
+                eng.release_after = need > 0.1 * torch.cuda.get_device_properties(eng.device).total_memory
+        model._rollout_engine = eng
+    return eng
+
+
+@torch.no_grad()
+def hf_generate(model, tokenizer, prompt_ids, prompt_mask, max_new, temperature=1.0, force_len=0):
     """Sample (temperature > 0) or greedy-decode responses with the HF KV-cache generator.
 
     Returns resp [N, R] (R = max_new; padded with pad id after EOS) and its mask [N, R].
@@ -417,15 +454,15 @@ def rollout(policy, tokenizer, tasks, args, reward_fn, device, temperature=None,
     p_ids, p_mask = encode_prompts(tokenizer, prompts, args.max_prompt_len)
     p_ids, p_mask = p_ids.to(device), p_mask.to(device)
     t0 = time.time()
-    resp, r_mask = generate(unwrap(policy), tokenizer, p_ids, p_mask, args.max_response_len,
-                            temperature, args.force_response_len)    # [N, R] each
+    resp, r_mask, gen_logp = generate(unwrap(policy), tokenizer, p_ids, p_mask, args.max_response_len,
+                                      args, temperature)          # [N, R] each
     t_gen = time.time() - t0
     lengths = r_mask.sum(1).long()
-    clipped = ~(resp == tokenizer.eos_token_id).any(1)                 # ran out of length
+    clipped = (lengths >= resp.shape[1]) & (resp[:, -1] != tokenizer.eos_token_id)  # ran out of length
     texts = [tokenizer.decode(resp[i, :lengths[i]], skip_special_tokens=True) for i in range(len(reps))]
     scores = torch.tensor([reward_fn(txt, t) for txt, t in zip(texts, reps)], dtype=torch.float32)
     return dict(seq=torch.cat([p_ids, resp], 1), attn=torch.cat([p_mask.float(), r_mask], 1).long(),
-                mask=r_mask, scores=scores.to(device), lengths=lengths, clipped=clipped, texts=texts, tasks=reps,
+                mask=r_mask, gen_logp=gen_logp, scores=scores.to(device), lengths=lengths, clipped=clipped, texts=texts, tasks=reps,
                 prompts=prompts, time_generate=t_gen, time_score=time.time() - t0 - t_gen)
 
 
@@ -440,6 +477,9 @@ def compute_advantages(b, policy, ref, critic, args, kl_coef, timings):
         t = time.time()
         b["old_logp"] = token_logprobs(policy, seq, attn, R, mb)
         sync_time(timings, "old_logp", t)
+        if b["gen_logp"] is not None and args.temperature == 1.0:
+            # the engine's sampler vs the training forward: bf16 noise, or a bug if large
+            timings["rollout/logp_diff"] = masked_mean((b["gen_logp"] - b["old_logp"]).abs(), mask).item()
         t = time.time()
         b["ref_logp"] = token_logprobs(ref, seq, attn, R, mb)
         sync_time(timings, "ref_logp", t)

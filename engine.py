@@ -1,0 +1,384 @@
+"""
+The built-in rollout engine: a decoder for the policy being trained, written directly in
+PyTorch so that a decode step is a handful of large kernels replayed from a CUDA graph.
+
+    from engine import Engine
+    eng = Engine(policy, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    out = eng.generate(prompt_ids, prompt_mask, max_new=512, temperature=1.0)
+    out.tokens, out.mask, out.logp          # [N, R] each: ids, 1 up to and incl. EOS, log-probs
+
+Why: transformers' `generate` spends most of a decode step in Python (DESIGN.md, "Speed and
+memory"). Here, per step, the GPU runs: embed -> per layer (RMSNorm, q/k/v, RoPE, write K/V
+into a preallocated cache, attention over the cache, o, RMSNorm, MLP) -> LM head -> sampling
+-> bookkeeping (EOS, stop sequences, output buffers, positions), all captured once per
+(batch size, cache-length bucket, sampling mode) in a CUDA graph and replayed.
+
+- Weights are the training model's own tensors (no copy): an optimizer step that updates them
+  in place (AdamW, MasterAdamW's copy_) is seen by the next rollout for free.
+- The KV cache is [layers] x [B, kv_heads, L, head_dim], left-padded like the prompts. Slot s
+  holds the token at column s of the padded sequence, so all rows advance together and one
+  scalar `slot` indexes the step. Attention reads only the first `bucket` slots, rounded up
+  to `block`, not the whole preallocated length.
+- Sampling on the GPU: temperature, top-k, top-p, then the exponential-race trick
+  (argmax p_i / E_i with E_i ~ Exp(1) draws i with probability p_i) instead of
+  torch.multinomial. Returned log-probs are those of the distribution actually sampled from.
+- Finished rows stop costing: every `check_every` steps the host looks at how many rows are
+  live, stops when none are, and halves the batch (moving live rows and their cache to the
+  front) when at most half are live.
+- Architectures: Llama-style decoders as transformers builds them (Llama, Qwen2, Qwen3's
+  q/k norms, Mistral without sliding windows). Anything else raises `Unsupported`, and
+  ppo.py falls back to transformers `generate`.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+class Unsupported(ValueError):
+    pass
+
+
+@dataclass
+class Output:
+    tokens: torch.Tensor   # [N, R] long, pad after the stop
+    mask: torch.Tensor     # [N, R] float, 1 up to and including EOS / the stop sequence
+    logp: torch.Tensor     # [N, R] float, sampler log-probs (0 where mask is 0)
+    steps: int             # decode steps run (R at most)
+
+
+def check_supported(model):
+    """Raise Unsupported unless model is a decoder this engine can run."""
+    cfg = model.config
+    if getattr(cfg, "model_type", None) not in ("llama", "qwen2", "qwen3", "mistral"):
+        raise Unsupported(f"model_type {getattr(cfg, 'model_type', None)!r}")
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
+        raise Unsupported(f"{type(model).__name__}: no .model.layers / .lm_head")
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        raise Unsupported(f"hidden_act {cfg.hidden_act}")
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", False):
+        raise Unsupported("sliding-window attention")
+    rope = getattr(cfg, "rope_scaling", None) or {}
+    if rope.get("rope_type", rope.get("type", "default")) not in ("default", "llama3", "linear"):
+        raise Unsupported(f"rope scaling {rope}")  # dynamic variants change with length
+    a = inner.layers[0].self_attn
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        if not hasattr(a, name):
+            raise Unsupported(f"attention without {name}")
+
+
+def rms_norm(x, weight, eps):
+    """transformers' LlamaRMSNorm: normalise in fp32, scale in the weight's dtype."""
+    dt = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dt)
+
+
+def rotate(x, cos, sin):
+    """RoPE, half-split convention. x [..., D]; cos/sin broadcast to it."""
+    h = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., h:], x[..., :h]), -1) * sin
+
+
+def sample(logits, temperature, top_k, top_p, greedy):
+    """Next tokens and their log-probs from logits [B, V] (fp32).
+
+    temperature: 0-dim tensor (so a captured graph can change it); top_k 0 and top_p 1.0 are
+    off. Returns tok [B] and logp [B], the log-prob of tok under the distribution sampled.
+    """
+    if greedy:
+        logp = torch.log_softmax(logits, -1)
+        tok = logits.argmax(-1)
+        return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+    logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, top_k, -1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        srt, idx = torch.sort(logits, -1, descending=True)
+        cum = torch.softmax(srt, -1).cumsum(-1)
+        drop = (cum - torch.softmax(srt, -1)) >= top_p      # keep the smallest prefix reaching p
+        srt = srt.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, srt)
+    logp = torch.log_softmax(logits, -1)
+    race = logp - torch.empty_like(logp).exponential_().log()   # argmax ~ Categorical(p)
+    tok = race.argmax(-1)
+    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+class Engine:
+    """Generation for one model; see the module docstring. Not thread-safe."""
+
+    def __init__(self, model, eos_id, pad_id, block=64, check_every=16, graphs=None, min_batch=8):
+        check_supported(model)
+        self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
+        self.cfg = model.config
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.block, self.check_every, self.min_batch = block, check_every, min_batch
+        self.graphs_on = (self.device.type == "cuda") if graphs is None else graphs
+        c = self.cfg
+        self.n_heads = c.num_attention_heads
+        self.n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        self.layers = list(model.model.layers)
+        self.cap = (0, 0)          # (rows, slots) of the allocated cache
+        self.graphs, self.pool, self.stop_tensors = {}, None, {}
+
+    # ------------------------------------------------------------------ buffers
+    def cache_bytes(self, rows, slots):
+        return 2 * len(self.layers) * rows * self.n_kv * slots * self.head_dim * self.dtype.itemsize
+
+    def _allocate(self, rows, slots):
+        """(Re)allocate the KV cache and the per-row state; drops captured graphs."""
+        if rows <= self.cap[0] and slots <= self.cap[1]:
+            return
+        self.release()
+        rows, slots = max(rows, self.cap[0]), max(slots, self.cap[1])
+        slots = math.ceil(slots / self.block) * self.block
+        kw = dict(device=self.device, dtype=self.dtype)
+        shape = (rows, self.n_kv, slots, self.head_dim)
+        self.k = [torch.zeros(shape, **kw) for _ in self.layers]
+        self.v = [torch.zeros(shape, **kw) for _ in self.layers]
+        dev = self.device
+        self.valid = torch.zeros(rows, slots, dtype=torch.bool, device=dev)   # key slot usable
+        self.tok = torch.zeros(rows, dtype=torch.long, device=dev)            # token to feed
+        self.pos = torch.zeros(rows, dtype=torch.long, device=dev)            # its position id
+        self.done = torch.zeros(rows, dtype=torch.bool, device=dev)
+        self.length = torch.zeros(rows, dtype=torch.long, device=dev)        # tokens kept so far
+        self.slot = torch.zeros((), dtype=torch.long, device=dev)             # its cache slot
+        self.col = torch.zeros((), dtype=torch.long, device=dev)              # output column
+        self.temperature = torch.ones((), dtype=torch.float32, device=dev)
+        self.eos_on = torch.ones((), dtype=torch.bool, device=dev)
+        self.out_tok = torch.zeros(rows, slots, dtype=torch.long, device=dev)
+        self.out_logp = torch.zeros(rows, slots, dtype=torch.float32, device=dev)
+        rot = self.model.model.rotary_emb                                    # HF's, scaling included
+        freqs = torch.arange(slots, device=dev, dtype=torch.float32)[:, None] * rot.inv_freq.float()[None]
+        emb = torch.cat((freqs, freqs), -1)
+        scale = getattr(rot, "attention_scaling", 1.0)
+        self.cos, self.sin = (emb.cos() * scale).to(self.dtype), (emb.sin() * scale).to(self.dtype)
+        self.cap = (rows, slots)
+
+    def release(self):
+        """Free the cache and the graphs (training can have the memory back)."""
+        self.graphs, self.pool = {}, None
+        for name in ("k", "v", "valid", "tok", "pos", "done", "length", "out_tok", "out_logp", "cos", "sin"):
+            self.__dict__.pop(name, None)
+        self.cap = (0, 0)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ the model
+    def _qkv(self, layer, h, pos_cos, pos_sin):
+        """h [B, T, H] -> q [B, Hq, T, D], k/v [B, Hkv, T, D] with RoPE applied."""
+        a, (B, T, _) = layer.self_attn, h.shape
+        q = a.q_proj(h).view(B, T, self.n_heads, self.head_dim)
+        k = a.k_proj(h).view(B, T, self.n_kv, self.head_dim)
+        v = a.v_proj(h).view(B, T, self.n_kv, self.head_dim)
+        if hasattr(a, "q_norm"):                                  # Qwen3
+            q, k = a.q_norm(q), a.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        cos, sin = pos_cos[:, None], pos_sin[:, None]             # [B, 1, T, D]
+        return rotate(q, cos, sin), rotate(k, cos, sin), v
+
+    def _mlp_block(self, layer, x, attn_out):
+        x = x + layer.self_attn.o_proj(attn_out)
+        h = rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+        m = layer.mlp
+        return x + m.down_proj(F.silu(m.gate_proj(h)) * m.up_proj(h))
+
+    def _logits(self, x):
+        n = self.model.model.norm
+        return self.model.lm_head(rms_norm(x, n.weight, n.variance_epsilon)).float()
+
+    def _prefill(self, ids, mask, rows):
+        """Run prompts ids [b, P] (left-padded) through the model, fill cache rows `rows`
+        (a slice) at slots [0, P), and return last-position logits [b, V]."""
+        b, P = ids.shape
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        cos, sin = self.cos[pos], self.sin[pos]                    # [b, P, D]
+        causal = torch.ones(P, P, dtype=torch.bool, device=ids.device).tril()
+        # a padded query attends to itself too, so no row of the softmax is empty (no NaN)
+        allow = (causal & mask.bool()[:, None, None, :]) | torch.eye(P, dtype=torch.bool, device=ids.device)
+        x = self.model.model.embed_tokens(ids)
+        for i, layer in enumerate(self.layers):
+            ln = layer.input_layernorm
+            q, k, v = self._qkv(layer, rms_norm(x, ln.weight, ln.variance_epsilon), cos, sin)
+            self.k[i][rows, :, :P] = k
+            self.v[i][rows, :, :P] = v
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allow, enable_gqa=self.n_kv != self.n_heads)
+            x = self._mlp_block(layer, x, o.transpose(1, 2).reshape(b, P, -1))
+        return self._logits(x[:, -1])
+
+    def _decode(self, B, L, mode):
+        """One decode step for rows [0, B) reading slots [0, L): feeds self.tok at self.slot,
+        samples the next token, records it at self.col, advances. Graph-capturable."""
+        tok, pos, slot = self.tok[:B], self.pos[:B], self.slot
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [B, 1, D]
+        keys = self.valid[:B, :L] & (torch.arange(L, device=tok.device) <= slot)  # [B, L]
+        bias = torch.zeros(keys.shape, dtype=torch.float32, device=tok.device).masked_fill(~keys, float("-inf"))
+        G, D = self.n_heads // self.n_kv, self.head_dim
+        x = self.model.model.embed_tokens(tok[:, None])           # [B, 1, H]
+        for i, layer in enumerate(self.layers):
+            ln = layer.input_layernorm
+            q, k, v = self._qkv(layer, rms_norm(x, ln.weight, ln.variance_epsilon), cos, sin)
+            self.k[i][:B].index_copy_(2, slot.view(1), k)
+            self.v[i][:B].index_copy_(2, slot.view(1), v)
+            # grouped-query attention as two batched matmuls that read K and V once:
+            # q [B, Hkv, G, D] x K [B, Hkv, L, D]^T -> scores [B, Hkv, G, L]
+            q = q.reshape(B, self.n_kv, G, D)
+            s = torch.matmul(q, self.k[i][:B, :, :L].transpose(-1, -2)).float() * D ** -0.5
+            p = torch.softmax(s + bias[:, None, None, :], -1).to(self.dtype)
+            o = torch.matmul(p, self.v[i][:B, :, :L])             # [B, Hkv, G, D]
+            x = self._mlp_block(layer, x, o.reshape(B, 1, self.n_heads * D))
+        logits = self._logits(x[:, 0])                             # [B, V]
+        self._record(*sample(logits, self.temperature, mode[1], mode[2], mode[0]), B, mode)
+
+    def _record(self, new, logp, B, mode):
+        """Write sampled tokens at self.col (pad once a row is done), count lengths, mark rows
+        that just emitted EOS or a stop sequence as done, and advance."""
+        done = self.done[:B]
+        live = ~done
+        new = torch.where(done, torch.full_like(new, self.pad_id), new)
+        logp = torch.where(done, torch.zeros_like(logp), logp)
+        self.out_tok[:B].index_copy_(1, self.col.view(1), new[:, None])
+        self.out_logp[:B].index_copy_(1, self.col.view(1), logp[:, None])
+        self.length[:B].add_(live.long())
+        stop = (new == self.eos_id) & self.eos_on
+        for seq in (self._stop_tensor(s) for s in mode[3]):      # stop token sequences
+            m = len(seq)
+            cols = (self.col - torch.arange(m - 1, -1, -1, device=new.device)).clamp(min=0)
+            hit = (self.out_tok[:B].index_select(1, cols) == seq).all(-1) & (self.col >= m - 1)
+            stop = stop | hit
+        done.copy_(done | (stop & live))
+        self.tok[:B].copy_(new)
+        self.pos[:B].add_(1)
+        self.slot.add_(1)
+        self.col.add_(1)
+
+    def _stop_tensor(self, seq):
+        # kept for the engine's life: a captured graph reads this memory on every replay
+        if seq not in self.stop_tensors:
+            self.stop_tensors[seq] = torch.tensor(seq, dtype=torch.long, device=self.device)
+        return self.stop_tensors[seq]
+
+    # ------------------------------------------------------------------ graphs
+    def _step(self, B, L, mode):
+        if not self.graphs_on:
+            return self._decode(B, L, mode)
+        key = (B, L, mode)
+        g = self.graphs.get(key)
+        if g is None:
+            g = self._capture(B, L, mode)
+            self.graphs[key] = g
+        g.replay()
+
+    def _capture(self, B, L, mode):
+        """Warm up on a side stream (cuBLAS picks its kernels), then capture one step.
+        Warm-up and capture advance slot/col/pos and write outputs, so save and restore them."""
+        state = (self.slot, self.col, self.pos, self.tok, self.done, self.length, self.out_tok, self.out_logp)
+        saved = [t.clone() for t in state]
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            self._decode(B, L, mode)
+        torch.cuda.current_stream().wait_stream(s)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self.pool):
+            self._decode(B, L, mode)
+        for t, v in zip(state, saved):
+            t.copy_(v)
+        return g
+
+    # ------------------------------------------------------------------ the loop
+    def _bucket(self, n_slots):
+        return min(self.cap[1], math.ceil(n_slots / self.block) * self.block)
+
+    def _compact(self, B, rows, res, R):
+        """Move live rows to the front; write finished rows' outputs out. Returns new B, rows."""
+        done = self.done[:B]
+        fin = done.nonzero().squeeze(-1)
+        self._write_out(res, rows[fin], fin, R)
+        live = (~done).nonzero().squeeze(-1)
+        nb = B
+        while nb // 2 >= max(len(live), self.min_batch) and nb > self.min_batch:
+            nb //= 2
+        # padding rows (already done) fill the batch up to nb; they cost but are masked
+        fill = fin[:nb - len(live)]
+        keep = torch.cat([live, fill])
+        for buf in self.k + self.v:
+            buf[:nb] = buf[keep]
+        for buf in (self.valid, self.tok, self.pos, self.done, self.length, self.out_tok, self.out_logp):
+            buf[:nb] = buf[keep]
+        return nb, rows[keep]
+
+    @torch.no_grad()
+    def generate(self, prompt_ids, prompt_mask, max_new, temperature=1.0, top_k=0, top_p=1.0,
+                 force_len=0, stop_seqs=(), prefill_rows=64):
+        """Sample (temperature > 0) or greedy-decode max_new tokens after left-padded prompts.
+
+        prompt_ids, prompt_mask: [N, P]. stop_seqs: token-id lists that end a row (like EOS).
+        force_len > 0: ignore EOS and stop sequences (benchmarks). Returns Output.
+        """
+        N, P = prompt_ids.shape
+        R = max_new
+        self._allocate(max(N, self.min_batch), P + R)
+        dev = self.device
+        stops = () if force_len else tuple(tuple(int(t) for t in s) for s in stop_seqs)
+        greedy = temperature <= 0
+        mode = (greedy, 0 if greedy else int(top_k), 1.0 if greedy else float(top_p), stops)
+        self.temperature.fill_(max(temperature, 1e-6))
+        self.eos_on.fill_(not force_len)
+        B = N if N >= self.min_batch else self.min_batch               # tiny batches: pad rows
+        ids = prompt_ids.to(dev)
+        mask = prompt_mask.to(dev)
+        if B > N:
+            ids = torch.cat([ids, ids[:1].expand(B - N, P)])
+            mask = torch.cat([mask, mask[:1].expand(B - N, P)])
+        self.valid[:B].zero_()
+        self.valid[:B, :P] = mask.bool()
+        self.valid[:B, P:] = True
+        self.done[:B] = False
+        self.done[N:B] = True                                          # padding rows
+        self.length[:B] = 0
+        self.pos[:B] = mask.long().sum(-1) - 1    # _record advances it to token 0's position
+        self.slot.fill_(P - 1)                    # ... and this to token 0's cache slot
+        self.col.fill_(0)
+        toks, lps = [], []
+        for i in range(0, B, prefill_rows):       # prefill in chunks of rows; sample token 0
+            r = slice(i, min(B, i + prefill_rows))
+            tok, lp = sample(self._prefill(ids[r], mask[r], r), self.temperature, mode[1], mode[2], greedy)
+            toks.append(tok)
+            lps.append(lp)
+        self._record(torch.cat(toks), torch.cat(lps), B, mode)
+        return self._loop(N, B, P, R, mode)
+
+    def _write_out(self, res, dst, src, R):
+        res["tok"][dst] = self.out_tok[src, :R]
+        res["logp"][dst] = self.out_logp[src, :R]
+        res["len"][dst] = self.length[src]
+
+    def _loop(self, N, B, P, R, mode):
+        dev = self.device
+        res = {"tok": torch.full((N + B, R), self.pad_id, dtype=torch.long, device=dev),
+               "logp": torch.zeros(N + B, R, device=dev),
+               "len": torch.zeros(N + B, dtype=torch.long, device=dev)}
+        rows = torch.arange(B, device=dev)
+        steps = 1
+        for i in range(1, R):
+            if i % self.check_every == 0:
+                n_live = int((~self.done[:B]).sum())
+                if n_live == 0:
+                    break
+                if n_live <= B // 2 and B > self.min_batch:
+                    B, rows = self._compact(B, rows, res, R)
+            self._step(B, self._bucket(P + i + 1), mode)
+            steps += 1
+        self._write_out(res, rows, torch.arange(B, device=dev), R)
+        mask = (torch.arange(R, device=dev)[None] < res["len"][:N, None]).float()
+        return Output(tokens=res["tok"][:N], mask=mask, logp=res["logp"][:N] * mask, steps=steps)

@@ -1,0 +1,159 @@
+"""The built-in engine against transformers: same greedy tokens, same log-probs, and
+samples that follow the softmax (chi-square). CPU, tiny model with random weights scaled
+up so that its outputs vary from token to token (a fresh init repeats one token)."""
+import math
+import random
+
+import pytest
+import torch
+
+import common
+import countdown
+import ppo
+from engine import Engine, sample
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return common.load_tokenizer("tiny")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = common.load_model("random:tiny").eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.15)
+    return m
+
+
+def prompts(tok, n, seed=0):
+    rng = random.Random(seed)
+    texts = [countdown.make_prompt([rng.randint(1, 99) for _ in range(rng.choice([3, 4]))],
+                                   rng.randint(10, 99), "base") for _ in range(n)]
+    return ppo.encode_prompts(tok, texts, 512)
+
+
+def hf_greedy(model, ids, mask, n, eos, pad=2):
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
+                         eos_token_id=eos, pad_token_id=pad)
+    return out[:, ids.shape[1]:]
+
+
+def test_greedy_equals_transformers_on_64_prompts(model, tok):
+    ids, mask = prompts(tok, 64)
+    want = hf_greedy(model, ids, mask, 40, eos=None)
+    out = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id).generate(ids, mask, 40, temperature=0)
+    assert out.tokens.shape == (64, 40)
+    assert len(set(want[:, 10].tolist())) > 5           # the model does not just repeat itself
+    assert torch.equal(out.tokens, want)
+    assert out.mask.sum() == 64 * 40
+
+
+def test_stops_per_row_and_compacts(model, tok):
+    """A common token as 'EOS': rows stop at different steps, the batch is compacted every 4
+    steps, and every row still matches transformers up to and including its EOS."""
+    ids, mask = prompts(tok, 64, seed=1)
+    free = hf_greedy(model, ids, mask, 40, eos=None)
+    eos = int(torch.mode(free[:, 5:].flatten()).values)   # frequent enough to stop many rows
+    want = hf_greedy(model, ids, mask, 40, eos=eos)
+    eng = Engine(model, eos_id=eos, pad_id=tok.pad_token_id, check_every=4)
+    out = eng.generate(ids, mask, 40, temperature=0)
+    lengths = out.mask.sum(1).long()
+    assert 0 < (lengths < 40).sum() < 64                   # some rows stopped early, some not
+    for i in range(64):
+        n = int(lengths[i])
+        assert torch.equal(out.tokens[i, :n], want[i, :n])
+        assert n == 40 or out.tokens[i, n - 1] == eos
+        assert (out.tokens[i, n:] == tok.pad_token_id).all()
+    assert out.steps < 40 or (lengths == 40).any()
+
+
+def test_stop_sequence_ends_a_row(model, tok):
+    ids, mask = prompts(tok, 16, seed=2)
+    free = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id).generate(ids, mask, 30, temperature=0)
+    stop = free.tokens[0, 6:8].tolist()                    # a 2-token sequence row 0 emits
+    out = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id).generate(
+        ids, mask, 30, temperature=0, stop_seqs=[stop])
+    n = int(out.mask[0].sum())
+    assert n <= 8 and out.tokens[0, n - 2:n].tolist() == stop
+    assert torch.equal(out.tokens[0, :n], free.tokens[0, :n])
+
+
+def test_logprobs_match_training_forward(model, tok):
+    ids, mask = prompts(tok, 32, seed=3)
+    torch.manual_seed(0)
+    out = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id).generate(ids, mask, 24, temperature=1.0)
+    seq = torch.cat([ids, out.tokens], 1)
+    attn = torch.cat([mask, out.mask.long()], 1)
+    with torch.no_grad():
+        lp = ppo.token_logprobs(model, seq, attn, 24, 8)
+    diff = ((lp - out.logp).abs() * out.mask).sum() / out.mask.sum()
+    assert diff < 1e-4                                      # fp32: rounding only
+    assert (out.logp[out.mask > 0] < 0).all()
+
+
+def chi_square_z(observed, expected, min_count=5.0):
+    """Wilson-Hilferty normal score of Pearson's chi-square (bins with expected < min_count
+    merged into one); z > 3.1 is p < 0.001."""
+    big = expected >= min_count
+    obs = torch.cat([observed[big], observed[~big].sum()[None]])
+    exp = torch.cat([expected[big], expected[~big].sum()[None]])
+    keep = exp > 0
+    chi2 = float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum())
+    k = int(keep.sum()) - 1
+    return ((chi2 / k) ** (1 / 3) - (1 - 2 / (9 * k))) / math.sqrt(2 / (9 * k))
+
+
+def test_samples_follow_the_softmax(model, tok):
+    """Token 0 comes from the prefill path, token 1 from the decode path: both must be
+    distributed as the model's softmax (at temperature 0.7, to check the scaling too)."""
+    n, T = 4000, 0.7
+    enc = tok(["Using the numbers 3 7 12, create"], return_tensors="pt")   # short: cheap forwards
+    ids, mask = enc.input_ids.expand(n, -1).contiguous(), enc.attention_mask.expand(n, -1).contiguous()
+    torch.manual_seed(123)
+    out = Engine(model, eos_id=-1, pad_id=tok.pad_token_id).generate(ids, mask, 2, temperature=T)
+    V = model.config.vocab_size
+    with torch.no_grad():
+        p0 = torch.softmax(model(input_ids=ids[:1], attention_mask=mask[:1]).logits[0, -1] / T, -1)
+        seq = torch.cat([ids, out.tokens[:, :1]], 1)
+        logits = model(input_ids=seq, attention_mask=torch.ones_like(seq)).logits[:, -1] / T
+        p1 = torch.softmax(logits, -1).sum(0)               # expected counts, row by row
+    assert p0.max() > 0.02                                  # a peaked, not a flat, distribution
+    for obs_tokens, expected in ((out.tokens[:, 0], p0 * n), (out.tokens[:, 1], p1)):
+        observed = torch.bincount(obs_tokens, minlength=V).float()
+        assert chi_square_z(observed, expected) < 3.1
+    # and the test can fail: the same counts against a different temperature's softmax
+    wrong = torch.softmax(T * torch.log(p0), -1) * n
+    assert chi_square_z(torch.bincount(out.tokens[:, 0], minlength=V).float(), wrong) > 3.1
+
+
+def test_top_k_and_top_p_truncate():
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(4000, -1)
+    t = torch.tensor(1.0)
+    tok, lp = sample(logits, t, 2, 1.0, False)
+    assert set(tok.tolist()) == {0, 1}
+    assert torch.allclose(lp[tok == 0], torch.log(torch.tensor(0.5 / 0.8)))
+    tok, _ = sample(logits, t, 0, 0.7, False)               # 0.5 + 0.3 reach 0.7
+    assert set(tok.tolist()) == {0, 1}
+    tok, _ = sample(logits, t, 0, 0.5, False)               # 0.5 alone reaches 0.5
+    assert set(tok.tolist()) == {0}
+    tok, lp = sample(logits, t, 0, 1.0, True)
+    assert (tok == 0).all() and torch.allclose(lp, torch.log(torch.tensor(0.5)))
+
+
+def test_weights_are_shared_with_training(model, tok):
+    """An in-place update of the training weights is seen by the next generate call."""
+    import copy
+    m = copy.deepcopy(model)
+    eng = Engine(m, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    ids, mask = prompts(tok, 8, seed=5)
+    a = eng.generate(ids, mask, 12, temperature=0).tokens
+    with torch.no_grad():
+        m.lm_head.weight.mul_(-1)                            # lm_head is tied to the embedding
+    b = eng.generate(ids, mask, 12, temperature=0).tokens
+    assert not torch.equal(a, b)
+    assert torch.equal(b, hf_greedy(m, ids, mask, 12, eos=None))
