@@ -716,6 +716,7 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
     m["grad_norm/actor"] = m.pop("grad_norm")
     m.update(timings)
     m["tokens_per_s"] = float(b["lengths"].sum()) / dt
+    m["tokens/rank"] = float(b["attn"].sum())            # prompt + response tokens through each pass
     m = common.all_reduce_mean(m, dist)
     m["tokens_per_s"] *= dist["world_size"]
     m.update({"kl_coef": state["kl_coef"], "lr/actor": opt_a.param_groups[0]["lr"],

@@ -1,0 +1,365 @@
+"""
+Speed and memory of the pieces PPO spends its time in, measured in one run so that every
+figure is a ratio against ceilings taken on the same machine (DESIGN.md, "Speed and memory").
+
+    python bench.py                                   # GPU: Qwen2.5-3B shape, random weights
+    python bench.py --parts ppo                       # only the PPO step (study shape)
+    python bench.py --parts ppo --ngpu 2              # the same step under torchrun on 2 GPUs
+    python bench.py --model tiny --device cpu         # CPU smoke run (CI), seconds
+
+Parts (--parts, comma-separated):
+  ceilings    device-to-device copy bandwidth (bytes read + written) and the bf16 matmul rate
+  generate    tokens/s of the built-in engine and of transformers `generate` at several batch
+              sizes, forced lengths, against the floor: per decode step max(bytes / bandwidth,
+              FLOPs / matmul rate) with bytes = 2N + live KV cache, FLOPs = 2N per sequence
+  correct     engine vs transformers: greedy tokens on 64 prompts, and the engine's sampled
+              log-probs vs the training forward's (mean absolute difference)
+  train       forward+backward tokens/s and MFU (6N FLOPs per token) of the actor's loss, with
+              and without gradient checkpointing; the optimizer step (fp32 master on GPU / CPU)
+  ppo         one PPO step of the study's shape (ppo.py, forced lengths): each phase's time,
+              the peak memory, tokens/s; --ngpu N runs it under torchrun
+The table is printed last; every figure goes to --out (JSON).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+import common
+
+SETTINGS = [
+    # (flag, default, type, help)
+    ("model", "random:qwen2.5-3b", str, "architecture: random:<arch> (no weights needed), tiny, or a folder"),
+    ("device", None, str, "cuda | cpu (default: cuda if available)"),
+    ("parts", "ceilings,generate,correct,train", str, "what to measure (see above); 'all' adds ppo"),
+    ("batch_sizes", "64,256,512", str, "generation batch sizes"),
+    ("hf_batch_sizes", "64,512", str, "batch sizes at which transformers generate is timed too"),
+    ("prompt_len", 128, int, "prompt tokens per sequence in the generation benchmark"),
+    ("new_tokens", 512, int, "forced response tokens in the generation benchmark"),
+    ("train_configs", "ckpt:8,ckpt:16,nockpt:4,nockpt:8", str, "train part: checkpointing:micro-batch pairs"),
+    ("train_seq", 640, int, "train part: tokens per sequence (prompt + response)"),
+    ("ppo_prompts", 256, int, "ppo part: prompts per step"),
+    ("ppo_samples", 4, int, "ppo part: samples per prompt"),
+    ("ppo_len", 512, int, "ppo part: forced response tokens"),
+    ("ppo_steps", 2, int, "ppo part: steps run (the last one is reported: the first captures graphs)"),
+    ("ppo_args", "", str, "ppo part: extra ppo.py flags, e.g. '--micro-batch 8 --no-grad-ckpt'"),
+    ("ngpu", 1, int, "ppo part: GPUs (torchrun when > 1)"),
+    ("out", "out/bench/bench.json", str, "where the full figures go"),
+]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    common.add_settings(ap, SETTINGS)
+    a = ap.parse_args(argv)
+    a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    known = {"ceilings", "generate", "correct", "train", "ppo"}
+    a.parts = known if a.parts == "all" else set(a.parts.split(","))
+    if a.parts - known:
+        ap.error(f"--parts: unknown {sorted(a.parts - known)}; known: {sorted(known)} or all")
+    if a.device == "cpu" and a.model.startswith("random:") and a.model != "random:tiny":
+        ap.error("--device cpu: use --model tiny (a 3B model on a CPU takes hours)")
+    a.batch_sizes = [int(x) for x in a.batch_sizes.split(",")]
+    a.hf_batch_sizes = [int(x) for x in a.hf_batch_sizes.split(",") if x]
+    return a
+
+
+def sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, repeat=1):
+    """Median wall time of fn() over `repeat` runs, synchronised (after one warm-up run)."""
+    fn()
+    ts = []
+    for _ in range(repeat):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        ts.append(time.perf_counter() - t)
+    return sorted(ts)[len(ts) // 2]
+
+
+# ---------------------------------------------------------------------------------
+# ceilings and the generation floor
+
+def ceilings(device):
+    """Copy bandwidth (bytes read + written per s) and bf16 matmul FLOP/s on random data."""
+    big = device.startswith("cuda")
+    dt = torch.bfloat16 if big else torch.float32               # the dtype models run in there
+    n = (1 << 30) if big else (1 << 24)                       # elements: 2 GiB on a GPU
+    src = torch.randn(n, device=device, dtype=dt)
+    dst = torch.empty_like(src)
+    t = timed(lambda: dst.copy_(src), device, repeat=10)
+    m = 8192 if big else 512
+    a = torch.randn(m, m, device=device, dtype=dt)
+    b = torch.randn(m, m, device=device, dtype=dt)
+    tm = timed(lambda: a @ b, device, repeat=10)
+    del src, dst
+    return {"copy_bytes_per_s": 2 * n * src.element_size() / t, "matmul_flops_per_s": 2 * m ** 3 / tm}
+
+
+def model_facts(model):
+    c = model.config
+    n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    n = sum(p.numel() for p in model.parameters())
+    if getattr(c, "tie_word_embeddings", False):
+        pass  # tied: the embedding is the LM head's matmul, counted once
+    return {"n_params": n, "kv_bytes_per_token": 2 * c.num_hidden_layers * n_kv * head * 2,
+            "weight_bytes": n * 2}
+
+
+def generation_floor(facts, ceil, B, P, R):
+    """Seconds for B sequences x R new tokens after P prompt tokens at the floor."""
+    total = 0.0
+    for i in range(R):
+        by = facts["weight_bytes"] + B * (P + i) * facts["kv_bytes_per_token"]
+        fl = 2 * facts["n_params"] * B
+        total += max(by / ceil["copy_bytes_per_s"], fl / ceil["matmul_flops_per_s"])
+    return total
+
+
+def random_prompts(B, P, vocab, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(10, vocab, (B, P), generator=g)
+    return ids.to(device), torch.ones_like(ids).to(device)
+
+
+def bench_generate(model, tok, args, ceil, res):
+    from engine import Engine
+    import ppo
+    facts = model_facts(model)
+    eng = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    P, R = args.prompt_len, args.new_tokens
+    rows = []
+    for B in args.batch_sizes:
+        ids, mask = random_prompts(B, P, model.config.vocab_size, args.device)
+        t0 = time.perf_counter()
+        eng.generate(ids, mask, R, temperature=1.0, force_len=R)      # captures the graphs
+        sync(args.device)
+        first = time.perf_counter() - t0
+        t = timed(lambda: eng.generate(ids, mask, R, temperature=1.0, force_len=R), args.device, repeat=1)
+        row = {"batch": B, "engine_tok_s": B * R / t, "engine_s": t, "first_call_s": first,
+               "floor_tok_s": B * R / generation_floor(facts, ceil, B, P, R)}
+        if B in args.hf_batch_sizes:
+            fn = lambda: ppo.hf_generate(model, tok, ids, mask, R, 1.0, force_len=R)
+            th = timed(fn, args.device, repeat=1) if args.device == "cpu" else _once(fn, args.device)
+            row.update(hf_tok_s=B * R / th, hf_s=th, speedup_vs_hf=th / t)
+        row["frac_of_floor"] = row["engine_tok_s"] / row["floor_tok_s"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    eng.release()
+    res["generate"] = {"prompt_len": P, "new_tokens": R, **facts, "rows": rows}
+
+
+def _once(fn, device):
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+# ---------------------------------------------------------------------------------
+# correctness on the GPU shape
+
+def bench_correct(model, tok, args, res):
+    """Greedy tokens vs transformers on 64 prompts, and sampled log-probs vs training's."""
+    from engine import Engine
+    import ppo
+    n, P, R = 64, 64, 64 if args.device.startswith("cuda") else 16
+    ids, mask = random_prompts(n, P, model.config.vocab_size, args.device, seed=1)
+    mask[: n // 2, : P // 4] = 0                                  # some left padding
+    ids = torch.where(mask > 0, ids, torch.full_like(ids, tok.pad_token_id))
+    eng = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    got = eng.generate(ids, mask, R, temperature=0, force_len=R).tokens
+    want, _ = ppo.hf_generate(model, tok, ids, mask, R, 0.0, force_len=R)
+    same = (got == want)
+    prefix = torch.where(same.all(1), torch.full((n,), R, device=same.device),
+                         (~same).float().argmax(1)).float()
+    torch.manual_seed(0)
+    out = eng.generate(ids, mask, R, temperature=1.0, force_len=R)
+    seq, attn = torch.cat([ids, out.tokens], 1), torch.cat([mask, out.mask.long()], 1)
+    with torch.no_grad():
+        lp = ppo.token_logprobs(model, seq, attn, R, 16)
+    diff = (lp - out.logp).abs()
+    res["correct"] = {"prompts": n, "new_tokens": R, "greedy_rows_identical": int(same.all(1).sum()),
+                      "greedy_tokens_equal_frac": same.float().mean().item(),
+                      "greedy_mean_identical_prefix": prefix.mean().item(),
+                      "logp_mean_abs_diff": diff.mean().item(), "logp_max_abs_diff": diff.max().item()}
+    eng.release()
+    print(json.dumps(res["correct"]), flush=True)
+
+
+# ---------------------------------------------------------------------------------
+# training passes and the optimizer step
+
+def bench_train(model, args, ceil, res):
+    import ppo
+    n_params = sum(p.numel() for p in model.parameters())
+    L, rows = args.train_seq, []
+    R = L // 2
+    for spec in args.train_configs.split(","):
+        kind, micro = spec.split(":")
+        micro = int(micro)
+        if kind == "ckpt":
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_disable()
+        model.train()
+        ids, mask = random_prompts(micro, L, model.config.vocab_size, args.device, seed=2)
+
+        def step():
+            logp = ppo.token_logprobs(model, ids, mask, R, micro)
+            logp.mean().backward()
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            t = timed(step, args.device, repeat=3)
+        except torch.OutOfMemoryError:
+            rows.append({"config": spec, "oom": True})
+            model.zero_grad(set_to_none=True)
+            continue
+        tok_s = micro * L / t
+        row = {"config": spec, "tok_s": tok_s, "mfu_vs_measured": 6 * n_params * tok_s / ceil["matmul_flops_per_s"],
+               "mfu_vs_peak": common.mfu(6 * n_params * tok_s, args.device),
+               "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else 0.0}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        model.zero_grad(set_to_none=True)
+    model.gradient_checkpointing_disable()
+    res["train"] = {"seq_len": L, "n_params": n_params, "rows": rows, "optimizer": bench_optimizer(model, args)}
+
+
+def bench_optimizer(model, args):
+    """Seconds per MasterAdamW step with the fp32 master + Adam states on the GPU / CPU."""
+    import ppo
+    out = {}
+    where = ["cpu", "cuda"] if args.device.startswith("cuda") else ["cpu"]
+    for dev in where:
+        if any(p.dtype == torch.float32 for p in model.parameters()):
+            break                                                 # fp32 models use plain AdamW
+        opt = ppo.MasterAdamW(model.parameters(), device=dev, lr=1e-6)
+
+        def step():
+            for p in model.parameters():
+                p.grad = torch.zeros_like(p)
+            opt.step()
+        out[f"step_s_{dev}"] = timed(step, args.device, repeat=2)
+        del opt
+        model.zero_grad(set_to_none=True)
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    print(json.dumps({"optimizer": out}), flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------
+# one PPO step of the study's shape, through ppo.py itself
+
+def bench_ppo(args, ceil, res):
+    out = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"ppo_{args.ngpu}gpu")
+    data = os.path.join(os.path.dirname(os.path.abspath(args.out)), "countdown")
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not os.path.exists(os.path.join(data, "test.jsonl")):
+        subprocess.run([sys.executable, os.path.join(here, "countdown.py"), "--out", data, "--n-train", "2000",
+                        "--n-test", "64"], check=True, stdout=subprocess.DEVNULL)
+    flags = ["--model", args.model, "--data", data, "--out", out, "--steps", args.ppo_steps,
+             "--prompts-per-step", args.ppo_prompts, "--samples-per-prompt", args.ppo_samples,
+             "--max-response-len", args.ppo_len, "--force-response-len", args.ppo_len,
+             "--eval-every", 0, "--log-rollouts-every", 0, "--save-every", 0, "--no-save-final",
+             "--device", args.device.split(":")[0], *args.ppo_args.split()]
+    launch = [sys.executable] if args.ngpu == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.ngpu}"]
+    cmd = launch + [os.path.join(here, "ppo.py")] + [str(f) for f in flags]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=here)
+    m = common.read_jsonl(os.path.join(out, "metrics.jsonl"))[-1]
+    n = common.count_params(args.model.split(":", 1)[1]) if args.model.startswith("random:") else None
+    phases = {k[5:]: v for k, v in m.items() if k.startswith("time/")}
+    row = {"ngpu": args.ngpu, "phases_s": phases, "peak_gb": m.get("mem/peak_gb"),
+           "tokens_per_s": m.get("tokens_per_s"), "logp_diff": m.get("rollout/logp_diff"), "cmd": cmd[len(launch):]}
+    if n and m.get("tokens/rank"):   # per-GPU MFU of each pass: 2N (forward) or 6N FLOPs per token
+        for phase, f in (("old_logp", 2), ("ref_logp", 2), ("values", 2), ("actor_update", 6), ("critic_update", 6)):
+            if phases.get(phase):
+                rate = f * n * m["tokens/rank"] / phases[phase]
+                row[f"mfu_vs_measured/{phase}"] = rate / ceil["matmul_flops_per_s"] if ceil else None
+                row[f"mfu_vs_peak/{phase}"] = common.mfu(rate, args.device)
+    res.setdefault("ppo", []).append(row)
+    print(json.dumps(row), flush=True)
+
+
+# ---------------------------------------------------------------------------------
+
+def table(res):
+    """The short summary printed last."""
+    lines = []
+    c = res.get("ceilings")
+    if c:
+        lines.append(f"ceilings: copy {c['copy_bytes_per_s'] / 1e12:.2f} TB/s, bf16 matmul "
+                     f"{c['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
+    for r in res.get("generate", {}).get("rows", []):
+        hf = f", hf {r['hf_tok_s']:,.0f} tok/s ({r['speedup_vs_hf']:.1f}x)" if "hf_tok_s" in r else ""
+        lines.append(f"generate B={r['batch']}: engine {r['engine_tok_s']:,.0f} tok/s = "
+                     f"{100 * r['frac_of_floor']:.0f}% of floor {r['floor_tok_s']:,.0f}{hf}")
+    k = res.get("correct")
+    if k:
+        lines.append(f"correct: greedy rows identical {k['greedy_rows_identical']}/{k['prompts']} "
+                     f"(tokens equal {100 * k['greedy_tokens_equal_frac']:.1f}%), "
+                     f"logp |diff| mean {k['logp_mean_abs_diff']:.4f}")
+    for r in res.get("train", {}).get("rows", []):
+        lines.append(f"train {r['config']}: " + ("OOM" if r.get("oom") else
+                     f"{r['tok_s']:,.0f} tok/s, MFU {100 * r['mfu_vs_measured']:.0f}% of measured, "
+                     f"peak {r['peak_gb']:.1f} GB"))
+    o = res.get("train", {}).get("optimizer")
+    if o:
+        lines.append("optimizer step: " + ", ".join(f"{k[7:]} {v:.2f}s" for k, v in o.items()))
+    for r in res.get("ppo", []):
+        ph = ", ".join(f"{k} {v:.1f}" for k, v in r["phases_s"].items())
+        mf = ", ".join(f"{k.split('/')[1]} {100 * v:.0f}%" for k, v in r.items()
+                       if k.startswith("mfu_vs_measured/") and v is not None)
+        lines.append(f"ppo {r['ngpu']} GPU: {ph} s; peak {r['peak_gb']:.1f} GB; MFU {mf}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    res = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+           "model": args.model, "torch": torch.__version__}
+    if os.path.exists(args.out):                 # parts run in separate calls add up
+        with open(args.out) as f:
+            old = json.load(f)
+        res = {**old, **res, "ppo": old.get("ppo", [])}
+    if args.parts & {"ceilings", "generate", "train", "ppo"} and "ceilings" not in res or "ceilings" in args.parts:
+        res["ceilings"] = ceilings(args.device)
+        print(json.dumps(res["ceilings"]), flush=True)
+    if args.parts & {"generate", "correct", "train"}:
+        dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+        model = common.load_model(args.model, dtype, args.device)
+        tok = common.load_tokenizer(args.model)
+        if "generate" in args.parts:
+            bench_generate(model, tok, args, res["ceilings"], res)
+        if "correct" in args.parts:
+            bench_correct(model, tok, args, res)
+        if "train" in args.parts:
+            bench_train(model, args, res["ceilings"], res)
+        del model
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    if "ppo" in args.parts:
+        bench_ppo(args, res.get("ceilings"), res)
+    common.write_json(args.out, res)
+    print(f"\nfull figures: {args.out}\n" + table(res))
+
+
+if __name__ == "__main__":
+    main()
