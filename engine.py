@@ -382,3 +382,74 @@ class Engine:
         self._write_out(res, rows, torch.arange(B, device=dev), R)
         mask = (torch.arange(R, device=dev)[None] < res["len"][:N, None]).float()
         return Output(tokens=res["tok"][:N], mask=mask, logp=res["logp"][:N] * mask, steps=steps)
+
+
+class VLLMEngine:
+    """`--engine vllm`: a vLLM engine on the training GPU, fed the training weights before
+    every generate call. Written against vLLM 0.11 (V1 engine kept in-process, so that its
+    model object can be reached; under torchrun the `external_launcher` executor runs one
+    engine per rank). NOT run in this repository's tests or GPU measurements: no vLLM there.
+
+    Memory: vLLM takes `--vllm-mem` of the GPU for its weights and KV cache while it
+    generates and is put to sleep (KV cache dropped, weights offloaded) while PPO trains.
+    """
+
+    def __init__(self, model, tokenizer, args):
+        import os
+        import tempfile
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+        self.model, self.tokenizer = model, tokenizer
+        folder = tempfile.mkdtemp(prefix="vllm_init_")       # vLLM starts from a folder
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
+        self.llm = LLM(model=folder, dtype=str(next(model.parameters()).dtype).split(".")[-1],
+                       gpu_memory_utilization=args.vllm_mem, enable_sleep_mode=True,
+                       max_model_len=args.max_prompt_len + args.max_response_len, seed=args.seed,
+                       enable_prefix_caching=False,
+                       distributed_executor_backend="external_launcher" if ddp else None)
+        self.sleeping = False
+
+    def _push_weights(self):
+        """The training model's tensors into vLLM (its loader maps HF names, fuses q/k/v)."""
+        weights = [(n, p.detach()) for n, p in self.model.state_dict().items()]
+        try:
+            runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
+            runner.model.load_weights(weights)
+        except AttributeError:   # other layouts: ask every worker through the public RPC
+            self.llm.collective_rpc(lambda w: w.model_runner.model.load_weights(weights))
+        self.llm.reset_prefix_cache()
+
+    @torch.no_grad()
+    def generate(self, prompt_ids, prompt_mask, max_new, temperature=1.0, top_k=0, top_p=1.0,
+                 force_len=0, stop_seqs=()):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        if self.sleeping:
+            self.llm.wake_up()
+        self._push_weights()
+        prompts = [TokensPrompt(prompt_token_ids=ids[m.bool()].tolist())
+                   for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+        sp = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else -1,
+                            max_tokens=max_new, min_tokens=force_len, ignore_eos=bool(force_len),
+                            logprobs=0, stop=[self.tokenizer.decode(s) for s in stop_seqs] or None,
+                            include_stop_str_in_output=True, detokenize=bool(stop_seqs))
+        outs = self.llm.generate(prompts, sp, use_tqdm=False)
+        self.llm.sleep(level=1)
+        self.sleeping = True
+        N, pad = len(outs), self.tokenizer.pad_token_id
+        tokens = torch.full((N, max_new), pad, dtype=torch.long)
+        logp = torch.zeros(N, max_new)
+        for i, o in enumerate(outs):
+            c = o.outputs[0]
+            ids = list(c.token_ids)[:max_new]
+            tokens[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            logp[i, :len(ids)] = torch.tensor([lp[t].logprob for t, lp in zip(ids, c.logprobs)])
+        lengths = torch.tensor([min(len(o.outputs[0].token_ids), max_new) for o in outs])
+        mask = (torch.arange(max_new)[None] < lengths[:, None]).float()
+        dev = prompt_ids.device
+        return Output(tokens=tokens.to(dev), mask=mask.to(dev), logp=(logp * mask).to(dev), steps=max_new)
+
+    def release(self):
+        pass
