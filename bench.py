@@ -103,7 +103,7 @@ def ceilings(device):
     b = torch.randn(m, m, device=device, dtype=dt)
     tm = timed(lambda: a @ b, device, repeat=10)
     del src, dst
-    return {"copy_bytes_per_s": 2 * n * src.element_size() / t, "matmul_flops_per_s": 2 * m ** 3 / tm}
+    return {"copy_bytes_per_s": 2 * n * dt.itemsize / t, "matmul_flops_per_s": 2 * m ** 3 / tm}
 
 
 def model_facts(model):
