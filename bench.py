@@ -16,6 +16,7 @@ Parts (--parts, comma-separated):
               log-probs vs the training forward's (mean absolute difference)
   train       forward+backward tokens/s and MFU (6N FLOPs per token) of the actor's loss, with
               and without gradient checkpointing; the optimizer step (fp32 master on GPU / CPU)
+  profile     kernel times of a few eager decode steps at 512 sequences (where the step goes)
   ppo         one PPO step of the study's shape (ppo.py, forced lengths): each phase's time,
               the peak memory, tokens/s; --ngpu N runs it under torchrun
 The table is printed last; every figure goes to --out (JSON).
@@ -58,8 +59,8 @@ def parse_args(argv=None):
     common.add_settings(ap, SETTINGS)
     a = ap.parse_args(argv)
     a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    known = {"ceilings", "generate", "correct", "train", "ppo"}
-    a.parts = known if a.parts == "all" else set(a.parts.split(","))
+    known = {"ceilings", "generate", "correct", "train", "ppo", "profile"}
+    a.parts = known - {"profile"} if a.parts == "all" else set(a.parts.split(","))
     if a.parts - known:
         ap.error(f"--parts: unknown {sorted(a.parts - known)}; known: {sorted(known)} or all")
     if a.device == "cpu" and a.model.startswith("random:") and a.model != "random:tiny":
@@ -172,7 +173,9 @@ def _once(fn, device):
 # correctness on the GPU shape
 
 def bench_correct(model, tok, args, res):
-    """Greedy tokens vs transformers on 64 prompts, and sampled log-probs vs training's."""
+    """Greedy tokens vs transformers on 64 prompts, and sampled log-probs vs training's.
+    In bf16 both sides round differently, so on the GPU an fp32 copy of the model is the
+    referee: how often does transformers-bf16 itself agree with fp32?"""
     from engine import Engine
     import ppo
     n, P, R = 64, 64, 64 if args.device.startswith("cuda") else 16
@@ -182,21 +185,51 @@ def bench_correct(model, tok, args, res):
     eng = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
     got = eng.generate(ids, mask, R, temperature=0, force_len=R).tokens
     want, _ = ppo.hf_generate(model, tok, ids, mask, R, 0.0, force_len=R)
-    same = (got == want)
-    prefix = torch.where(same.all(1), torch.full((n,), R, device=same.device),
-                         (~same).float().argmax(1)).float()
     torch.manual_seed(0)
     out = eng.generate(ids, mask, R, temperature=1.0, force_len=R)
+    eng.release()
     seq, attn = torch.cat([ids, out.tokens], 1), torch.cat([mask, out.mask.long()], 1)
     with torch.no_grad():
         lp = ppo.token_logprobs(model, seq, attn, R, 16)
-    diff = (lp - out.logp).abs()
-    res["correct"] = {"prompts": n, "new_tokens": R, "greedy_rows_identical": int(same.all(1).sum()),
-                      "greedy_tokens_equal_frac": same.float().mean().item(),
-                      "greedy_mean_identical_prefix": prefix.mean().item(),
-                      "logp_mean_abs_diff": diff.mean().item(), "logp_max_abs_diff": diff.max().item()}
+    r = {"prompts": n, "new_tokens": R, **greedy_agreement(got, want, "engine_vs_hf"),
+         "logp_mean_abs_diff": (lp - out.logp).abs().mean().item(),
+         "logp_max_abs_diff": (lp - out.logp).abs().max().item()}
+    if model.dtype != torch.float32:
+        ref = common.load_model(args.model, torch.float32, args.device)
+        ref.load_state_dict(model.state_dict())
+        want32, _ = ppo.hf_generate(ref, tok, ids, mask, R, 0.0, force_len=R)
+        with torch.no_grad():
+            lp32 = ppo.token_logprobs(ref, seq, attn, R, 16)
+        r.update(greedy_agreement(got, want32, "engine_vs_fp32"), **greedy_agreement(want, want32, "hf_vs_fp32"),
+                 logp_engine_vs_fp32=(out.logp - lp32).abs().mean().item(),
+                 logp_hf_bf16_vs_fp32=(lp - lp32).abs().mean().item())
+        del ref
+    res["correct"] = r
+    print(json.dumps(r), flush=True)
+
+
+def greedy_agreement(a, b, name):
+    same = a == b
+    n, R = a.shape
+    prefix = torch.where(same.all(1), torch.full((n,), R, device=a.device), (~same).float().argmax(1))
+    return {f"{name}/rows_identical": int(same.all(1).sum()), f"{name}/tokens_equal": same.float().mean().item(),
+            f"{name}/mean_identical_prefix": prefix.float().mean().item()}
+
+
+def profile_decode(model, tok, args, B=512, steps=4):
+    """Kernel time per decode step, by kernel (eager, no graph: the kernels are the same)."""
+    from engine import Engine
+    from torch.profiler import profile, ProfilerActivity
+    eng = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, graphs=False)
+    ids, mask = random_prompts(B, args.prompt_len, model.config.vocab_size, args.device)
+    eng.generate(ids, mask, 2 * steps, temperature=1.0, force_len=2 * steps)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        eng.generate(ids, mask, steps + 1, temperature=1.0, force_len=steps + 1)
+        sync(args.device)
     eng.release()
-    print(json.dumps(res["correct"]), flush=True)
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60)
+    print(table, flush=True)
+    return table
 
 
 # ---------------------------------------------------------------------------------
@@ -241,20 +274,23 @@ def bench_train(model, args, ceil, res):
 
 
 def bench_optimizer(model, args):
-    """Seconds per MasterAdamW step with the fp32 master + Adam states on the GPU / CPU."""
+    """Seconds per MasterAdamW step: fp32 master + Adam states on the CPU (for-each or
+    fused loop) or on the GPU (fused kernel)."""
     import ppo
     out = {}
-    where = ["cpu", "cuda"] if args.device.startswith("cuda") else ["cpu"]
-    for dev in where:
-        if any(p.dtype == torch.float32 for p in model.parameters()):
-            break                                                 # fp32 models use plain AdamW
-        opt = ppo.MasterAdamW(model.parameters(), device=dev, lr=1e-6)
+    if any(p.dtype == torch.float32 for p in model.parameters()):
+        return out                                                # fp32 models use plain AdamW
+    variants = [("cpu_foreach", "cpu", False), ("cpu_fused", "cpu", True)]
+    if args.device.startswith("cuda"):
+        variants.append(("cuda_fused", args.device, True))
+    for name, dev, fused in variants:
+        opt = ppo.MasterAdamW(model.parameters(), device=dev, fused=fused, lr=1e-6)
 
         def step():
             for p in model.parameters():
-                p.grad = torch.zeros_like(p)
+                p.grad = torch.randn_like(p) * 1e-3
             opt.step()
-        out[f"step_s_{dev}"] = timed(step, args.device, repeat=2)
+        out[f"step_s_{name}"] = timed(step, args.device, repeat=2)
         del opt
         model.zero_grad(set_to_none=True)
         if args.device.startswith("cuda"):
@@ -313,9 +349,13 @@ def table(res):
                      f"{100 * r['frac_of_floor']:.0f}% of floor {r['floor_tok_s']:,.0f}{hf}")
     k = res.get("correct")
     if k:
-        lines.append(f"correct: greedy rows identical {k['greedy_rows_identical']}/{k['prompts']} "
-                     f"(tokens equal {100 * k['greedy_tokens_equal_frac']:.1f}%), "
-                     f"logp |diff| mean {k['logp_mean_abs_diff']:.4f}")
+        line = (f"correct: greedy rows identical to transformers {k['engine_vs_hf/rows_identical']}/{k['prompts']} "
+                f"(tokens {100 * k['engine_vs_hf/tokens_equal']:.1f}%), logp |diff| mean {k['logp_mean_abs_diff']:.4f}")
+        if "hf_vs_fp32/tokens_equal" in k:
+            line += (f"; vs fp32: engine tokens {100 * k['engine_vs_fp32/tokens_equal']:.1f}%, transformers-bf16 "
+                     f"{100 * k['hf_vs_fp32/tokens_equal']:.1f}%; logp |diff| engine {k['logp_engine_vs_fp32']:.4f}, "
+                     f"transformers-bf16 {k['logp_hf_bf16_vs_fp32']:.4f}")
+        lines.append(line)
     for r in res.get("train", {}).get("rows", []):
         lines.append(f"train {r['config']}: " + ("OOM" if r.get("oom") else
                      f"{r['tok_s']:,.0f} tok/s, MFU {100 * r['mfu_vs_measured']:.0f}% of measured, "
@@ -342,7 +382,7 @@ def main(argv=None):
     if args.parts & {"ceilings", "generate", "train", "ppo"} and "ceilings" not in res or "ceilings" in args.parts:
         res["ceilings"] = ceilings(args.device)
         print(json.dumps(res["ceilings"]), flush=True)
-    if args.parts & {"generate", "correct", "train"}:
+    if args.parts & {"generate", "correct", "train", "profile"}:
         dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
         model = common.load_model(args.model, dtype, args.device)
         tok = common.load_tokenizer(args.model)
@@ -350,6 +390,8 @@ def main(argv=None):
             bench_generate(model, tok, args, res["ceilings"], res)
         if "correct" in args.parts:
             bench_correct(model, tok, args, res)
+        if "profile" in args.parts:
+            res["profile_decode"] = profile_decode(model, tok, args)
         if "train" in args.parts:
             bench_train(model, args, res["ceilings"], res)
         del model

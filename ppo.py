@@ -258,7 +258,7 @@ class MasterAdamW:
     a 3B critic and a reference on one 80GB GPU; the result is copied back into the model.
     """
 
-    def __init__(self, params, device, **kw):
+    def __init__(self, params, device, fused=True, **kw):
         self.params = [p for p in params if p.requires_grad]
         self.master = [p.detach().to(device=device, dtype=torch.float32, copy=True)
                        for p in self.params]
@@ -266,7 +266,9 @@ class MasterAdamW:
         self.master = [m.pin_memory() if pin else m for m in self.master]
         for m in self.master:
             m.requires_grad_(True)
-        self.opt = torch.optim.AdamW(self.master, **kw)
+        # fused: one kernel (GPU) or one vectorised loop (CPU) over all parameters; measured
+        # with bench.py against the default for-each implementation
+        self.opt = torch.optim.AdamW(self.master, fused=fused or None, **kw)
         self.param_groups = self.opt.param_groups
 
     def zero_grad(self, set_to_none=True):
@@ -276,7 +278,8 @@ class MasterAdamW:
     @torch.no_grad()
     def step(self):
         for p, m in zip(self.params, self.master):
-            m.grad = None if p.grad is None else p.grad.to(m.device, torch.float32, non_blocking=True)
+            # bf16 over the bus (half the bytes of fp32), widened where the master lives
+            m.grad = None if p.grad is None else p.grad.to(m.device).float()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.opt.step()
