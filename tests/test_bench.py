@@ -1,0 +1,39 @@
+"""bench.py runs end to end on the CPU with the tiny model and writes figures that add up."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_cpu_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "bench.py", "--model", "tiny", "--device", "cpu", "--parts", "all",
+           "--batch-sizes", "4,8", "--hf-batch-sizes", "8", "--prompt-len", "16", "--new-tokens", "12",
+           "--train-configs", "nockpt:2", "--train-seq", "32", "--ppo-prompts", "2", "--ppo-samples", "2",
+           "--ppo-len", "8", "--ppo-steps", "1", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["ceilings"]["copy_bytes_per_s"] > 0 and res["ceilings"]["matmul_flops_per_s"] > 0
+    rows = res["generate"]["rows"]
+    assert [x["batch"] for x in rows] == [4, 8]
+    assert all(x["engine_tok_s"] > 0 for x in rows) and "hf_tok_s" in rows[1]
+    assert abs(rows[1]["speedup_vs_hf"] - rows[1]["engine_tok_s"] / rows[1]["hf_tok_s"]) < 1e-6
+    c = res["correct"]
+    assert c["engine_vs_hf/rows_identical"] == c["prompts"]      # fp32 on a CPU: exact
+    assert c["logp_mean_abs_diff"] < 1e-4
+    assert res["train"]["rows"][0]["tok_s"] > 0
+    ppo = res["ppo"][0]
+    assert ppo["phases_s"]["generate"] > 0 and ppo["phases_s"]["actor_update"] > 0
+    assert ppo["logp_diff"] < 1e-4                                 # engine vs training forward
+    assert "generate B=8" in r.stdout and r.stdout.strip().splitlines()[-1].startswith("ppo 1 GPU")
+
+
+def test_bench_rejects_bad_flags():
+    r = subprocess.run([sys.executable, "bench.py", "--parts", "warp"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "--parts" in r.stderr
+    r = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--model", "random:qwen2.5-3b"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "--device cpu" in r.stderr
