@@ -1295,14 +1295,21 @@ def classify(args, items):
 
 def sample_responses(model, tokenizer, tasks, n_samples, max_new_tokens, template="base",
                      temperature=1.0, device="cpu", batch_size=32, step=0):
-    """Sample n_samples responses per task with HF generate (left padding, stop at EOS, only
-    the new tokens decoded), score them, and return rollout records as ppo.py writes them:
+    """Sample n_samples responses per task with engine.py (transformers generate for models it
+    does not run), stop at EOS, only the new tokens decoded; score them and return rollout
+    records as ppo.py writes them:
     {"step","id","nums","target","prompt","response","reward","correct","length"}."""
     import torch
     from tqdm import tqdm
+    import engine
     reps = [t for t in tasks for _ in range(n_samples)]
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     tokenizer.padding_side = "left"
+    try:
+        eng = engine.Engine(model, eos_id=eos, pad_id=pad)
+    except engine.Unsupported as e:
+        print(f"engine.py does not run this model ({e}); sampling with transformers generate", flush=True)
+        eng = None
     kw = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
     if temperature > 0:
         kw.update(temperature=temperature, top_k=0, top_p=1.0)
@@ -1313,9 +1320,13 @@ def sample_responses(model, tokenizer, tasks, n_samples, max_new_tokens, templat
         prompts = [countdown.make_prompt(t["nums"], t["target"], template) for t in chunk]
         enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
         with torch.no_grad():
-            seq = model.generate(**enc, **kw)
-        for t, prompt, ids in zip(chunk, prompts, seq[:, enc["input_ids"].shape[1]:].tolist()):
-            n = ids.index(eos) + 1 if eos in ids else len(ids)
+            if eng is not None:
+                o = eng.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens, temperature=temperature)
+                seqs, lengths = o.tokens.tolist(), o.mask.sum(1).long().tolist()
+            else:
+                seqs = model.generate(**enc, **kw)[:, enc["input_ids"].shape[1]:].tolist()
+                lengths = [ids.index(eos) + 1 if eos in ids else len(ids) for ids in seqs]
+        for t, prompt, ids, n in zip(chunk, prompts, seqs, lengths):
             text = tokenizer.decode(ids[:n], skip_special_tokens=True)
             reward = countdown.score(text, t["nums"], t["target"])
             out.append({"step": step, "id": t.get("id"), "nums": t["nums"], "target": t["target"],
