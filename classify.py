@@ -1029,24 +1029,16 @@ def record_key(rec):
 def read_records(path):
     """Records of one JSONL file, checked: each needs response|completion, nums and target.
     Errors name file:line."""
-    from common import DataError
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            if not isinstance(rec.get("response", rec.get("completion")), str):
-                raise DataError(f"{path}:{lineno}: no \"response\" or \"completion\" text")
-            if not isinstance(rec.get("nums"), list) or not isinstance(rec.get("target"), (int, float)):
-                raise DataError(f"{path}:{lineno}: needs \"nums\" (a list) and \"target\" (a number)")
-            out.append(rec)
-    return out
+    from common import read_jsonl
+    return read_jsonl(path, check=_record_problem)
+
+
+def _record_problem(rec):
+    if not isinstance(rec.get("response", rec.get("completion")), str):
+        return "no \"response\" or \"completion\" text"
+    if not isinstance(rec.get("nums"), list) or not isinstance(rec.get("target"), (int, float)):
+        return "needs \"nums\" (a list) and \"target\" (a number)"
+    return None
 
 
 def input_files(path):

@@ -61,10 +61,10 @@ class DataError(ValueError):
     """Bad input data; the message names the file and line."""
 
 
-def read_jsonl(path, required=()):
+def read_jsonl(path, required=(), check=None):
     """List of dicts from a JSONL file; blank lines are skipped. Errors name file:line.
 
-    `required` lists keys every record must have.
+    `required` lists keys every record must have; `check(rec)` may return a problem (str).
     """
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
@@ -82,6 +82,9 @@ def read_jsonl(path, required=()):
             missing = [k for k in required if k not in rec]
             if missing:
                 raise DataError(f"{path}:{lineno}: record lacks {', '.join(missing)}")
+            problem = check(rec) if check else None
+            if problem:
+                raise DataError(f"{path}:{lineno}: {problem}")
             out.append(rec)
     return out
 
