@@ -37,8 +37,9 @@ SETTINGS = [
     ("model", "random:qwen2.5-3b", str, "architecture: random:<arch> (no weights needed), tiny, or a folder"),
     ("device", None, str, "cuda | cpu (default: cuda if available)"),
     ("parts", "ceilings,generate,correct,train", str, "what to measure (see above); 'all' adds ppo"),
-    ("batch_sizes", "64,256,512", str, "generation batch sizes"),
+    ("batch_sizes", "64,256,512,1024", str, "generation batch sizes (1024: a PPO step of the study in one batch)"),
     ("hf_batch_sizes", "64,512", str, "batch sizes at which transformers generate is timed too"),
+    ("attn_variants", "bmm,sdpa", str, "engine decode-attention variants timed side by side (engine.Engine attn=)"),
     ("prompt_len", 128, int, "prompt tokens per sequence in the generation benchmark"),
     ("new_tokens", 512, int, "forced response tokens in the generation benchmark"),
     ("train_configs", "ckpt:8,ckpt:16,nockpt:4,nockpt:8", str, "train part: checkpointing:micro-batch pairs"),
@@ -138,26 +139,30 @@ def bench_generate(model, tok, args, ceil, res):
     from engine import Engine
     import ppo
     facts = model_facts(model)
-    eng = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
     P, R = args.prompt_len, args.new_tokens
+    variants = args.attn_variants.split(",")
     rows = []
     for B in args.batch_sizes:
         ids, mask = random_prompts(B, P, model.config.vocab_size, args.device)
-        t0 = time.perf_counter()
-        eng.generate(ids, mask, R, temperature=1.0, force_len=R)      # captures the graphs
-        sync(args.device)
-        first = time.perf_counter() - t0
-        t = timed(lambda: eng.generate(ids, mask, R, temperature=1.0, force_len=R), args.device, repeat=1)
-        row = {"batch": B, "engine_tok_s": B * R / t, "engine_s": t, "first_call_s": first,
-               "floor_tok_s": B * R / generation_floor(facts, ceil, B, P, R)}
+        row = {"batch": B, "floor_tok_s": B * R / generation_floor(facts, ceil, B, P, R)}
+        for attn in variants:
+            eng = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, attn=attn)
+            t0 = time.perf_counter()
+            eng.generate(ids, mask, R, temperature=1.0, force_len=R)      # captures the graphs
+            sync(args.device)
+            row[f"first_call_s/{attn}"] = time.perf_counter() - t0
+            t = timed(lambda: eng.generate(ids, mask, R, temperature=1.0, force_len=R), args.device, repeat=1)
+            row[f"engine_tok_s/{attn}"] = B * R / t
+            eng.release()
+        best = max(variants, key=lambda v: row[f"engine_tok_s/{v}"])
+        row.update(best_attn=best, engine_tok_s=row[f"engine_tok_s/{best}"], engine_s=B * R / row[f"engine_tok_s/{best}"])
         if B in args.hf_batch_sizes:
             fn = lambda: ppo.hf_generate(model, tok, ids, mask, R, 1.0, force_len=R)
             th = timed(fn, args.device, repeat=1) if args.device == "cpu" else _once(fn, args.device)
-            row.update(hf_tok_s=B * R / th, hf_s=th, speedup_vs_hf=th / t)
+            row.update(hf_tok_s=B * R / th, hf_s=th, speedup_vs_hf=th / row["engine_s"])
         row["frac_of_floor"] = row["engine_tok_s"] / row["floor_tok_s"]
         rows.append(row)
         print(json.dumps(row), flush=True)
-    eng.release()
     res["generate"] = {"prompt_len": P, "new_tokens": R, **facts, "rows": rows}
 
 
@@ -345,7 +350,8 @@ def table(res):
                      f"{c['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
     for r in res.get("generate", {}).get("rows", []):
         hf = f", hf {r['hf_tok_s']:,.0f} tok/s ({r['speedup_vs_hf']:.1f}x)" if "hf_tok_s" in r else ""
-        lines.append(f"generate B={r['batch']}: engine {r['engine_tok_s']:,.0f} tok/s = "
+        var = ", ".join(f"{k.split('/')[1]} {v:,.0f}" for k, v in r.items() if k.startswith("engine_tok_s/"))
+        lines.append(f"generate B={r['batch']}: engine {r['engine_tok_s']:,.0f} tok/s ({var}) = "
                      f"{100 * r['frac_of_floor']:.0f}% of floor {r['floor_tok_s']:,.0f}{hf}")
     k = res.get("correct")
     if k:

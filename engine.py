@@ -112,8 +112,12 @@ def sample(logits, temperature, top_k, top_p, greedy):
 class Engine:
     """Generation for one model; see the module docstring. Not thread-safe."""
 
-    def __init__(self, model, eos_id, pad_id, block=64, check_every=16, graphs=None, min_batch=8):
+    def __init__(self, model, eos_id, pad_id, block=64, check_every=16, graphs=None, min_batch=8,
+                 attn="bmm"):
         check_supported(model)
+        if attn not in ("bmm", "sdpa"):
+            raise ValueError(f"attn must be bmm or sdpa, not {attn!r}")
+        self.attn = attn           # decode attention: two batched matmuls, or PyTorch's SDPA
         self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
         self.cfg = model.config
         self.device = next(model.parameters()).device
@@ -227,12 +231,16 @@ class Engine:
             q, k, v = self._qkv(layer, rms_norm(x, ln.weight, ln.variance_epsilon), cos, sin)
             self.k[i][:B].index_copy_(2, slot.view(1), k)
             self.v[i][:B].index_copy_(2, slot.view(1), v)
-            # grouped-query attention as two batched matmuls that read K and V once:
-            # q [B, Hkv, G, D] x K [B, Hkv, L, D]^T -> scores [B, Hkv, G, L]
-            q = q.reshape(B, self.n_kv, G, D)
-            s = torch.matmul(q, self.k[i][:B, :, :L].transpose(-1, -2)).float() * D ** -0.5
-            p = torch.softmax(s + bias[:, None, None, :], -1).to(self.dtype)
-            o = torch.matmul(p, self.v[i][:B, :, :L])             # [B, Hkv, G, D]
+            K, V = self.k[i][:B, :, :L], self.v[i][:B, :, :L]       # [B, Hkv, L, D]
+            if self.attn == "sdpa":                                 # q [B, Hq, 1, D]
+                o = F.scaled_dot_product_attention(q, K, V, attn_mask=keys[:, None, None, :],
+                                                   enable_gqa=G > 1)
+            else:
+                # grouped-query attention as two batched matmuls that read K and V once:
+                # q [B, Hkv, G, D] x K [B, Hkv, L, D]^T -> scores [B, Hkv, G, L]
+                s = torch.matmul(q.reshape(B, self.n_kv, G, D), K.transpose(-1, -2)).float() * D ** -0.5
+                p = torch.softmax(s + bias[:, None, None, :], -1).to(self.dtype)
+                o = torch.matmul(p, V)                              # [B, Hkv, G, D]
             x = self._mlp_block(layer, x, o.reshape(B, 1, self.n_heads * D))
         logits = self._logits(x[:, 0])                             # [B, V]
         self._record(*sample(logits, self.temperature, mode[1], mode[2], mode[0]), B, mode)

@@ -42,10 +42,12 @@ def hf_greedy(model, ids, mask, n, eos, pad=2):
     return out[:, ids.shape[1]:]
 
 
-def test_greedy_equals_transformers_on_64_prompts(model, tok):
+@pytest.mark.parametrize("attn", ["bmm", "sdpa"])
+def test_greedy_equals_transformers_on_64_prompts(model, tok, attn):
     ids, mask = prompts(tok, 64)
     want = hf_greedy(model, ids, mask, 40, eos=None)
-    out = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id).generate(ids, mask, 40, temperature=0)
+    eng = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, attn=attn)
+    out = eng.generate(ids, mask, 40, temperature=0)
     assert out.tokens.shape == (64, 40)
     assert len(set(want[:, 10].tolist())) > 5           # the model does not just repeat itself
     assert torch.equal(out.tokens, want)
