@@ -88,25 +88,22 @@ def sample(logits, temperature, top_k, top_p, greedy):
 
     temperature: 0-dim tensor (so a captured graph can change it); top_k 0 and top_p 1.0 are
     off. Returns tok [B] and logp [B], the log-prob of tok under the distribution sampled.
+    The full log-softmax is never written out: log p(tok) = z[tok] - logsumexp(z).
     """
+    z = logits if greedy else logits / temperature
+    if top_k > 0 and not greedy:
+        kth = torch.topk(z, top_k, -1).values[:, -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if top_p < 1.0 and not greedy:
+        srt, idx = torch.sort(z, -1, descending=True)
+        probs = torch.softmax(srt, -1)
+        drop = (probs.cumsum(-1) - probs) >= top_p          # keep the smallest prefix reaching p
+        z = torch.full_like(z, float("-inf")).scatter(-1, idx, srt.masked_fill(drop, float("-inf")))
     if greedy:
-        logp = torch.log_softmax(logits, -1)
-        tok = logits.argmax(-1)
-        return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
-    logits = logits / temperature
-    if top_k > 0:
-        kth = torch.topk(logits, top_k, -1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        srt, idx = torch.sort(logits, -1, descending=True)
-        cum = torch.softmax(srt, -1).cumsum(-1)
-        drop = (cum - torch.softmax(srt, -1)) >= top_p      # keep the smallest prefix reaching p
-        srt = srt.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, srt)
-    logp = torch.log_softmax(logits, -1)
-    race = logp - torch.empty_like(logp).exponential_().log()   # argmax ~ Categorical(p)
-    tok = race.argmax(-1)
-    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+        tok = z.argmax(-1)
+    else:  # exponential race: argmax_i z_i - log E_i = argmax_i p_i / E_i ~ Categorical(p)
+        tok = (z - torch.empty_like(z).exponential_().log_()).argmax(-1)
+    return tok, z.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(z, -1)
 
 
 class Engine:
