@@ -348,10 +348,10 @@ def generate(model, tokenizer, prompt_ids, prompt_mask, max_new, args, temperatu
     """Responses [N, R], their mask [N, R] (1 up to and including EOS) and the sampler's
     log-probs [N, R] (None from transformers), from the engine that args.engine names."""
     force = args.force_response_len
-    if args.engine == "hf":
+    eng = get_engine(model, tokenizer, args) if args.engine != "hf" else None
+    if eng is None:
         resp, mask = hf_generate(model, tokenizer, prompt_ids, prompt_mask, max_new, temperature, force)
         return resp, mask, None
-    eng = get_engine(model, tokenizer, args)
     stops = [tokenizer.encode(args.stop, add_special_tokens=False)] if args.stop else []
     out = eng.generate(prompt_ids, prompt_mask, max_new, temperature=temperature, force_len=force,
                        stop_seqs=stops)
@@ -361,14 +361,20 @@ def generate(model, tokenizer, prompt_ids, prompt_mask, max_new, args, temperatu
 
 
 def get_engine(model, tokenizer, args):
-    """The model's engine, made on first use and kept on the model (it holds no weights)."""
+    """The model's engine, made on first use and kept on the model (it holds no weights);
+    None (use transformers) for an architecture engine.py does not run."""
     eng = getattr(model, "_rollout_engine", None)
     if eng is None:
         import engine
         if args.engine == "vllm":
             eng = engine.VLLMEngine(model, tokenizer, args)
         else:
-            eng = engine.Engine(model, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+            try:
+                eng = engine.Engine(model, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+            except engine.Unsupported as e:
+                print(f"engine.py does not run this model ({e}): rollouts use transformers generate")
+                args.engine = "hf"
+                return None
             if eng.device.type == "cuda":   # keep cache + graphs only if they are cheap
                 need = eng.cache_bytes(args.prompts_per_step * args.samples_per_prompt,
                                        args.max_prompt_len + args.max_response_len)
