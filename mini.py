@@ -10,31 +10,35 @@ scratch.
 The base is NOT a pretrained LM (nothing is downloaded): it is a Llama of the `tiny` family
 (the same locally built tokenizer; SETTINGS["base_size"] sets its shape, ~10M parameters by
 default) with random weights, given a short behaviour-free "pretraining" by sft.py on
-arithmetic text: equations over numbers in the Countdown range ("23 + 19 = 42",
-"(7 * 6) - 5 = 37") and, for a share of the documents, a Countdown prompt answered by one
-forward calculation and an <answer>: it never checks a result against the target, never
-tries again, never names a goal and never works backwards (`arithmetic_corpus`; the tests
-check it with classify.py's rules). So it can write numbers, operators and the answer format,
-as the study's base Llama-3.2-3B can, but shows none of the four behaviors.
+arithmetic text over numbers in the Countdown range: equations ("23 + 19 = 42",
+"(7 * 6) - 5 = 37"), bare calculations that name some numbers and combine them one step at a
+time, and Countdown prompts answered by one such calculation and an <answer> (right only by
+chance): it never checks a result against the target, never tries again, never names a goal
+and never works backwards (`arithmetic_corpus`; the tests check it with classify.py's rules).
+The aim: a base that reads the numbers of a prompt and writes numbers, operators and the
+answer format, as the study's base Llama-3.2-3B does, but shows none of the four behaviors.
 
 Stages (each a real script run as a subprocess with its command printed; a stage whose output
 exists is skipped, so a killed run resumes; every log sits in the run folder it belongs to):
   1. countdown.py: train and test tasks, 3 numbers each (SETTINGS["task_sizes"]; the study
      mixed 3 and 4, out of reach for a model this small).
   2. `mini.py --make-base`: the base's random init and its arithmetic corpus; sft.py
-     "pretrains" it (one pass over the corpus, packed rows) into OUT/base/final. Meanwhile
+     "pretrains" it (two passes over the corpus, packed rows) into OUT/base/final. Meanwhile
      gen_priming.py --backend symbolic writes each condition's traces: the same task stream
      and the same number of records for every condition (no_positive takes the wrong
      all_strategies traces, so it needs extra tasks; empty_cot and dots are derived from
      all_strategies, as in the study).
-  3. per condition and seed, a pool of --jobs chains side by side: sft.py primes the base
-     (every condition the same optimizer steps x sequences per step, so each sees the same
-     number of examples; token counts differ as the traces do: empty_cot is ~15 tokens a trace,
-     dots as long as all_strategies); classify.py samples the primed model on the validation
-     tasks (accuracy before PPO); ppo.py runs PPO with identical settings (the seed sets the
-     SFT data order, the PPO prompts and the sampling); classify.py --backend rules counts the
-     behaviors in the logged rollouts. The `base` row skips priming: PPO straight from the base.
-  4. mean over seeds per step (OUT/results/mini_seed_mean.csv), plot.py figures next to the
+  3. per condition (a pool of --jobs jobs side by side on the one GPU): sft.py primes the base
+     on the condition's traces, every condition with the same optimizer steps x sequences per
+     step, so each sees the same number of examples (token counts differ as the traces do:
+     empty_cot is ~15 tokens a trace, dots as long as all_strategies); classify.py samples the
+     primed model on the validation tasks (accuracy and behaviors before PPO). The `base` row
+     is not primed.
+  4. per condition and seed (the same pool): ppo.py from the primed model (the base for `base`)
+     with identical settings on the same 3-number tasks; the seed sets the prompts drawn and the
+     sampling, so the spread over seeds is PPO's (each condition is primed once, as in the
+     study); classify.py --backend rules counts the behaviors in the logged rollouts.
+  5. mean over seeds per step (OUT/results/mini_seed_mean.csv), plot.py figures next to the
      study's Llama-3.2-3B curves (OUT/figures), and OUT/results.md + OUT/results.json: validation
      accuracy before and after PPO (mean +- std and min-max over seeds) and behavior counts at
      the start and end of PPO, beside the study's table.
@@ -52,7 +56,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import countdown
-from gen_priming import CONDITIONS
+from gen_priming import CONDITIONS, PHRASES, fmt_list
 from pipeline import run
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -64,25 +68,27 @@ BEHAVIORS = {"verification": "avg_verifications", "backtracking": "avg_backtrack
 SETTINGS = dict(
     out="runs/mini",                 # where data, runs, figures and results go
     conditions=["base", *CONDITIONS],  # `base`: PPO from the unprimed base; the rest: gen_priming.py's eight
-    seeds=[0, 1, 2],                 # one SFT + PPO run per condition and seed
+    seeds=[0, 1, 2],                 # PPO runs per condition (each condition is primed once)
     jobs=None,                       # runs side by side (one GPU shared): None = 9 on a GPU, 2 on a CPU
     device=None,                     # cuda | cpu (None: cuda if available)
-    dtype="fp32",                    # weights on the GPU: fp32, safest for a ~10M model (bf16 rounds small updates away)
+    dtype="bf16",                    # GPU compute: bf16 with fp32 master weights + AdamW states (sft.py bf16-mixed,
+                                     # ppo.py --dtype bf16); fp32 (no tensor cores) saturated an H100 at 9 runs
     n_train=20000, n_test=256,       # Countdown tasks (countdown.py)
     task_sizes="3",                  # 3-number tasks for PPO and priming
     base_size=dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6,  # ~9.8M parameters
                    num_attention_heads=6, num_key_value_heads=2),
-    base_docs=60000,                 # arithmetic documents (~5M tokens), one pass of "pretraining"
-    base_format_frac=0.2,            # share of them that are a prompt + one forward calculation + <answer>
+    base_docs=80000, base_epochs=2,  # arithmetic documents (~15M tokens), passes over them (~1800 steps): a 0.9M
+                                     # model on CPU first copied the prompt's numbers after 750-1000 steps of 16 rows
+    base_format_frac=0.5,            # share of documents that are a prompt + one forward calculation + <answer>
     base_len=512, base_batch=32, base_lr=1e-3,  # packed rows of 512 tokens, 32 a step, cosine to 0.1 x lr
     priming_n=1000,                  # traces per condition (the study: ~1000)
     priming_budget=2,                # symbolic search attempts before it gives up (~60% correct traces)
     sft_steps=150, sft_batch=32,     # priming SFT: 4800 sequences = ~5 epochs of 1000, as the study's 5 epochs
     sft_lr=5e-4, sft_max_len=576,    # the longest traces are ~540 tokens with the prompt
-    ppo_steps=30, ppo_prompts=64, ppo_samples=4,  # PPO: steps x prompts x samples per prompt
+    ppo_steps=30, ppo_prompts=32, ppo_samples=4,  # PPO: steps x prompts x samples (2 updates a step)
     ppo_response_len=416,            # the longest primed traces are ~405 tokens
     ppo_actor_lr=2e-5, ppo_critic_lr=1e-4,      # far above the study's 1e-6 / 1e-5 (a 3B model)
-    ppo_micro=64,                    # sequences per forward/backward
+    ppo_micro=32,                    # sequences per forward/backward (64: 9 runs x ~10 GB overflow an 80 GB GPU)
     ppo_engine=None,                 # ppo.py --engine (None: ppo.py's default)
     log_rollouts_every=5,            # rollouts logged at step 1 and every N steps (classified)
     val_size=128, val_samples=4,     # validation: tasks x samples at temperature 1 (before and after PPO)
@@ -92,14 +98,13 @@ SMOKE = dict(out="runs/mini-smoke", conditions=["base", "all_strategies", "empty
              jobs=2, device="cpu", n_train=200, n_test=16,
              base_size=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                             num_attention_heads=2, num_key_value_heads=1),
-             base_docs=64, base_len=256, base_batch=8, priming_n=16, sft_steps=2, sft_batch=4,
+             base_docs=64, base_epochs=1, base_len=256, base_batch=8, priming_n=16, sft_steps=2, sft_batch=4,
              ppo_steps=2, ppo_prompts=4, ppo_samples=2, ppo_response_len=32, ppo_micro=8,
              log_rollouts_every=1, val_size=4, val_samples=1)
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())  # defaults are in the help texts
     ap.add_argument("--out", default=None, help=f"output folder (default: {SETTINGS['out']}, smoke: {SMOKE['out']})")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test: a few steps, one seed, two conditions, tiny sizes")
     ap.add_argument("--jobs", type=int, default=None, help="runs side by side (default: 9 on a GPU, 2 on a CPU)")
@@ -147,27 +152,44 @@ def _equation(rng):
     return f"{expr} = {val}."
 
 
-def _worked(rng):
-    """A Countdown prompt answered by one forward calculation: the numbers in a random order,
-    each step on the last result, then the answer, right or wrong, with no comment on it."""
+def _calculation(rng):
+    """(task sentence, steps, expression) of one forward calculation over 2-4 numbers: the
+    task in the symbolic writer's neutral opening words, the numbers in a random order, each
+    step on the last result; the target is drawn apart, so the result hits it only by chance."""
     nums = [rng.randint(1, 99) for _ in range(rng.choice((2, 3, 3, 4)))]
     target = rng.randint(10, 100)
     order = rng.sample(nums, len(nums))
     expr, val, steps = str(order[0]), order[0], []
     for x in order[1:]:
-        step, new = _combine(rng, val, x)
-        steps.append(f"{step} = {new}.")
+        step, val = _combine(rng, val, x)
+        steps.append(f"{step} = {val}.")
         expr = f"{expr if expr.isdigit() else '(' + expr + ')'} {step.split()[1]} {x}"
-        val = new
-    return countdown.make_prompt(nums, target) + "\n" + " ".join(steps) + f"\n</think>\n<answer>{expr}</answer>"
+    opening = rng.choice(PHRASES["open"]).format(nums=fmt_list(nums), t=target)
+    return nums, target, " ".join([opening] + steps), expr
 
 
-def arithmetic_corpus(n_docs, seed=0, format_frac=0.2):
-    """{"text"} documents for the base's "pretraining": paragraphs of 3-8 equations, and
-    (format_frac of them) a prompt answered by one forward calculation. Deterministic."""
+def _worked(rng):
+    """A Countdown prompt answered by one forward calculation and its <answer>, no comment on it."""
+    nums, target, text, expr = _calculation(rng)
+    return countdown.make_prompt(nums, target) + f"\n{text}\n</think>\n<answer>{expr}</answer>"
+
+
+def arithmetic_corpus(n_docs, seed=0, format_frac=0.5):
+    """{"text"} documents for the base's "pretraining": format_frac of them a Countdown prompt
+    answered by one forward calculation; the rest, half and half, paragraphs of 3-6 bare
+    calculations (numbers named, then combined: copying numbers over a short distance first)
+    and paragraphs of 3-8 equations. Deterministic."""
     rng = random.Random(seed)
-    return [{"text": _worked(rng) if rng.random() < format_frac else
-             " ".join(_equation(rng) for _ in range(rng.randint(3, 8)))} for _ in range(n_docs)]
+    docs = []
+    for _ in range(n_docs):
+        u = rng.random()
+        if u < format_frac:
+            docs.append(_worked(rng))
+        elif u < (1 + format_frac) / 2:
+            docs.append(" ".join(_calculation(rng)[2] for _ in range(rng.randint(3, 6))))
+        else:
+            docs.append(" ".join(_equation(rng) for _ in range(rng.randint(3, 8))))
+    return [{"text": d} for d in docs]
 
 
 def make_base(s):
@@ -175,8 +197,7 @@ def make_base(s):
     import common
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
-    path = common.build_tiny(os.path.join(s["out"], "base", "init"), seed=0,
-                             max_position_embeddings=2048, **s["base_size"])
+    path = common.build_tiny(os.path.join(s["out"], "base", "init"), seed=0, **s["base_size"])
     n = sum(p.numel() for p in common.load_model(path).parameters())
     common.write_json(os.path.join(s["out"], "base", "base.json"), {"parameters": n, **s["base_size"]})
     docs = arithmetic_corpus(s["base_docs"], seed=0, format_frac=s["base_format_frac"])
@@ -200,7 +221,7 @@ def prelude(s, force):
     conds = [c for c in s["conditions"] if c != "base"]
     chains = [("base pretraining", [("sft", [
         "sft.py", "--model", os.path.join(p["base"], "init"), "--data", os.path.join(out, "data", "pretrain.jsonl"),
-        "--out", p["base"], "--epochs", 1, "--pack", "--max-len", s["base_len"], "--batch-size", s["base_batch"],
+        "--out", p["base"], "--epochs", s["base_epochs"], "--pack", "--max-len", s["base_len"], "--batch-size", s["base_batch"],
         "--micro-batch", s["base_batch"], "--lr", s["base_lr"], "--eval-frac", 0.01, "--eval-every", 0,
         "--save-every", 0, "--device", s["device"], *precision(s), *(["--overwrite"] if force else [])],
         os.path.join(p["base_final"], "config.json"), os.path.join(p["base"], "sft.log"))])]
@@ -218,38 +239,47 @@ def precision(s):
     return ["--precision", {"bf16": "bf16-mixed"}.get(s["dtype"], s["dtype"])] if s["device"].startswith("cuda") else []
 
 
-def run_stages(cond, seed, s, p, force):
-    """One (condition, seed) run: priming SFT, validation before PPO, PPO, behavior counts."""
-    d = os.path.join(s["out"], "runs", f"{cond}-s{seed}")
-    init = p["base_final"] if cond == "base" else os.path.join(d, "sft", "final")
-    dev, log = ["--device", s["device"]], lambda name: os.path.join(d, f"{name}.log")  # noqa: E731
+def prime_stages(cond, s, p, force):
+    """One condition, before PPO: priming SFT of the base (not for `base`) and its validation
+    accuracy and behaviors (classify.py's sampling mode on the PPO validation tasks)."""
+    d = os.path.join(s["out"], "primed", cond)
+    dev, init = ["--device", s["device"]], primed_model(cond, s, p)
     stages = [] if cond == "base" else [("sft", [
         "sft.py", "--model", p["base_final"], "--data", os.path.join(p["priming"], f"{cond}.jsonl"),
         "--out", os.path.join(d, "sft"), "--max-steps", s["sft_steps"], "--batch-size", s["sft_batch"],
         "--micro-batch", s["sft_batch"], "--lr", s["sft_lr"], "--max-len", s["sft_max_len"], "--overlong", "drop",
-        "--seed", seed, "--save-every", 0, *dev, *precision(s), *(["--overwrite"] if force else [])],
-        os.path.join(init, "config.json"), log("sft"))]
+        "--save-every", 0, *dev, *precision(s), *(["--overwrite"] if force else [])],
+        os.path.join(init, "config.json"), os.path.join(d, "sft.log"))]
     stages.append(("eval0", [
         "classify.py", "--model", init, "--data", os.path.join(p["data"], "test.jsonl"), "--samples", s["val_size"],
         "--per-task", s["val_samples"], "--max-new-tokens", s["ppo_response_len"], "--condition", cond,
-        "--seed", seed, "--gen-batch", s["val_size"] * s["val_samples"], "--out", os.path.join(d, "eval0"), *dev],
-        os.path.join(d, "eval0", "classify", "steps.csv"), log("eval0")))
+        "--gen-batch", s["val_size"] * s["val_samples"], "--out", os.path.join(d, "eval0"), *dev],
+        os.path.join(d, "eval0", "classify", "steps.csv"), os.path.join(d, "eval0.log")))
+    return stages
+
+
+def primed_model(cond, s, p):
+    return p["base_final"] if cond == "base" else os.path.join(s["out"], "primed", cond, "sft", "final")
+
+
+def ppo_stages(cond, seed, s, p, force):
+    """One (condition, seed) run: PPO from the primed model, then behavior counts of its rollouts."""
+    d = os.path.join(s["out"], "runs", f"{cond}-s{seed}")
     ppo = os.path.join(d, "ppo")
-    stages.append(("ppo", [
-        "ppo.py", "--model", p["base_final"], "--init", init, "--data", p["data"], "--out", ppo,
+    return [("ppo", [
+        "ppo.py", "--model", p["base_final"], "--init", primed_model(cond, s, p), "--data", p["data"], "--out", ppo,
         "--condition", cond, "--seed", seed, "--steps", s["ppo_steps"], "--prompts-per-step", s["ppo_prompts"],
         "--samples-per-prompt", s["ppo_samples"], "--max-response-len", s["ppo_response_len"],
         "--actor-lr", s["ppo_actor_lr"], "--critic-lr", s["ppo_critic_lr"],
         "--mini-batch-prompts", max(1, s["ppo_prompts"] // 2), "--micro-batch", s["ppo_micro"],
         "--eval-every", s["ppo_steps"], "--val-size", s["val_size"], "--val-samples", s["val_samples"],
-        "--log-rollouts-every", s["log_rollouts_every"], "--save-every", 0, "--no-grad-ckpt", *dev,
-        *(["--dtype", s["dtype"]] if s["device"].startswith("cuda") else []),
+        "--log-rollouts-every", s["log_rollouts_every"], "--save-every", 0, "--no-grad-ckpt",
+        "--device", s["device"], *(["--dtype", s["dtype"]] if s["device"].startswith("cuda") else []),
         *(["--engine", s["ppo_engine"]] if s["ppo_engine"] else [])],
-        os.path.join(ppo, "final", "config.json"), log("ppo")))
-    stages.append(("classify", ["classify.py", "--backend", "rules", "--input", ppo, "--out",
-                                os.path.join(ppo, "classify"), "--condition", cond],
-                   os.path.join(ppo, "classify", "steps.csv"), log("classify")))
-    return d, stages
+        os.path.join(ppo, "final", "config.json"), os.path.join(d, "ppo.log")),
+        ("classify", ["classify.py", "--backend", "rules", "--input", ppo, "--out",
+                      os.path.join(ppo, "classify"), "--condition", cond],
+         os.path.join(ppo, "classify", "steps.csv"), os.path.join(d, "classify.log"))]
 
 
 def run_pool(chains, jobs, force, report=lambda name: "done"):
@@ -293,18 +323,32 @@ def fmt_spread(sp, digits=3):
     return f(sp["mean"]) if sp["n"] == 1 else f"{f(sp['mean'])} ± {f(sp['std'])} ({f(sp['min'])}–{f(sp['max'])})"
 
 
-def read_run(d):
-    """One run's numbers: validation accuracy before/after PPO and the classified rollouts'
-    behavior means, length and accuracy at PPO's first and last logged step."""
+def read_run(out, cond, seed):
+    """One run's numbers: validation accuracy before (the primed model's) and after PPO, and
+    the classified rollouts' behavior means, length and accuracy at PPO's first and last logged step."""
     from plot import read_metrics, read_steps_csv
-    before = read_steps_csv(os.path.join(d, "eval0", "classify", "steps.csv"))[0]
+    before = read_steps_csv(os.path.join(out, "primed", cond, "eval0", "classify", "steps.csv"))[0]
+    d = os.path.join(out, "runs", f"{cond}-s{seed}")
     vals = [r for r in read_metrics(os.path.join(d, "ppo", "metrics.jsonl")) if "val/acc" in r]
     rows = sorted(read_steps_csv(os.path.join(d, "ppo", "classify", "steps.csv")), key=lambda r: r["step"])
     at = lambda r: {"step": int(r["step"]), "accuracy": r.get("accuracy"), "length": r.get("response_length"),  # noqa: E731
                     **{b: r.get(col) for b, col in BEHAVIORS.items()}}
+    last = os.path.join(d, "ppo", "rollouts", f"step_{int(rows[-1]['step']):06d}.jsonl")
     return {"val_before": before["accuracy"], "val_after": vals[-1]["val/acc"] if vals else None,
             "val_after_step": vals[-1]["step"] if vals else None,
+            "numbers_before": number_use(os.path.join(out, "primed", cond, "eval0", "rollouts", "step_000000.jsonl")),
+            "numbers_end": number_use(last),
             "before": at(before), "start": at(rows[0]), "end": at(rows[-1]), "steps": rows}
+
+
+def number_use(path):
+    """Share of the responses in a rollout file whose answer uses each of the task's numbers
+    exactly once, whatever its value: whether the model reads the prompt at all."""
+    import common
+    recs = common.read_jsonl(path)
+    ok = [sorted(countdown.numbers_in(countdown.extract_answer(r["response"]) or "")) == sorted(r["nums"])
+          for r in recs]
+    return sum(ok) / len(ok) if ok else None
 
 
 def seed_means(steps_by_cond):
@@ -348,11 +392,15 @@ def results_markdown(summary, study, s):
              f"Ours: mean ± std (min–max) over seeds {s['seeds']}." + (
                  " Study: one run per condition, 250 PPO steps on 3- and 4-number tasks." if study else ""), "",
              "## Validation accuracy", "",
-             "| condition | seeds | before PPO | after PPO | " + ("study: step 0 | study: step 250 |" if ref else ""),
-             "| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if ref else "")]
+             "Before PPO: the primed model (one per condition); after: PPO's seeds. Numbers used: share of "
+             "answers that use each of the task's numbers once, right or not (before PPO / last logged step).", "",
+             "| condition | seeds | before PPO | after PPO | numbers used | "
+             + ("study: step 0 | study: step 250 |" if ref else ""),
+             "| --- | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if ref else "")]
     for c, v in summary["conditions"].items():
         st = study.get(c) if study else None
-        lines.append(f"| {c} | {v['n_runs']} | {fmt_spread(v['val_before'])} | {fmt_spread(v['val_after'])} |"
+        used = f"{fmt_spread(v['numbers_before'], 2)} / {fmt_spread(v['numbers_end'], 2)}"
+        lines.append(f"| {c} | {v['n_runs']} | {fmt_spread(v['val_before'])} | {fmt_spread(v['val_after'])} | {used} |"
                      + (f" {st['start']['accuracy']:.3f} | {st['end']['accuracy']:.3f} |" if st else " - | - |" if ref else ""))
     lines += ["", "## Behaviors per response (verification / backtracking / subgoal / backward)", "",
               f"Ours: classified rollouts at PPO step 1 (sampled before the first update) and step {n_steps}, "
@@ -376,8 +424,8 @@ def summarize(runs, s):
     out = {}
     for cond in [c for c in s["conditions"] if c in conds]:
         rs = conds[cond]
-        out[cond] = {"n_runs": len(rs), "val_before": spread(r["val_before"] for r in rs),
-                     "val_after": spread(r["val_after"] for r in rs),
+        out[cond] = {"n_runs": len(rs), **{k: spread(r[k] for r in rs[:1]) for k in ("val_before", "numbers_before")},
+                     **{k: spread(r[k] for r in rs) for k in ("val_after", "numbers_end")},  # primed once, PPO per seed
                      **{k: {b: spread(r[k][b] for r in rs) for b in [*BEHAVIORS, "accuracy", "length"]}
                         for k in ("start", "end")}}
     return out
@@ -389,7 +437,7 @@ def report(s, p, keys):
     import common
     from classify import write_steps_csv
     res = os.path.join(s["out"], "results")
-    runs = {k: read_run(os.path.join(s["out"], "runs", f"{k[0]}-s{k[1]}")) for k in keys}
+    runs = {k: read_run(s["out"], *k) for k in keys}
     steps = {}
     for (cond, _), r in runs.items():
         steps.setdefault(cond, []).extend(r.pop("steps"))
@@ -439,29 +487,39 @@ def main(argv=None):
     t0 = time.time()
     print(f"mini: {len(s['conditions'])} conditions x {len(s['seeds'])} seeds on {s['device']}, "
           f"{jobs} jobs at a time, into {s['out']}", flush=True)
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # many processes, one GPU
     p, chains = prelude(s, a.force)
-    failed = run_pool(chains, jobs, a.force)
-    if failed:
-        raise SystemExit("\n\n".join(failed.values()))
-    keys, chains = [], []
-    for seed in s["seeds"]:
-        for cond in s["conditions"]:
-            d, stages = run_stages(cond, seed, s, p, a.force)
-            keys.append((cond, seed))
-            chains.append((f"{cond} seed {seed}", stages))
-    by_name = dict(zip([n for n, _ in chains], keys))
-    failed = run_pool(chains, jobs, a.force, report=lambda name: progress(s, *by_name[name]))
-    if failed:
-        raise SystemExit(f"{len(failed)} of {len(chains)} runs failed (finished ones are kept; "
-                         "run again to resume):\n\n" + "\n\n".join(failed.values()))
+    pool(chains, jobs, a.force)
+    pool([(f"{c} before PPO", prime_stages(c, s, p, a.force)) for c in s["conditions"]], jobs, a.force,
+         report=lambda name: before_line(s, name.split()[0]))
+    keys = [(c, seed) for seed in s["seeds"] for c in s["conditions"]]
+    pool([(f"{c} seed {seed}", ppo_stages(c, seed, s, p, a.force)) for c, seed in keys], jobs, a.force,
+         report=lambda name: progress(s, name.split()[0], int(name.split()[-1])))
     table = report(s, p, keys)
     print("\n" + table)
     print(f"mini done in {time.time() - t0:.0f}s: {s['out']}/results.md, results.json, figures/")
 
 
+def pool(chains, jobs, force, report=lambda name: "done"):
+    """run_pool, stopping with every failed stage's error (finished stages are kept)."""
+    failed = run_pool(chains, jobs, force, report)
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(chains)} jobs failed (finished stages are kept: run the "
+                         "same command again to resume):\n\n" + "\n\n".join(failed.values()))
+
+
+def before_line(s, cond):
+    from plot import read_steps_csv
+    d = os.path.join(s["out"], "primed", cond, "eval0")
+    r = read_steps_csv(os.path.join(d, "classify", "steps.csv"))[0]
+    return (f"val acc {r['accuracy']:.3f}, answers using the task's numbers "
+            f"{number_use(os.path.join(d, 'rollouts', 'step_000000.jsonl')):.2f}, "
+            f"behaviors (v/b/s/w) {_behaviors({b: r[c] for b, c in BEHAVIORS.items()})}")
+
+
 def progress(s, cond, seed):
     """The one-line summary of a finished run."""
-    r = read_run(os.path.join(s["out"], "runs", f"{cond}-s{seed}"))
+    r = read_run(s["out"], cond, seed)
     after = "-" if r["val_after"] is None else f"{r['val_after']:.3f}"
     return (f"val acc {r['val_before']:.3f} -> {after}; behaviors (v/b/s/w) "
             f"{_behaviors(r['start'])} -> {_behaviors(r['end'])}")

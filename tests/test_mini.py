@@ -36,6 +36,15 @@ def test_seed_means_average_each_step_over_seeds():
     assert out[1] == {"condition": "a", "step": 5, "accuracy": 0.5}
 
 
+def test_number_use_counts_answers_that_read_the_prompt(tmp_path):
+    path = tmp_path / "r.jsonl"
+    recs = [{"nums": [3, 5, 7], "response": "...<answer>(7 - 3) * 5</answer>"},   # wrong value, right numbers
+            {"nums": [3, 5, 7], "response": "<answer>3 + 5</answer>"},             # 7 unused
+            {"nums": [3, 5, 7], "response": "no answer"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert mini.number_use(str(path)) == pytest.approx(1 / 3)
+
+
 def test_arithmetic_corpus_is_behavior_free_and_well_formed():
     docs = mini.arithmetic_corpus(400, seed=3, format_frac=0.25)
     assert docs == mini.arithmetic_corpus(400, seed=3, format_frac=0.25)  # deterministic
@@ -58,7 +67,7 @@ def test_mini_smoke(tmp_path):
     r = subprocess.run([sys.executable, "mini.py", "--smoke", "--out", str(out)],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "mini done" in r.stdout and r.stdout.count(" finished, ") == 2 + len(CONDS)
+    assert "mini done" in r.stdout and r.stdout.count(" finished, ") == 2 + 2 * len(CONDS)
     table = (out / "results.md").read_text()
     assert table in r.stdout
     res = json.loads((out / "results.json").read_text())
@@ -67,12 +76,12 @@ def test_mini_smoke(tmp_path):
     for c in CONDS:
         assert re.search(rf"^\| {c} \| 1 \| \d\.\d{{3}} \| \d\.\d{{3}} \|", table, re.M), c
         run = out / "runs" / f"{c}-s0"
-        assert (run / "ppo.log").exists() and (run / "eval0.log").exists()
+        assert (run / "ppo.log").exists() and (out / "primed" / c / "eval0.log").exists()
         recs = [json.loads(x) for x in (run / "ppo" / "classify" / "classified.jsonl").read_text().splitlines()]
         assert recs and all(r["classifier"] == "rules" and "backtracking" in r for r in recs)
         s = res["summary"]["conditions"][c]
         assert 0 <= s["val_before"]["mean"] <= 1 and 0 <= s["val_after"]["mean"] <= 1
-    assert not (out / "runs" / "base-s0" / "sft").exists()  # the base row is not primed
+    assert not (out / "primed" / "base" / "sft").exists()  # the base row is not primed
     rows = plot.read_steps_csv(str(out / "results" / "mini_seed_mean.csv"))
     assert {r["condition"] for r in rows} == set(CONDS) and {r["step"] for r in rows} == {1, 2}
     for name in ("accuracy.png", "behaviors_mini_seed_mean.png", "priming.png"):
