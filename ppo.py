@@ -468,6 +468,10 @@ def rollout(policy, tokenizer, tasks, args, reward_fn, device, temperature=None,
     t_gen = time.time() - t0
     lengths = r_mask.sum(1).long()
     clipped = (lengths >= resp.shape[1]) & (resp[:, -1] != tokenizer.eos_token_id)  # ran out of length
+    # the training passes need only the longest response's width, not --max-response-len
+    keep = max(1, int(lengths.max()))
+    resp, r_mask = resp[:, :keep], r_mask[:, :keep]
+    gen_logp = gen_logp[:, :keep] if gen_logp is not None else None
     texts = [tokenizer.decode(resp[i, :lengths[i]], skip_special_tokens=True) for i in range(len(reps))]
     scores = torch.tensor([reward_fn(txt, t) for txt, t in zip(texts, reps)], dtype=torch.float32)
     return dict(seq=torch.cat([p_ids, resp], 1), attn=torch.cat([p_mask.float(), r_mask], 1).long(),
