@@ -76,9 +76,10 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, repeat=1):
+def timed(fn, device, repeat=1, warmup=True):
     """Median wall time of fn() over `repeat` runs, synchronised (after one warm-up run)."""
-    fn()
+    if warmup:
+        fn()
     ts = []
     for _ in range(repeat):
         sync(device)
@@ -112,9 +113,7 @@ def model_facts(model):
     c = model.config
     n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    n = sum(p.numel() for p in model.parameters())
-    if getattr(c, "tie_word_embeddings", False):
-        pass  # tied: the embedding is the LM head's matmul, counted once
+    n = sum(p.numel() for p in model.parameters())   # a tied embedding (the LM head's matmul) once
     return {"n_params": n, "kv_bytes_per_token": 2 * c.num_hidden_layers * n_kv * head * 2,
             "weight_bytes": n * 2}
 
@@ -158,20 +157,12 @@ def bench_generate(model, tok, args, ceil, res):
         row.update(best_attn=best, engine_tok_s=row[f"engine_tok_s/{best}"], engine_s=B * R / row[f"engine_tok_s/{best}"])
         if B in args.hf_batch_sizes:
             fn = lambda: ppo.hf_generate(model, tok, ids, mask, R, 1.0, force_len=R)
-            th = timed(fn, args.device, repeat=1) if args.device == "cpu" else _once(fn, args.device)
+            th = timed(fn, args.device, warmup=args.device == "cpu")   # a GPU warm-up would cost a minute
             row.update(hf_tok_s=B * R / th, hf_s=th, speedup_vs_hf=th / row["engine_s"])
         row["frac_of_floor"] = row["engine_tok_s"] / row["floor_tok_s"]
         rows.append(row)
         print(json.dumps(row), flush=True)
     res["generate"] = {"prompt_len": P, "new_tokens": R, **facts, "rows": rows}
-
-
-def _once(fn, device):
-    sync(device)
-    t = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t
 
 
 # ---------------------------------------------------------------------------------

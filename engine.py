@@ -106,6 +106,10 @@ def sample(logits, temperature, top_k, top_p, greedy):
     return tok, z.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(z, -1)
 
 
+# per-row state, [rows, ...] each: moved together when the batch is compacted
+ROW_BUFFERS = ("valid", "tok", "pos", "done", "length", "out_tok", "out_logp")
+
+
 class Engine:
     """Generation for one model; see the module docstring. Not thread-safe."""
 
@@ -166,7 +170,7 @@ class Engine:
     def release(self):
         """Free the cache and the graphs (training can have the memory back)."""
         self.graphs, self.pool = {}, None
-        for name in ("k", "v", "valid", "tok", "pos", "done", "length", "out_tok", "out_logp", "cos", "sin"):
+        for name in ("k", "v", "cos", "sin", *ROW_BUFFERS):
             self.__dict__.pop(name, None)
         self.cap = (0, 0)
         if self.device.type == "cuda":
@@ -220,7 +224,8 @@ class Engine:
         tok, pos, slot = self.tok[:B], self.pos[:B], self.slot
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [B, 1, D]
         keys = self.valid[:B, :L] & (torch.arange(L, device=tok.device) <= slot)  # [B, L]
-        bias = torch.zeros(keys.shape, dtype=torch.float32, device=tok.device).masked_fill(~keys, float("-inf"))
+        if self.attn == "bmm":   # additive mask, built once per step for all layers
+            bias = torch.zeros(keys.shape, dtype=torch.float32, device=tok.device).masked_fill(~keys, float("-inf"))
         G, D = self.n_heads // self.n_kv, self.head_dim
         x = self.model.model.embed_tokens(tok[:, None])           # [B, 1, H]
         for i, layer in enumerate(self.layers):
@@ -284,7 +289,7 @@ class Engine:
     def _capture(self, B, L, mode):
         """Warm up on a side stream (cuBLAS picks its kernels), then capture one step.
         Warm-up and capture advance slot/col/pos and write outputs, so save and restore them."""
-        state = (self.slot, self.col, self.pos, self.tok, self.done, self.length, self.out_tok, self.out_logp)
+        state = [self.slot, self.col] + [getattr(self, n) for n in ROW_BUFFERS]
         saved = [t.clone() for t in state]
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
@@ -318,7 +323,8 @@ class Engine:
         keep = torch.cat([live, fill])
         for buf in self.k + self.v:
             buf[:nb] = buf[keep]
-        for buf in (self.valid, self.tok, self.pos, self.done, self.length, self.out_tok, self.out_logp):
+        for name in ROW_BUFFERS:
+            buf = getattr(self, name)
             buf[:nb] = buf[keep]
         return nb, rows[keep]
 

@@ -490,9 +490,6 @@ def compute_advantages(b, policy, ref, critic, args, kl_coef, timings):
         t = time.time()
         b["old_logp"] = token_logprobs(policy, seq, attn, R, mb)
         sync_time(timings, "old_logp", t)
-        if b["gen_logp"] is not None and args.temperature == 1.0:
-            # the engine's sampler vs the training forward: bf16 noise, or a bug if large
-            timings["rollout/logp_diff"] = masked_mean((b["gen_logp"] - b["old_logp"]).abs(), mask).item()
         t = time.time()
         b["ref_logp"] = token_logprobs(ref, seq, attn, R, mb)
         sync_time(timings, "ref_logp", t)
@@ -592,6 +589,9 @@ def batch_metrics(b, args):
         "response_length/mean": b["lengths"].float().mean().item(),
         "response_length/clip_ratio": b["clipped"].float().mean().item(),
         "kl": masked_mean(b["kl"], mask).item(),
+        # the engine's sampler vs the training forward: bf16 noise, or a bug if large
+        **({"rollout/logp_diff": masked_mean((b["gen_logp"] - b["old_logp"]).abs(), mask).item()}
+           if b["gen_logp"] is not None and args.temperature == 1.0 else {}),
         "explained_variance": explained_variance(b["values"], b["returns"], mask)
         if args.adv_estimator == "gae" else 0.0,
     }
