@@ -90,6 +90,7 @@ SETTINGS = dict(
     ppo_actor_lr=2e-5, ppo_critic_lr=1e-4,      # far above the study's 1e-6 / 1e-5 (a 3B model)
     ppo_micro=32,                    # sequences per forward/backward (64: 9 runs x ~10 GB overflow an 80 GB GPU)
     ppo_engine=None,                 # ppo.py --engine (None: ppo.py's default)
+    ppo_save_every=10,               # PPO checkpoints (a killed run resumes from the last one: ppo.py --resume)
     log_rollouts_every=5,            # rollouts logged at step 1 and every N steps (classified)
     val_size=128, val_samples=4,     # validation: tasks x samples at temperature 1 (before and after PPO)
     reference="../shared/reference/llama_results.csv",  # the study's Llama-3.2-3B per-step table
@@ -273,7 +274,7 @@ def ppo_stages(cond, seed, s, p, force):
         "--actor-lr", s["ppo_actor_lr"], "--critic-lr", s["ppo_critic_lr"],
         "--mini-batch-prompts", max(1, s["ppo_prompts"] // 2), "--micro-batch", s["ppo_micro"],
         "--eval-every", s["ppo_steps"], "--val-size", s["val_size"], "--val-samples", s["val_samples"],
-        "--log-rollouts-every", s["log_rollouts_every"], "--save-every", 0, "--no-grad-ckpt",
+        "--log-rollouts-every", s["log_rollouts_every"], "--save-every", s["ppo_save_every"], "--resume", "--no-grad-ckpt",
         "--device", s["device"], *(["--dtype", s["dtype"]] if s["device"].startswith("cuda") else []),
         *(["--engine", s["ppo_engine"]] if s["ppo_engine"] else [])],
         os.path.join(ppo, "final", "config.json"), os.path.join(d, "ppo.log")),
