@@ -212,20 +212,39 @@ def greedy_agreement(a, b, name):
             f"{name}/mean_identical_prefix": prefix.float().mean().item()}
 
 
-def profile_decode(model, tok, args, B=512, steps=4):
-    """Kernel time per decode step, by kernel (eager, no graph: the kernels are the same)."""
+def profile_decode(model, tok, args, B=512, L=384, steps=4):
+    """Where a decode step goes at B sequences reading L cache slots (mid-way through a
+    128 + 512 generation): the kernel table of a few eager steps (the same kernels a graph
+    replays), and the time of one graph replay against the floor's time for that step."""
     from engine import Engine
     from torch.profiler import profile, ProfilerActivity
-    eng = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, graphs=False)
     ids, mask = random_prompts(B, args.prompt_len, model.config.vocab_size, args.device)
-    eng.generate(ids, mask, 2 * steps, temperature=1.0, force_len=2 * steps)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        eng.generate(ids, mask, steps + 1, temperature=1.0, force_len=steps + 1)
-        sync(args.device)
-    eng.release()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60)
-    print(table, flush=True)
-    return table
+    mode, out = (False, 0, 1.0, ()), {"batch": B, "slots": L}
+    cuda = args.device.startswith("cuda")
+    for graphs in (False, True) if cuda else (False,):
+        eng = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, graphs=graphs)
+        eng._allocate(B, L + 64)
+        eng.generate(ids, mask, 2, temperature=1.0, force_len=2)  # fills the state; the cache stays L + 64 wide
+        eng.slot.fill_(L - 4 * steps - 8)                   # write slots below L, read L
+        if not graphs:
+            with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+                for _ in range(steps):
+                    eng._decode(B, L, mode)
+                sync(args.device)
+            key = "device_time_total" if cuda else "self_cpu_time_total"
+            out["table"] = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70)
+            out["kernel_ms_per_step"] = sum(getattr(e, key) for e in prof.key_averages()) / steps / 1e3
+            print(out["table"], flush=True)
+        else:
+            eng._step(B, L, mode)                            # capture
+            out["graph_ms_per_step"] = 1e3 * timed(lambda: [eng._step(B, L, mode) for _ in range(steps)],
+                                                     args.device) / steps
+        eng.release()
+    facts = model_facts(model)
+    out["floor_ms_per_step"] = 1e3 * max((facts["weight_bytes"] + B * L * facts["kv_bytes_per_token"]) / args.ceil["copy_bytes_per_s"],
+                                         2 * facts["n_params"] * B / args.ceil["matmul_flops_per_s"])
+    print(json.dumps({k: v for k, v in out.items() if k != "table"}), flush=True)
+    return out
 
 
 # ---------------------------------------------------------------------------------
@@ -376,7 +395,7 @@ def main(argv=None):
         with open(args.out) as f:
             old = json.load(f)
         res = {**old, **res, "ppo": old.get("ppo", [])}
-    if args.parts & {"ceilings", "generate", "train", "ppo"} and "ceilings" not in res or "ceilings" in args.parts:
+    if args.parts & {"ceilings", "generate", "train", "ppo", "profile"} and "ceilings" not in res or "ceilings" in args.parts:
         res["ceilings"] = ceilings(args.device)
         print(json.dumps(res["ceilings"]), flush=True)
     if args.parts & {"generate", "correct", "train", "profile"}:
@@ -388,6 +407,7 @@ def main(argv=None):
         if "correct" in args.parts:
             bench_correct(model, tok, args, res)
         if "profile" in args.parts:
+            args.ceil = res["ceilings"]
             res["profile_decode"] = profile_decode(model, tok, args)
         if "train" in args.parts:
             bench_train(model, args, res["ceilings"], res)

@@ -159,3 +159,33 @@ def test_weights_are_shared_with_training(model, tok):
     b = eng.generate(ids, mask, 12, temperature=0).tokens
     assert not torch.equal(a, b)
     assert torch.equal(b, hf_greedy(m, ids, mask, 12, eos=None))
+
+
+def test_fused_sampler_in_triton_interpreter(monkeypatch):
+    """The GPU's fused sampling kernel, run by Triton's CPU interpreter where Triton is
+    installed (GPU images; locally: pip install triton, TRITON_INTERPRET=1): samples follow
+    softmax(z / T) (chi-square), log-probs are log_softmax's, greedy is argmax (first of ties),
+    and the seed advances. Skipped without Triton (CI's CPU build of PyTorch has none)."""
+    import os
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("set TRITON_INTERPRET=1 (and install triton) to run the GPU sampler on CPU")
+    pytest.importorskip("triton")
+    from engine import sample_fused
+    g = torch.Generator().manual_seed(0)
+    V, n, t = 40, 800, torch.tensor(0.7)
+    row = torch.randn(V, generator=g)
+    logits = row.to(torch.bfloat16).expand(n, V).contiguous()
+    seed = torch.tensor(123)
+    tok, lp = sample_fused(logits, t, False, seed, block=16)     # 3 blocks, the last one partial
+    assert int(seed) == 124
+    z = logits[0].float() / t
+    expected = torch.softmax(z, -1) * n
+    assert chi_square_z(torch.bincount(tok, minlength=V).float(), expected) < 3.1
+    assert torch.allclose(lp, torch.log_softmax(z, -1)[tok], atol=1e-5)
+    tok2, _ = sample_fused(logits, t, False, seed, block=16)
+    assert (tok2 != tok).any()                                  # a new seed, new draws
+    tied = torch.zeros(4, V)
+    tied[:, [7, 30]] = 5.0                                     # a tie: the lower index wins
+    tok, lp = sample_fused(tied, t, True, seed, block=16)
+    assert tok.tolist() == [7] * 4
+    assert torch.allclose(lp, torch.log_softmax(tied[0], -1)[7].expand(4), atol=1e-5)
