@@ -182,7 +182,7 @@ class Engine:
     """Generation for one model; see the module docstring. Not thread-safe."""
 
     def __init__(self, model, eos_id, pad_id, block=64, check_every=16, graphs=None, min_batch=8,
-                 attn="bmm"):
+                 attn="sdpa"):
         check_supported(model)
         if attn not in ("bmm", "sdpa"):
             raise ValueError(f"attn must be bmm or sdpa, not {attn!r}")

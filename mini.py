@@ -3,7 +3,7 @@ The study in miniature on one GPU, with no API key and no download: the priming 
 end to end (priming -> PPO -> behavior counts -> table and figures) with models trained from
 scratch.
 
-    python mini.py                                  # one H100: ~9 minutes, runs/mini/results.md
+    python mini.py                                  # one H100: ~11 minutes (measured), runs/mini/results.md
     python mini.py --smoke --out /tmp/mini          # CPU smoke test: a few steps (CI, ~1 minute)
     python mini.py --conditions base all_strategies empty_cot --seeds 0 1 2 3 --jobs 8
 
