@@ -39,7 +39,8 @@ SETTINGS = [
     ("parts", "ceilings,generate,correct,train", str, "what to measure (see above); 'all' adds ppo"),
     ("batch_sizes", "64,256,512,1024", str, "generation batch sizes (1024: a PPO step of the study in one batch)"),
     ("hf_batch_sizes", "64,512", str, "batch sizes at which transformers generate is timed too"),
-    ("attn_variants", "bmm,sdpa", str, "engine decode-attention variants timed side by side (engine.Engine attn=)"),
+    ("engine_variants", "sdpa,sdpa:eager,bmm", str, "engine variants timed side by side: decode attention "
+     "(Engine attn=: sdpa | bmm), ':eager' without the compiled elementwise pieces (Engine compile=False)"),
     ("prompt_len", 128, int, "prompt tokens per sequence in the generation benchmark"),
     ("new_tokens", 512, int, "forced response tokens in the generation benchmark"),
     ("train_configs", "ckpt:8,ckpt:16,nockpt:4,nockpt:8", str, "train part: checkpointing:micro-batch pairs"),
@@ -139,22 +140,24 @@ def bench_generate(model, tok, args, ceil, res):
     import ppo
     facts = model_facts(model)
     P, R = args.prompt_len, args.new_tokens
-    variants = args.attn_variants.split(",")
+    variants = args.engine_variants.split(",")
     rows = []
     for B in args.batch_sizes:
         ids, mask = random_prompts(B, P, model.config.vocab_size, args.device)
         row = {"batch": B, "floor_tok_s": B * R / generation_floor(facts, ceil, B, P, R)}
-        for attn in variants:
-            eng = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, attn=attn)
+        for v in variants:
+            attn, _, how = v.partition(":")
+            eng = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, attn=attn,
+                         compile=False if how == "eager" else None)
             t0 = time.perf_counter()
-            eng.generate(ids, mask, R, temperature=1.0, force_len=R)      # captures the graphs
+            eng.generate(ids, mask, R, temperature=1.0, force_len=R)      # compiles, captures the graphs
             sync(args.device)
-            row[f"first_call_s/{attn}"] = time.perf_counter() - t0
+            row[f"first_call_s/{v}"] = time.perf_counter() - t0
             t = timed(lambda: eng.generate(ids, mask, R, temperature=1.0, force_len=R), args.device, repeat=1)
-            row[f"engine_tok_s/{attn}"] = B * R / t
+            row[f"engine_tok_s/{v}"] = B * R / t
             eng.release()
         best = max(variants, key=lambda v: row[f"engine_tok_s/{v}"])
-        row.update(best_attn=best, engine_tok_s=row[f"engine_tok_s/{best}"], engine_s=B * R / row[f"engine_tok_s/{best}"])
+        row.update(best_variant=best, engine_tok_s=row[f"engine_tok_s/{best}"], engine_s=B * R / row[f"engine_tok_s/{best}"])
         if B in args.hf_batch_sizes:
             fn = lambda: ppo.hf_generate(model, tok, ids, mask, R, 1.0, force_len=R)
             th = timed(fn, args.device, warmup=args.device == "cpu")   # a GPU warm-up would cost a minute
@@ -227,6 +230,9 @@ def profile_decode(model, tok, args, B=512, L=384, steps=4):
         eng.generate(ids, mask, 2, temperature=1.0, force_len=2)  # fills the state; the cache stays L + 64 wide
         eng.slot.fill_(L - 4 * steps - 8)                   # write slots below L, read L
         if not graphs:
+            for _ in range(2):   # compiled kernels autotune on their first calls at a new shape
+                eng._decode(B, L, mode)
+            sync(args.device)
             with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
                 for _ in range(steps):
                     eng._decode(B, L, mode)
@@ -240,6 +246,11 @@ def profile_decode(model, tok, args, B=512, L=384, steps=4):
             out["graph_ms_per_step"] = 1e3 * timed(lambda: [eng._step(B, L, mode) for _ in range(steps)],
                                                      args.device) / steps
         eng.release()
+    eng = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    eng.generate(ids, mask, 1, temperature=1.0, force_len=1)
+    # the prompts' forward pass (not in the floor, which counts decode steps only)
+    out["prefill_s"] = timed(lambda: eng.generate(ids, mask, 1, temperature=1.0, force_len=1), args.device)
+    eng.release()
     facts = model_facts(model)
     out["floor_ms_per_step"] = 1e3 * max((facts["weight_bytes"] + B * L * facts["kv_bytes_per_token"]) / args.ceil["copy_bytes_per_s"],
                                          2 * facts["n_params"] * B / args.ceil["matmul_flops_per_s"])

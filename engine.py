@@ -70,10 +70,7 @@ def check_supported(model):
 
 
 def rms_norm(x, weight, eps):
-    """transformers' LlamaRMSNorm: normalise in fp32, scale in the weight's dtype. On a GPU,
-    PyTorch's fused kernel (one launch instead of six; it scales in fp32 before rounding)."""
-    if x.is_cuda:
-        return F.rms_norm(x, weight.shape, weight, eps)
+    """transformers' LlamaRMSNorm: normalise in fp32, scale in the weight's dtype."""
     dt = x.dtype
     x = x.float()
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
@@ -84,6 +81,31 @@ def rotate(x, cos, sin):
     """RoPE, half-split convention. x [..., D]; cos/sin broadcast to it."""
     h = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., h:], x[..., :h]), -1) * sin
+
+
+# The small elementwise pieces of a layer. Eager they are ~14 kernel launches a layer; on a
+# GPU the engine runs them through torch.compile, which fuses each into one kernel (at 512
+# sequences these launches were ~2.5 ms of a 12.3 ms decode step: bench.py --parts profile).
+
+def rope_heads(qkv, cos, sin, n_q, n_kv, q_w, k_w, eps):
+    """qkv [B, T, Hq + 2 Hkv, D] -> q [B, Hq, T, D], k and v [B, Hkv, T, D], RoPE on q and k
+    (one pass over both). q_w, k_w: Qwen3's per-head RMSNorm weights before RoPE, or None.
+    cos, sin: [B, T, D]."""
+    qk = qkv[:, :, :n_q + n_kv]
+    if q_w is not None:
+        qk = torch.cat([rms_norm(qk[:, :, :n_q], q_w, eps), rms_norm(qk[:, :, n_q:], k_w, eps)], 2)
+    qk = rotate(qk, cos[:, :, None], sin[:, :, None]).transpose(1, 2)
+    return qk[:, :n_q], qk[:, n_q:], qkv[:, :, n_q + n_kv:].transpose(1, 2)
+
+
+def add_norm(x, y, weight, eps):
+    """Residual add, then RMSNorm: returns the new residual stream and its normalised copy."""
+    x = x + y
+    return x, rms_norm(x, weight, eps)
+
+
+def silu_mul(gate, up):
+    return F.silu(gate) * up
 
 
 def sample(logits, temperature, top_k, top_p, greedy, seed=None):
@@ -182,7 +204,7 @@ class Engine:
     """Generation for one model; see the module docstring. Not thread-safe."""
 
     def __init__(self, model, eos_id, pad_id, block=64, check_every=16, graphs=None, min_batch=8,
-                 attn="sdpa"):
+                 attn="sdpa", compile=None):
         check_supported(model)
         if attn not in ("bmm", "sdpa"):
             raise ValueError(f"attn must be bmm or sdpa, not {attn!r}")
@@ -198,6 +220,16 @@ class Engine:
         self.n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         self.layers = list(model.model.layers)
+        # norms[i]: the RMSNorm in front of layer i; norms[-1]: the final one (before the LM head)
+        self.norms = [layer.input_layernorm for layer in self.layers] + [model.model.norm]
+        # compile (default: on a GPU with Triton): fuse the elementwise pieces; shapes are
+        # dynamic, so one compilation serves every batch size and cache bucket. A string is a
+        # torch.compile backend (tests trace with "aot_eager": quick, no code generation).
+        on = (self.device.type == "cuda" and triton is not None) if compile is None else compile
+        backend = on if isinstance(on, str) else "inductor"
+        wrap = ((lambda f: torch.compile(f, dynamic=True, fullgraph=True, backend=backend)) if on
+                else (lambda f: f))
+        self.rope_heads, self.add_norm, self.silu_mul = map(wrap, (rope_heads, add_norm, silu_mul))
         self.cap = (0, 0)          # (rows, slots) of the allocated cache
         self.graphs, self.pool, self.stop_tensors = {}, None, {}
         self.wqkv, self.bqkv = [], []   # fused q/k/v projections (_fuse_qkv)
@@ -266,28 +298,31 @@ class Engine:
             if bs[0] is not None:
                 torch.cat(bs, out=self.bqkv[i])
 
-    def _qkv(self, i, h, pos_cos, pos_sin):
-        """Layer i: h [B, T, H] -> q [B, Hq, T, D], k/v [B, Hkv, T, D] with RoPE applied."""
-        a, (B, T, _) = self.layers[i].self_attn, h.shape
-        Hq, Hkv, D = self.n_heads, self.n_kv, self.head_dim
-        qkv = F.linear(h, self.wqkv[i], self.bqkv[i]).view(B, T, Hq + 2 * Hkv, D)
-        if hasattr(a, "q_norm"):                                  # Qwen3: per-head norms before RoPE
-            qk = torch.cat([a.q_norm(qkv[:, :, :Hq]), a.k_norm(qkv[:, :, Hq:Hq + Hkv])], 2)
-        else:
-            qk = qkv[:, :, :Hq + Hkv]
-        cos, sin = pos_cos[:, :, None], pos_sin[:, :, None]       # [B, T, 1, D]
-        qk = rotate(qk, cos, sin).transpose(1, 2)                 # q and k heads in one pass
-        return qk[:, :Hq], qk[:, Hq:], qkv[:, :, Hq + Hkv:].transpose(1, 2)
+    def _qkv(self, i, h, cos, sin):
+        """Layer i: normed h [B, T, H] -> q [B, Hq, T, D], k/v [B, Hkv, T, D] with RoPE applied."""
+        a = self.layers[i].self_attn
+        qkv = F.linear(h, self.wqkv[i], self.bqkv[i])
+        qkv = qkv.view(*h.shape[:2], self.n_heads + 2 * self.n_kv, self.head_dim)
+        qn, kn = getattr(a, "q_norm", None), getattr(a, "k_norm", None)   # Qwen3
+        if qn is None:
+            return self.rope_heads(qkv, cos, sin, self.n_heads, self.n_kv, None, None, 0.0)
+        return self.rope_heads(qkv, cos, sin, self.n_heads, self.n_kv, qn.weight, kn.weight,
+                               qn.variance_epsilon)
 
-    def _mlp_block(self, layer, x, attn_out):
-        x = x + layer.self_attn.o_proj(attn_out)
-        h = rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+    def _mlp_block(self, i, x, attn_out):
+        """Layer i after attention: residual stream x [B, T, H], attention output [B, T, Hq*D]
+        -> the new residual stream and its RMSNorm for what comes next (layer i+1's input
+        norm, or the final norm)."""
+        layer, nxt = self.layers[i], self.norms[i + 1]
+        ln = layer.post_attention_layernorm
+        x, h = self.add_norm(x, layer.self_attn.o_proj(attn_out), ln.weight, ln.variance_epsilon)
         m = layer.mlp
-        return x + m.down_proj(F.silu(m.gate_proj(h)) * m.up_proj(h))
+        y = m.down_proj(self.silu_mul(m.gate_proj(h), m.up_proj(h)))
+        return self.add_norm(x, y, nxt.weight, nxt.variance_epsilon)
 
-    def _logits(self, x):
-        n = self.model.model.norm
-        return self.model.lm_head(rms_norm(x, n.weight, n.variance_epsilon))   # [B, V], model dtype
+    def _first_norm(self, x):
+        ln = self.norms[0]
+        return rms_norm(x, ln.weight, ln.variance_epsilon)
 
     def _prefill(self, ids, mask, rows):
         """Run prompts ids [b, P] (left-padded) through the model, fill cache rows `rows`
@@ -299,14 +334,14 @@ class Engine:
         # a padded query attends to itself too, so no row of the softmax is empty (no NaN)
         allow = (causal & mask.bool()[:, None, None, :]) | torch.eye(P, dtype=torch.bool, device=ids.device)
         x = self.model.model.embed_tokens(ids)
-        for i, layer in enumerate(self.layers):
-            ln = layer.input_layernorm
-            q, k, v = self._qkv(i, rms_norm(x, ln.weight, ln.variance_epsilon), cos, sin)
+        h = self._first_norm(x)
+        for i in range(len(self.layers)):
+            q, k, v = self._qkv(i, h, cos, sin)
             self.k[i][rows, :, :P] = k
             self.v[i][rows, :, :P] = v
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=allow, enable_gqa=self.n_kv != self.n_heads)
-            x = self._mlp_block(layer, x, o.transpose(1, 2).reshape(b, P, -1))
-        return self._logits(x[:, -1])
+            x, h = self._mlp_block(i, x, o.transpose(1, 2).reshape(b, P, -1))
+        return self.model.lm_head(h[:, -1])                        # [b, V], model dtype
 
     def _decode(self, B, L, mode):
         """One decode step for rows [0, B) reading slots [0, L): feeds self.tok at self.slot,
@@ -314,18 +349,21 @@ class Engine:
         tok, pos, slot = self.tok[:B], self.pos[:B], self.slot
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [B, 1, D]
         keys = self.valid[:B, :L] & (torch.arange(L, device=tok.device) <= slot)  # [B, L]
-        hide = ~keys[:, None, None, :]                             # [B, 1, 1, L], once for all layers
+        # once for all layers: SDPA wants an additive mask (a boolean one is converted on
+        # every call), the bmm path a boolean to fill with
+        hide = ~keys[:, None, None, :]                             # [B, 1, 1, L]
+        bias = (torch.zeros(hide.shape, dtype=self.dtype, device=tok.device).masked_fill_(hide, float("-inf"))
+                if self.attn == "sdpa" else None)
         G, D = self.n_heads // self.n_kv, self.head_dim
         x = self.model.model.embed_tokens(tok[:, None])           # [B, 1, H]
-        for i, layer in enumerate(self.layers):
-            ln = layer.input_layernorm
-            q, k, v = self._qkv(i, rms_norm(x, ln.weight, ln.variance_epsilon), cos, sin)
+        h = self._first_norm(x)
+        for i in range(len(self.layers)):
+            q, k, v = self._qkv(i, h, cos, sin)
             self.k[i][:B].index_copy_(2, slot.view(1), k)
             self.v[i][:B].index_copy_(2, slot.view(1), v)
             K, V = self.k[i][:B, :, :L], self.v[i][:B, :, :L]       # [B, Hkv, L, D]
             if self.attn == "sdpa":                                 # q [B, Hq, 1, D]
-                o = F.scaled_dot_product_attention(q, K, V, attn_mask=~hide,
-                                                   enable_gqa=G > 1)
+                o = F.scaled_dot_product_attention(q, K, V, attn_mask=bias, enable_gqa=G > 1)
             else:
                 # grouped-query attention as two batched matmuls that read K and V once:
                 # q [B, Hkv, G, D] x K [B, Hkv, L, D]^T -> scores [B, Hkv, G, L], in the model's
@@ -333,8 +371,8 @@ class Engine:
                 s = torch.matmul(q.reshape(B, self.n_kv, G, D) * D ** -0.5, K.transpose(-1, -2))
                 p = torch.softmax(s.masked_fill_(hide, float("-inf")), -1)
                 o = torch.matmul(p, V)                              # [B, Hkv, G, D]
-            x = self._mlp_block(layer, x, o.reshape(B, 1, self.n_heads * D))
-        logits = self._logits(x[:, 0])                             # [B, V]
+            x, h = self._mlp_block(i, x, o.reshape(B, 1, self.n_heads * D))
+        logits = self.model.lm_head(h[:, 0])                       # [B, V], model dtype
         self._record(*sample(logits, self.temperature, mode[1], mode[2], mode[0], self.seed), B, mode)
 
     def _record(self, new, logp, B, mode):

@@ -72,6 +72,7 @@ SETTINGS = [
     ("ppo_epochs", 1, int, "passes over each step's batch"),
     ("mini_batch_prompts", 128, int, "prompts per PPO mini-batch (global)"),
     ("micro_batch", 8, int, "sequences per forward/backward (gradient accumulation unit)"),
+    ("forward_micro_batch", 0, int, "sequences per no-grad forward (old/ref log-probs, values); 0: 2 x --micro-batch"),
     ("clip", 0.2, float, "policy ratio clip"),
     ("value_clip", 0.5, float, "value clip"),
     ("grad_clip", 1.0, float, "gradient norm clip"),
@@ -115,6 +116,7 @@ def parse_args(argv=None):
         (a.adv_estimator != "grpo" or a.samples_per_prompt > 1, "grpo needs --samples-per-prompt > 1"),
         (min(a.steps, a.prompts_per_step, a.samples_per_prompt, a.max_response_len, a.micro_batch) > 0,
          "--steps, --prompts-per-step, --samples-per-prompt, --max-response-len, --micro-batch must be > 0"),
+        (a.forward_micro_batch >= 0, "--forward-micro-batch must be >= 0 (0: twice --micro-batch)"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -256,20 +258,31 @@ class MasterAdamW:
     Updates of lr 1e-6 vanish when added to bf16 weights (8-bit mantissa), so the step
     happens on fp32 copies, which may live on the CPU (`device="cpu"`) to fit a 3B policy,
     a 3B critic and a reference on one 80GB GPU; the result is copied back into the model.
-    """
 
-    def __init__(self, params, device, fused=True, **kw):
+    background=True (CPU master, GPU model): step() copies the gradients out and returns;
+    the CPU AdamW and the copy back run in a thread while the GPU works on the other model
+    (a 3B step is ~7 s of CPU). Call wait() before this model's weights are used again.
+    At most one step runs in the background at a time: they would share the same cores.
+    """
+    _running = None   # the MasterAdamW whose step is in flight
+
+    def __init__(self, params, device, fused=True, background=False, **kw):
         self.params = [p for p in params if p.requires_grad]
         self.master = [p.detach().to(device=device, dtype=torch.float32, copy=True)
                        for p in self.params]
-        pin = device == "cpu" and torch.cuda.is_available()
+        pin = device == "cpu" and self.params[0].is_cuda
         self.master = [m.pin_memory() if pin else m for m in self.master]
         for m in self.master:
             m.requires_grad_(True)
+        # pinned low-precision staging: gradients come down and weights go up through it by
+        # DMA, without a pageable bounce (2 bytes/param of host memory)
+        self.stage = [torch.empty(p.shape, dtype=p.dtype, pin_memory=True) if pin else None
+                      for p in self.params]
         # fused: one kernel (GPU) or one vectorised loop (CPU) over all parameters; measured
         # with bench.py against the default for-each implementation
         self.opt = torch.optim.AdamW(self.master, fused=fused or None, **kw)
         self.param_groups = self.opt.param_groups
+        self.background, self.thread, self.error = background, None, None
 
     def zero_grad(self, set_to_none=True):
         for p in self.params:
@@ -277,25 +290,78 @@ class MasterAdamW:
 
     @torch.no_grad()
     def step(self):
-        for p, m in zip(self.params, self.master):
-            # bf16 over the bus (half the bytes of fp32), widened where the master lives
-            m.grad = None if p.grad is None else p.grad.to(m.device).float()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.opt.step()
-        for p, m in zip(self.params, self.master):
-            p.copy_(m, non_blocking=True)
-            m.grad = None  # 4 bytes/param of host memory we need not keep between steps
+        MasterAdamW.wait_all()
+        grads = []
+        for p, m, s in zip(self.params, self.master, self.stage):
+            if p.grad is None:
+                grads.append(None)
+            elif s is not None:
+                grads.append(s.copy_(p.grad, non_blocking=True))
+            else:
+                grads.append(p.grad.to(m.device))
+        if self.params[0].is_cuda:
+            torch.cuda.synchronize()   # gradients are down; the caller may free or reuse them
+        if not self.background:
+            return self._apply(grads)
+        import threading
+        self.thread = threading.Thread(target=self._apply, args=(grads,), daemon=True)
+        MasterAdamW._running = self
+        self.thread.start()
+
+    @torch.no_grad()
+    def _apply(self, grads):
+        try:
+            for m, g in zip(self.master, grads):
+                m.grad = None if g is None else g.float()
+            self.opt.step()
+            side = torch.cuda.Stream(self.params[0].device) if self.stage[0] is not None else None
+            for p, m, s in zip(self.params, self.master, self.stage):
+                m.grad = None  # 4 bytes/param of host memory we need not keep between steps
+                if s is None:
+                    p.copy_(m)
+                else:          # round on the CPU into the staging buffer, then DMA it up
+                    s.copy_(m)
+                    with torch.cuda.stream(side):
+                        p.copy_(s, non_blocking=True)
+            if side is not None:
+                side.synchronize()
+        except BaseException as e:   # re-raised by wait() in the main thread
+            self.error = e
+
+    def wait(self):
+        """Block until this optimiser's background step (if any) has written the weights."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+            if MasterAdamW._running is self:
+                MasterAdamW._running = None
+        if self.error is not None:
+            e, self.error = self.error, None
+            raise RuntimeError("background optimizer step failed") from e
+
+    @staticmethod
+    def wait_all():
+        if MasterAdamW._running is not None:
+            MasterAdamW._running.wait()
 
     def state_dict(self):
+        self.wait()
         return {"opt": self.opt.state_dict(), "master": [m.detach() for m in self.master]}
 
     def load_state_dict(self, sd):
+        self.wait()
         self.opt.load_state_dict(sd["opt"])
         with torch.no_grad():
             for p, m, saved in zip(self.params, self.master, sd["master"]):
                 m.copy_(saved)
                 p.copy_(saved)
+
+
+def wait_for(*opts):
+    """Wait for the background optimizer steps of these optimisers (no-op for others)."""
+    for o in opts:
+        if isinstance(o, MasterAdamW):
+            o.wait()
 
 
 def make_optimizer(module, lr, args, device):
@@ -315,7 +381,9 @@ def make_optimizer(module, lr, args, device):
     if where == "cpu":  # torchrun sets OMP_NUM_THREADS=1; the CPU Adam step needs the cores
         torch.set_num_threads(max(torch.get_num_threads(),
                                   (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    return MasterAdamW(params, device=device if where == "cuda" else "cpu", **kw)
+    # on the CPU the step runs in the background, hidden behind the other model's GPU work
+    return MasterAdamW(params, device=device if where == "cuda" else "cpu",
+                       background=where == "cpu" and str(device).startswith("cuda"), **kw)
 
 
 def set_lr(opt, base_lr, step, warmup):
@@ -416,6 +484,31 @@ def position_ids(attn):
     return (attn.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def logprobs_from_logits(logits, targets, temperature=1.0, entropy=False):
+    """log p(targets) [b, n] from logits [b, n, V] (any float dtype), in fp32:
+    z_t - logsumexp(z). entropy=True adds H = logsumexp(z) - sum_i p_i z_i [b, n], detached
+    (it is logged, not optimised). On a GPU token_logprobs runs this compiled: the fp32 copy
+    of [b, n, V] is never written, forward or backward (eager: ~6 passes over 2.5 GB per
+    micro-batch of 8 x 512 tokens at a 152k vocabulary)."""
+    z = logits.float() / temperature
+    lse = torch.logsumexp(z, -1)
+    logp = z.gather(-1, targets[..., None]).squeeze(-1) - lse
+    if not entropy:
+        return logp, None
+    zd = z.detach()
+    return logp, lse.detach() - (torch.softmax(zd, -1) * zd).sum(-1)
+
+
+_compiled = {}
+
+
+def compiled(fn):
+    """fn through torch.compile (dynamic shapes), made once per function."""
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, dynamic=True)
+    return _compiled[fn]
+
+
 def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=False):
     """Log-probs of the last n_resp tokens of seq [N, L] under model, in micro-batches.
     Returns logp [N, n_resp] (and entropy [N, n_resp] if asked). Grad flows if enabled."""
@@ -423,13 +516,11 @@ def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=Fal
     for i in range(0, seq.shape[0], micro):
         s, a = seq[i:i + micro], attn[i:i + micro]
         logits = model(input_ids=s, attention_mask=a, position_ids=position_ids(a),
-                       logits_to_keep=n_resp + 1).logits[:, :-1].float()   # [b, n_resp, V]
-        if temperature != 1.0:
-            logits = logits / temperature
-        logsm = torch.log_softmax(logits, -1)
-        outs.append(logsm.gather(-1, s[:, -n_resp:, None]).squeeze(-1))
-        if entropy:
-            ents.append(-(logsm.exp() * logsm).sum(-1))
+                       logits_to_keep=n_resp + 1).logits[:, :-1]           # [b, n_resp, V]
+        fn = compiled(logprobs_from_logits) if logits.is_cuda else logprobs_from_logits
+        lp, ent = fn(logits, s[:, -n_resp:], temperature, entropy)
+        outs.append(lp)
+        ents.append(ent)
     logp = torch.cat(outs)
     return (logp, torch.cat(ents)) if entropy else logp
 
@@ -473,9 +564,10 @@ def rollout(policy, tokenizer, tasks, args, reward_fn, device, temperature=None,
     resp, r_mask = resp[:, :keep], r_mask[:, :keep]
     gen_logp = gen_logp[:, :keep] if gen_logp is not None else None
     texts = [tokenizer.decode(resp[i, :lengths[i]], skip_special_tokens=True) for i in range(len(reps))]
-    scores = torch.tensor([reward_fn(txt, t) for txt, t in zip(texts, reps)], dtype=torch.float32)
+    score_list = [float(reward_fn(txt, t)) for txt, t in zip(texts, reps)]   # exact, for the logs
+    scores = torch.tensor(score_list, dtype=torch.float32)
     return dict(seq=torch.cat([p_ids, resp], 1), attn=torch.cat([p_mask.float(), r_mask], 1).long(),
-                mask=r_mask, gen_logp=gen_logp, scores=scores.to(device), lengths=lengths, clipped=clipped, texts=texts, tasks=reps,
+                mask=r_mask, gen_logp=gen_logp, scores=scores.to(device), score_list=score_list, lengths=lengths, clipped=clipped, texts=texts, tasks=reps,
                 prompts=prompts, time_generate=t_gen, time_score=time.time() - t0 - t_gen)
 
 
@@ -483,9 +575,11 @@ def unwrap(m):
     return m.module if hasattr(m, "module") else m
 
 
-def compute_advantages(b, policy, ref, critic, args, kl_coef, timings):
-    """Old/ref log-probs, values, KL-penalised token rewards, advantages and returns."""
-    seq, attn, mask, R, mb = b["seq"], b["attn"], b["mask"], b["mask"].shape[1], args.micro_batch
+def compute_advantages(b, policy, ref, critic, args, kl_coef, timings, opt_c=None):
+    """Old/ref log-probs, values, KL-penalised token rewards, advantages and returns.
+    opt_c: the critic's optimizer, whose last step may still be running (update())."""
+    seq, attn, mask, R = b["seq"], b["attn"], b["mask"], b["mask"].shape[1]
+    mb = args.forward_micro_batch or 2 * args.micro_batch   # no activations kept: more rows fit
     with torch.no_grad():
         t = time.time()
         b["old_logp"] = token_logprobs(policy, seq, attn, R, mb)
@@ -493,6 +587,9 @@ def compute_advantages(b, policy, ref, critic, args, kl_coef, timings):
         t = time.time()
         b["ref_logp"] = token_logprobs(ref, seq, attn, R, mb)
         sync_time(timings, "ref_logp", t)
+        t = time.time()
+        wait_for(opt_c)
+        sync_time(timings, "optim_wait", t)
         t = time.time()
         b["values"] = critic_values(critic, seq, attn, R, mb) if critic is not None else torch.zeros_like(mask)
         sync_time(timings, "values", t)
@@ -527,35 +624,49 @@ def minibatches(n, args, dist, gen):
             yield perm[i:i + size]
 
 
-def update(model, opt, b, args, dist, loss_fn, gen):
-    """Gradient steps over mini-batches; each loss is a token-mean over its mini-batch
-    (micro-batch sums divided by the mini-batch's token count). Returns stats and #bad."""
-    import contextlib
-    stats, bad, n_mb = {}, 0, 0
-    model.train()
+def update(learners, b, args, dist, gen, timings):
+    """PPO updates. learners: (name, model, optimizer, loss_fn) tuples, e.g. the actor and the
+    critic. Mini-batches alternate between them, so that one's optimizer step (on the CPU, in
+    the background) overlaps the other's forward/backward on the GPU. Each loss is a token-mean
+    over its mini-batch (micro-batch sums divided by the mini-batch's token count).
+    Returns {name: stats} and the number of skipped (non-finite) updates."""
+    stats, bad, n_mb = {name: {} for name, *_ in learners}, 0, 0
     for idx in minibatches(b["mask"].shape[0], args, dist, gen):
         n_mb += 1
-        n_tok = b["mask"][idx].sum().clamp(min=1)
-        micro = [idx[i:i + args.micro_batch] for i in range(0, len(idx), args.micro_batch)]
-        finite = True
-        for j, m in enumerate(micro):
-            sync = contextlib.nullcontext() if (not dist["ddp"] or j == len(micro) - 1) else model.no_sync()
-            with sync:
-                loss, s = loss_fn(model, b, m)
-                loss = loss * b["mask"][m].sum() / n_tok
-                finite &= bool(torch.isfinite(loss))
-                loss.backward()
-            w = float(b["mask"][m].sum() / n_tok)
-            for k, v in s.items():
-                stats[k] = stats.get(k, 0.0) + float(v.detach()) * w
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        if finite and torch.isfinite(gnorm):
-            opt.step()
-        else:
-            bad += 1
-        opt.zero_grad(set_to_none=True)
-        stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(gnorm)
-    return {k: v / max(1, n_mb) for k, v in stats.items()}, bad
+        for name, model, opt, loss_fn in learners:
+            t = time.time()
+            wait_for(opt)                 # this model's previous step must have landed
+            sync_time(timings, "optim_wait", t)
+            t = time.time()
+            bad += not minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats[name])
+            sync_time(timings, f"{name}_update", t)
+    return {name: {k: v / max(1, n_mb) for k, v in st.items()} for name, st in stats.items()}, bad
+
+
+def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats):
+    """Accumulate gradients over micro-batches of idx, clip, step. False if skipped."""
+    import contextlib
+    model.train()
+    n_tok = b["mask"][idx].sum().clamp(min=1)
+    micro = [idx[i:i + args.micro_batch] for i in range(0, len(idx), args.micro_batch)]
+    finite = True
+    for j, m in enumerate(micro):
+        sync = contextlib.nullcontext() if (not dist["ddp"] or j == len(micro) - 1) else model.no_sync()
+        with sync:
+            loss, s = loss_fn(model, b, m)
+            loss = loss * b["mask"][m].sum() / n_tok
+            finite &= bool(torch.isfinite(loss))
+            loss.backward()
+        w = float(b["mask"][m].sum() / n_tok)
+        for k, v in s.items():
+            stats[k] = stats.get(k, 0.0) + float(v.detach()) * w
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    ok = finite and bool(torch.isfinite(gnorm))
+    if ok:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(gnorm)
+    return ok
 
 
 def actor_loss_fn(args, kl_coef):
@@ -618,9 +729,8 @@ def validate(policy, tokenizer, tasks, args, dist, device):
 
 def rollout_records(b, step):
     return [{"step": step, "id": t.get("id"), "nums": t["nums"], "target": t["target"],
-             "prompt": p, "response": txt, "reward": float(s), "correct": bool(s >= 1.0),
-             "length": int(n)}
-            for t, p, txt, s, n in zip(b["tasks"], b["prompts"], b["texts"], b["scores"].tolist(),
+             "prompt": p, "response": txt, "reward": s, "correct": s >= 1.0, "length": int(n)}
+            for t, p, txt, s, n in zip(b["tasks"], b["prompts"], b["texts"], b["score_list"],
                                         b["lengths"].tolist())]
 
 
@@ -636,6 +746,7 @@ def gather_list(items, dist):
 def save_checkpoint(path, policy, critic, opt_a, opt_c, tokenizer, state, args):
     """Policy as a Hugging Face folder; critic, optimisers and RNG in trainer_state.pt;
     trainer_state.json (written last) marks the checkpoint complete."""
+    wait_for(opt_a, opt_c)
     def extra(tmp):
         torch.save({"critic": unwrap(critic).state_dict() if critic is not None else None,
                     "opt_actor": opt_a.state_dict(),
@@ -713,17 +824,16 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
     b = rollout(policy, tokenizer, draw_tasks(tasks, step, args, dist), args, reward_fn, device)
     timings["time/generate"], timings["time/score"] = b["time_generate"], b["time_score"]
     # 3-5. old/ref log-probs, values, rewards, advantages
-    b = compute_advantages(b, policy, ref, critic, args, state["kl_coef"], timings)
-    # 6. PPO updates: actor, then critic
-    t = time.time()
-    a_stats, bad = update(policy, opt_a, b, args, dist, actor_loss_fn(args, state["kl_coef"]), gen)
-    sync_time(timings, "actor_update", t)
-    c_stats = {}
+    b = compute_advantages(b, policy, ref, critic, args, state["kl_coef"], timings, opt_c)
+    # 6. PPO updates: actor and critic, mini-batch by mini-batch
+    learners = [("actor", policy, opt_a, actor_loss_fn(args, state["kl_coef"]))]
     if critic is not None:
-        t = time.time()
-        c_stats, c_bad = update(critic, opt_c, b, args, dist, critic_loss_fn(args), gen)
-        bad += c_bad
-        sync_time(timings, "critic_update", t)
+        learners.append(("critic", critic, opt_c, critic_loss_fn(args)))
+    stats, bad = update(learners, b, args, dist, gen, timings)
+    a_stats, c_stats = stats["actor"], stats.get("critic", {})
+    t = time.time()
+    wait_for(opt_a)   # the next rollout needs the new policy; the critic's step may run on
+    sync_time(timings, "optim_wait", t)
     dt = time.time() - t_step
     m = {**batch_metrics(b, args), **a_stats, **{k.replace("grad_norm", "grad_norm/critic"): v for k, v in c_stats.items()}}
     m["grad_norm/actor"] = m.pop("grad_norm")
@@ -798,6 +908,7 @@ def train(args, reward_fn=countdown_reward):
         save_checkpoint(common.ckpt_dir(args.out, args.steps), policy, critic, opt_a, opt_c, tokenizer, state, args)
         prune_checkpoints(args.out, args.keep_ckpts)
         print(f"done: {args.steps} steps in {common.fmt_time(time.time() - t_start)}; policy in {args.out}/final")
+    wait_for(opt_a, opt_c)
     common.cleanup_dist(dist)
     return state
 
