@@ -22,6 +22,9 @@ into a preallocated cache, attention over the cache, o, RMSNorm, MLP) -> LM head
 - Sampling on the GPU: temperature, top-k, top-p, then the exponential-race trick
   (argmax p_i / E_i with E_i ~ Exp(1) draws i with probability p_i) instead of
   torch.multinomial. Returned log-probs are those of the distribution actually sampled from.
+- On a GPU the small elementwise pieces of a layer (RoPE on q and k, residual add + RMSNorm,
+  SiLU x up) go through torch.compile with dynamic shapes: one fused kernel each, compiled
+  once (~20 s) for every batch size and bucket, then captured in the graphs like the rest.
 - Finished rows stop costing: every `check_every` steps the host looks at how many rows are
   live, stops when none are, and halves the batch (moving live rows and their cache to the
   front) when at most half are live.
