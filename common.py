@@ -1,14 +1,13 @@
 """
 What several stages share, and nothing else: model/tokenizer loading and aliases, the
 tiny offline model, random-initialised models of real shapes, distributed setup, JSONL
-and checkpoint I/O, and the one-line-per-step log.
+and checkpoint I/O, the one-line-per-step log, and HTTP with retries for the LLM APIs.
 
     python common.py --make-tiny      # build the tiny model now (normally done on first use)
     python common.py --count qwen2.5-3b llama-3.2-3b   # parameter counts of the 3B shapes
 """
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -466,6 +465,95 @@ def mfu(flops_per_s, device):
     name = torch.cuda.get_device_name(device)
     peak = 989e12 if ("H100" in name or "H200" in name) else 312e12 if "A100" in name else None
     return flops_per_s / peak if peak else None
+
+
+# ---------------------------------------------------------------------------------
+# HTTP for LLM APIs (gen_priming, curate_pretrain): stdlib only, one retry policy
+
+class Retryable(Exception):
+    """A failure worth retrying: 408/409/429, 5xx (529 overloaded included), a network
+    error, an unreadable reply. retry_after: the server's Retry-After in seconds, if any."""
+
+    def __init__(self, msg, retry_after=None):
+        super().__init__(msg)
+        self.retry_after = retry_after
+
+
+class ApiError(Exception):
+    """A failure that retrying will not fix (bad key, unknown model, bad request)."""
+
+
+def _error_text(body, redact):
+    """The API's own error message from a JSON error body, else the start of the body."""
+    try:
+        err = json.loads(body).get("error")
+        msg = err.get("message") if isinstance(err, dict) else err
+        return redact(str(msg))[:300]
+    except (ValueError, AttributeError):
+        return redact(body[:200])
+
+
+def http_call(url, body=None, headers=None, timeout=60.0, parse=json.loads, redact=str):
+    """One HTTP request (GET when body is None, else POST of JSON) -> parse(response text).
+    Non-2xx replies and bodies parse() rejects raise Retryable or ApiError; redact(text)
+    blanks secrets in their messages. The loopback (a local server, the tests) never goes
+    through an environment proxy."""
+    import http.client
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    req = urllib.request.Request(url, data=data, headers=headers or {},
+                                 method="GET" if data is None else "POST")
+    local = (urllib.parse.urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
+    try:
+        with opener.open(req, timeout=timeout) as r:
+            status, hdrs, text = r.status, r.headers, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        status, hdrs, text = e.code, e.headers, e.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+        raise Retryable(f"network error: {redact(str(e))}") from None   # refused, reset, timed out
+    if 200 <= status < 300:
+        try:
+            return parse(text)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            raise Retryable(f"unreadable reply ({type(e).__name__}): {redact(text[:80])!r}") from None
+    if status in (408, 409, 429) or status >= 500:
+        ra = hdrs.get("retry-after") if hdrs else None
+        raise Retryable(f"HTTP {status}: {_error_text(text, redact)}",
+                        float(ra) if ra and ra.replace(".", "", 1).isdigit() else None)
+    raise ApiError(f"HTTP {status} from {url}: {_error_text(text, redact)}")
+
+
+def backoff_s(attempt, base, rng, retry_after=None, cap=60.0):
+    """Seconds to wait before retry number attempt + 1: the server's Retry-After if it sent
+    one, else base * 2^attempt with jitter in [0.5, 1.5); never more than cap.
+
+    >>> import random; r = random.Random(0)
+    >>> round(backoff_s(0, 1.0, r), 3), round(backoff_s(3, 1.0, r), 3), backoff_s(9, 1.0, r)
+    (1.344, 10.064, 60.0)
+    >>> backoff_s(5, 1.0, r, retry_after=2.5)
+    2.5
+    """
+    wait = retry_after if retry_after is not None else base * 2 ** attempt * (0.5 + rng.random())
+    return min(wait, cap)
+
+
+def with_retries(fn, what, max_retries, base, rng, log=print, on_retry=None, redact=str):
+    """fn() retried on Retryable with backoff_s waits, at most max_retries times; then a
+    Retryable saying so. on_retry() is called before each wait (a retry counter)."""
+    for attempt in range(max_retries + 1):
+        try:
+            return fn()
+        except Retryable as e:
+            if attempt == max_retries:
+                raise Retryable(redact(f"{what}: gave up after {attempt} retries ({e})")) from None
+            wait = backoff_s(attempt, base, rng, e.retry_after)
+            if on_retry:
+                on_retry()
+            log(redact(f"{what}: {e}; retry {attempt + 1}/{max_retries} in {wait:.2f}s"))
+            time.sleep(wait)
 
 
 def _main():

@@ -63,10 +63,6 @@ import random
 import re
 import sys
 import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import common
@@ -109,7 +105,6 @@ DEFAULT_MODEL = {"openai": "Qwen/Qwen2.5-32B-Instruct", "anthropic": "claude-son
 ANTHROPIC_VERSION = "2023-06-01"
 BEHAVIORS = ("verification", "backtracking", "subgoal", "backward")
 STAGES = ("label", "stats", "select", "rewrite", "pack")
-MAX_BACKOFF = 60.0  # seconds
 
 # ---------------------------------------------------------------------------------
 # offline labels: phrases of each behavior (the `rules` backend)
@@ -294,37 +289,7 @@ def rewrite_messages(text, set_name, labels, max_chars):
 # ---------------------------------------------------------------------------------
 # HTTP: chat completions (OpenAI-compatible) and the Anthropic Messages API, stdlib only
 
-class Retryable(Exception):
-    """Worth retrying: 408/409/429, 5xx, network errors, an unreadable reply."""
-
-    def __init__(self, msg, retry_after=None):
-        super().__init__(msg)
-        self.retry_after = retry_after
-
-
-class ApiError(Exception):
-    """Retrying will not help (bad key, unknown model, bad request): the run stops."""
-
-
-def post_json(url, body, headers, timeout):
-    """POST a JSON body -> reply text. Raises Retryable or ApiError on failure. The
-    loopback (a local server, the tests) never goes through an environment proxy."""
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-    local = urllib.parse.urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
-    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
-    try:
-        with opener.open(req, timeout=timeout) as r:
-            return r.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as e:
-        status, text = e.code, e.read().decode("utf-8", "replace")
-        retry_after = e.headers.get("retry-after") if e.headers else None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise Retryable(f"network error: {type(e).__name__}") from None
-    msg = f"HTTP {status}: {text[:200]}"
-    if status in (408, 409, 429) or status >= 500:
-        ra = float(retry_after) if retry_after and re.fullmatch(r"\d+(\.\d+)?", retry_after) else None
-        raise Retryable(msg, ra)
-    raise ApiError(msg)
+Retryable, ApiError = common.Retryable, common.ApiError
 
 
 class LLM:
@@ -371,26 +336,18 @@ class LLM:
     def chat(self, system, user, max_tokens=1024, temperature=0.0, parse=None):
         """Reply text (or parse(text)); retries 429/5xx/network/unreadable with backoff."""
         url, headers, body = self.request(system, user, max_tokens, temperature)
-        for attempt in range(self.max_retries + 1):
-            try:
-                raw = post_json(url, body, headers, self.timeout)
-                try:
-                    text = self.reply_text(raw)
-                    return parse(text) if parse else text
-                except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-                    raise Retryable(f"unreadable reply ({e})") from None
-            except Retryable as e:
-                if attempt == self.max_retries:
-                    raise Retryable(self.redact(f"gave up after {attempt} retries: {e}")) from None
-                wait_s = e.retry_after if e.retry_after is not None else \
-                    self.retry_base * 2 ** attempt * (0.5 + self.rng.random())
-                with self.lock:
-                    self.retries += 1
-                wait_s = min(wait_s, MAX_BACKOFF)
-                log(self.redact(f"{e}; retry {attempt + 1}/{self.max_retries} in {wait_s:.2f}s"))
-                time.sleep(wait_s)
-            except ApiError as e:
-                raise ApiError(self.redact(str(e))) from None
+        read = (lambda raw: parse(self.reply_text(raw))) if parse else self.reply_text
+
+        def count():
+            with self.lock:
+                self.retries += 1
+        try:
+            return common.with_retries(
+                lambda: common.http_call(url, body, headers, self.timeout, read, redact=self.redact),
+                "request", self.max_retries, self.retry_base, self.rng, log=log, on_retry=count,
+                redact=self.redact)
+        except ApiError as e:
+            raise ApiError(self.redact(str(e))) from None
 
 
 # ---------------------------------------------------------------------------------

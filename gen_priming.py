@@ -57,18 +57,13 @@ counts for, and MARKERS gives a regex per behavior that finds exactly those sent
 Neutral sentences (the opening, arithmetic steps, the answer) use none of these words.
 """
 import argparse
-import http.client
 import json
 import math
 import os
 import random
-import re
 import sys
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from fractions import Fraction
@@ -76,6 +71,7 @@ from functools import lru_cache
 from itertools import combinations
 
 import countdown
+import common
 from common import DataError, append_jsonl, read_jsonl, read_jsonl_tolerant, write_json, write_jsonl
 
 # ---------------------------------------------------------------------------------
@@ -107,7 +103,6 @@ DEFAULTS = dict(
 )
 DEFAULT_MODEL = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4o"}  # study: claude-3.5-sonnet
 ANTHROPIC_VERSION = "2023-06-01"
-MAX_BACKOFF = 60.0             # longest single wait between retries, seconds
 BATCH_MAX = 10000              # requests per Message Batch (the API allows 100k)
 MAX_EXTRA = 20                 # no_positive: give up after solving this many x n extra tasks
 TASK_CHUNK = 256               # generated tasks come in seeded chunks so the stream is prefix-stable
@@ -702,56 +697,12 @@ def redact(text):
     return text
 
 
-class Retryable(Exception):
-    """A failure worth retrying: 429, 5xx (529 overloaded included), network, bad body."""
-
-    def __init__(self, msg, retry_after=None):
-        super().__init__(msg)
-        self.retry_after = retry_after
-
-
-class ApiError(Exception):
-    """A failure that retrying will not fix (bad key, bad model id, bad request)."""
-
-
-def _error_text(body):
-    """The API's own error message from a JSON error body, else the start of the body."""
-    try:
-        err = json.loads(body).get("error")
-        msg = err.get("message") if isinstance(err, dict) else err
-        return redact(str(msg))[:300]
-    except (ValueError, AttributeError):
-        return redact(body[:200])
+Retryable, ApiError = common.Retryable, common.ApiError
 
 
 def http_call(url, body=None, headers=None, timeout=60.0, parse=json.loads):
-    """One HTTP request -> parse(response text). Non-2xx and bad bodies become Retryable
-    (429, 408, 409, 5xx, malformed) or ApiError (other 4xx). GET when body is None."""
-    data = None if body is None else json.dumps(body).encode("utf-8")
-    req = urllib.request.Request(url, data=data, headers=headers or {},
-                                 method="GET" if data is None else "POST")
-    # the loopback (tests, local vllm) is never sent through an environment proxy
-    host = urllib.parse.urlsplit(url).hostname or ""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({})) \
-        if host in ("127.0.0.1", "localhost", "::1") else urllib.request.build_opener()
-    try:
-        with opener.open(req, timeout=timeout) as r:
-            status, hdrs, text = r.status, r.headers, r.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as e:
-        status, hdrs, text = e.code, e.headers, e.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
-        # refused, reset, timed out, cut short
-        raise Retryable(f"network error: {redact(str(e))}") from None
-    if 200 <= status < 300:
-        try:
-            return parse(text)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            raise Retryable(f"malformed response body: {redact(text[:80])!r}") from None
-    if status in (408, 409, 429) or status >= 500:
-        ra = hdrs.get("retry-after") if hdrs else None
-        raise Retryable(f"HTTP {status}: {_error_text(text)}",
-                        float(ra) if ra and re.fullmatch(r"\d+(\.\d+)?", ra) else None)
-    raise ApiError(f"HTTP {status} from {url}: {_error_text(text)}")
+    """common.http_call with this script's secrets blanked in its error messages."""
+    return common.http_call(url, body, headers, timeout, parse, redact=redact)
 
 
 def anthropic_text(text):
@@ -810,19 +761,11 @@ class ApiBackend:
 
     def with_retries(self, what, fn):
         """fn() with exponential backoff (plus jitter, or the server's retry-after)."""
-        for attempt in range(self.args.max_retries + 1):
-            try:
-                return fn()
-            except Retryable as e:
-                if attempt == self.args.max_retries:
-                    raise Retryable(f"{what}: gave up after {attempt} retries ({e})") from None
-                wait = e.retry_after if e.retry_after is not None else \
-                    self.args.retry_base * 2 ** attempt * (0.5 + self.rng.random())
-                wait = min(wait, MAX_BACKOFF)
-                with self.lock:
-                    self.retries += 1
-                log(f"{what}: {e}; retry {attempt + 1}/{self.args.max_retries} in {wait:.2f}s")
-                time.sleep(wait)
+        def count():
+            with self.lock:
+                self.retries += 1
+        return common.with_retries(fn, what, self.args.max_retries, self.args.retry_base, self.rng,
+                                   log=log, on_retry=count)
 
     def complete(self, condition, task):
         """Completion text of one task, retried as needed."""

@@ -107,3 +107,9 @@ def test_single_process_dist_and_log(tmp_path, capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith("step 3/10") and "loss 1.235" in line and "lr" not in line
     assert common.read_jsonl(str(tmp_path / "metrics.jsonl"))[0]["lr"] == 1e-5
+
+
+def test_doctests():
+    import doctest
+    res = doctest.testmod(common)
+    assert res.attempted >= 2 and res.failed == 0
