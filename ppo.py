@@ -21,7 +21,9 @@ What one step does (each line below is a block in `train_step`):
   5. GAE (Schulman et al. 2016, https://arxiv.org/abs/1506.02438), gamma = lambda = 1, and
      advantages whitened over the batch's response tokens;
   6. PPO epochs over mini-batches: clipped policy loss (https://arxiv.org/abs/1707.06347) and
-     clipped value loss, averaged over tokens, with gradient clipping.
+     clipped value loss, averaged over tokens, with gradient clipping. Actor and critic take
+     turns mini-batch by mini-batch: where AdamW runs on the CPU (a 3B pair on one GPU), one
+     model's step runs in a background thread while the other computes on the GPU.
 Only response tokens up to and including the first EOS count anywhere (mask). Variants:
 `--adv-estimator grpo` (group-normalised scores, no critic; https://arxiv.org/abs/2402.03300),
 `--kl-in-loss` (k3 KL as a loss term instead of a reward penalty), `--kl-target` (adaptive
