@@ -25,6 +25,8 @@ into a preallocated cache, attention over the cache, o, RMSNorm, MLP) -> LM head
 - On a GPU the small elementwise pieces of a layer (RoPE on q and k, residual add + RMSNorm,
   SiLU x up) go through torch.compile with dynamic shapes: one fused kernel each, compiled
   once (~20 s) for every batch size and bucket, then captured in the graphs like the rest.
+  `TORCH_COMPILE_DISABLE=1` (PyTorch's own switch) runs them eagerly, e.g. where Triton
+  cannot build kernels; ppo.py's fused log-probs follow the same switch.
 - Finished rows stop costing: every `check_every` steps the host looks at how many rows are
   live, stops when none are, and halves the batch (moving live rows and their cache to the
   front) when at most half are live.
