@@ -230,7 +230,10 @@ class Engine:
         # compile (default: on a GPU with Triton): fuse the elementwise pieces; shapes are
         # dynamic, so one compilation serves every batch size and cache bucket. A string is a
         # torch.compile backend (tests trace with "aot_eager": quick, no code generation).
-        on = (self.device.type == "cuda" and triton is not None) if compile is None else compile
+        if compile is None:   # TORCH_COMPILE_DISABLE=1 sets dynamo's disable flag
+            from torch._dynamo import config as dynamo_config
+            compile = self.device.type == "cuda" and triton is not None and not dynamo_config.disable
+        on = compile
         backend = on if isinstance(on, str) else "inductor"
         wrap = ((lambda f: torch.compile(f, dynamic=True, fullgraph=True, backend=backend)) if on
                 else (lambda f: f))
