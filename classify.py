@@ -388,11 +388,17 @@ def _sub_at(text, leads, pat, rep):
 
 
 def _number(s):
-    """Exact value of a numeric literal: an int, or a Fraction for '3.5' or '65/9'."""
+    """Exact value of a numeric literal: an int, or a Fraction for '3.5' or '65/9'; None for
+    a zero denominator (models do write '23/0').
+    >>> _number("65/9"), _number("12"), _number("23/0")
+    (Fraction(65, 9), 12, None)"""
     try:
         return int(s)
     except ValueError:
-        return Fraction(s)
+        try:
+            return Fraction(s)
+        except ZeroDivisionError:
+            return None
 
 
 def _written_in(value, expr):
@@ -464,8 +470,9 @@ def find_equations(text):
                     kind, expr, val = ("dec", rhs, lhs)
                 else:
                     continue
-                out.append(dict(pos=m.start(), kind=kind, expr=expr, value=_number(_balanced(val).strip("() ")),
-                                ops=_operands(expr)))
+                value = _number(_balanced(val).strip("() "))
+                if value is not None:
+                    out.append(dict(pos=m.start(), kind=kind, expr=expr, value=value, ops=_operands(expr)))
     return out
 
 

@@ -78,7 +78,7 @@ def test_throughput_2000_per_second_on_one_core(writer_traces):
 
 _PIECES = list("0123456789 +-*/=().,;:!?\nabcx@") + [
     "not ", "back to ", "subgoal ", "backwards ", "try again", "too high", "check", " is ", " need ",
-    "<answer>", "</answer>", "1/2", "-7"]
+    "<answer>", "</answer>", "1/2", "-7", "23/0"]
 
 
 @settings(max_examples=60, deadline=None)
@@ -87,6 +87,13 @@ def test_never_crashes_and_counts_are_small(text):
     c = classify.count_behaviors(text, [1, 2, 3, 4], 10)
     assert set(c) == set(classify.BEHAVIORS)
     assert all(isinstance(v, int) and 0 <= v <= len(text) for v in c.values())
+
+
+def test_zero_denominator_is_not_a_value():
+    """'x = 23/0' (a tiny model wrote it in the pipeline) is skipped, not a crash."""
+    text = "44 + 19 = 23/0, so 44 + 19 = 63. 63 + 3 = 66. Not 76, go back."
+    assert classify.count_behaviors(text, [44, 19, 3, 1], 76)["verification"] >= 0
+    assert [e["value"] for e in classify.find_equations(classify.normalize(text))] == [63, 66]
 
 
 @pytest.mark.parametrize("text,expected", [
