@@ -211,3 +211,5 @@ def test_qwen3_norms_and_compiled_pieces_match_transformers(tok):
     for comp in (False, "aot_eager"):
         eng = Engine(m, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, compile=comp)
         assert torch.equal(eng.generate(ids, mask, 20, temperature=0).tokens, want), comp
+        # another batch size: the compiled pieces recompile with a symbolic batch dimension
+        assert torch.equal(eng.generate(ids[:8], mask[:8], 20, temperature=0).tokens, want[:8]), comp
