@@ -745,6 +745,24 @@ def gather_list(items, dist):
     return [x for part in out for x in part]
 
 
+def check_in_sync(models, opts, dist):
+    """Under torchrun: raise unless every rank holds the same weights. DDP keeps them equal
+    only if every rank takes every optimizer step on the same all-reduced gradients; a
+    difference would otherwise drift on silently. One float64 checksum per model, compared
+    across ranks before each checkpoint (collective: all ranks call it)."""
+    if not dist["ddp"]:
+        return
+    import torch.distributed as tdist
+    wait_for(*opts)
+    sums = torch.stack([torch.stack([p.detach().double().sum() for p in unwrap(m).parameters()]).sum()
+                        for m in models if m is not None]).to(dist["device"])
+    every = [torch.empty_like(sums) for _ in range(dist["world_size"])]
+    tdist.all_gather(every, sums)
+    if any(not torch.equal(e, every[0]) for e in every):
+        raise RuntimeError(f"ranks' weights differ (checksums {[e.tolist() for e in every]}): "
+                           "DDP lost sync; not saving a checkpoint from rank 0 alone")
+
+
 def save_checkpoint(path, policy, critic, opt_a, opt_c, tokenizer, state, args):
     """Policy as a Hugging Face folder; critic, optimisers and RNG in trainer_state.pt;
     trainer_state.json (written last) marks the checkpoint complete."""
@@ -902,9 +920,12 @@ def train(args, reward_fn=countdown_reward):
             raise SystemExit(f"stopping: {state['bad_steps']} consecutive steps had a non-finite loss "
                              f"(updates skipped); the last good checkpoint is intact in {args.out}/ckpt")
         if args.save_every and step % args.save_every == 0 and step != args.steps and not bad:
+            check_in_sync((policy, critic), (opt_a, opt_c), dist)
             if dist["master"]:
                 save_checkpoint(common.ckpt_dir(args.out, step), policy, critic, opt_a, opt_c, tokenizer, state, args)
                 prune_checkpoints(args.out, args.keep_ckpts)
+    if first <= args.steps and args.save_final:
+        check_in_sync((policy, critic), (opt_a, opt_c), dist)
     if dist["master"] and first <= args.steps and args.save_final:
         save_checkpoint(os.path.join(args.out, "final"), policy, critic, opt_a, opt_c, tokenizer, state, args)
         save_checkpoint(common.ckpt_dir(args.out, args.steps), policy, critic, opt_a, opt_c, tokenizer, state, args)

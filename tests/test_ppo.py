@@ -231,6 +231,51 @@ def test_background_optimizer_steps_match_synchronous_ones():
         opts[0].wait()
 
 
+def test_torchrun_two_ranks_on_cpu(tmp_path):
+    """The DDP path (gloo on the CPU): two ranks shard the prompts, average the gradients and
+    stay in sync (ppo.check_in_sync compares weight checksums before every checkpoint and
+    raises if they differ); rank 0 alone logs and saves."""
+    data = tmp_path / "data"
+    common.write_jsonl(str(data / "train.jsonl"), countdown.generate_tasks(64, seed=0))
+    common.write_jsonl(str(data / "test.jsonl"), countdown.generate_tasks(8, seed=1))
+    out = str(tmp_path / "run")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "ppo.py", "--model", "tiny", "--data", str(data), "--out", out, "--steps", "2",
+                        "--prompts-per-step", "4", "--samples-per-prompt", "2", "--mini-batch-prompts", "2",
+                        "--max-response-len", "24", "--save-every", "1", "--eval-every", "0",
+                        "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    metrics = common.read_jsonl(os.path.join(out, "metrics.jsonl"))
+    assert [m["step"] for m in metrics] == [1, 2]          # one log line per step, not per rank
+    assert json.load(open(os.path.join(out, "config.json")))["world_size"] == 2
+    assert os.path.exists(os.path.join(out, "ckpt", "step_000001", "trainer_state.json"))
+    assert os.path.exists(os.path.join(out, "final", "model.safetensors"))
+
+
+def test_check_in_sync_catches_ranks_that_drifted(tmp_path):
+    """check_in_sync passes on equal weights and raises on every rank once one differs."""
+    script = tmp_path / "drift.py"
+    script.write_text(
+        "import sys, torch, common, ppo\n"
+        "d = common.setup_dist('cpu')\n"
+        "torch.manual_seed(0)\n"
+        "m = torch.nn.Linear(4, 4)\n"
+        "ppo.check_in_sync([m], [], d)\n"
+        "with torch.no_grad():\n"
+        "    m.weight[0, 0] += 1e-6 * d['rank']\n"
+        "try:\n"
+        "    ppo.check_in_sync([m], [], d)\n"
+        "except RuntimeError as e:\n"
+        "    print('drift caught', 'DDP lost sync' in str(e))\n"
+        "common.cleanup_dist(d)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script)], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("drift caught True") == 2, r.stdout
+
+
 # ---------------------------------------------------------------- learning test
 def test_ppo_learns_a_simple_reward(tmp_path):
     """Reward = share of digits in a short response. A random tiny model starts near 0;
