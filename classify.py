@@ -861,6 +861,7 @@ class Judge:
         self.backend, self.model, self.key, self.cfg = backend, model, api_key, cfg
         self.base = base_url.rstrip("/")
         self.usage = usage or Usage(model, batch)
+        self.rng = random.Random()   # backoff jitter only
 
     @classmethod
     def from_args(cls, args):
@@ -904,29 +905,29 @@ class Judge:
         return text, u.get("prompt_tokens", 0), u.get("completion_tokens", 0)
 
     def send(self, method, url, body=None, content_type="application/json"):
-        """One API call with retries on 429 / 5xx / network errors (exponential backoff,
-        Retry-After honoured). Returns the response body bytes."""
+        """One API call, retried on 429 / 5xx / network errors by common.with_retries
+        (exponential backoff with jitter; Retry-After wins). Returns the response body bytes."""
         cfg = self.cfg
-        for attempt in range(cfg.max_retries + 1):
-            self.usage.add(requests=1, retries=int(attempt > 0))
+
+        def once():
+            self.usage.add(requests=1)
             try:
                 status, hdrs, data = http_request(method, url, self.headers(content_type), body, cfg.timeout)
             except OSError as e:
-                status, hdrs, data = None, {}, str(e).encode()
-            if status is not None and 200 <= status < 300:
+                raise common.Retryable(f"network error: {redact(str(e), [self.key])}") from None
+            if 200 <= status < 300:
                 return data
-            if status is not None and status not in RETRY_STATUS:
-                raise JudgeError(f"{method} {url}: HTTP {status}: "
-                                 f"{redact(data.decode('utf-8', 'replace')[:400], [self.key])}")
-            if attempt == cfg.max_retries:
-                break
-            wait = cfg.backoff * 2 ** attempt * (1 + 0.25 * random.random())
-            retry_after = (hdrs or {}).get("Retry-After") if hdrs else None
-            if retry_after and retry_after.replace(".", "", 1).isdigit():
-                wait = max(wait, float(retry_after))
-            time.sleep(min(wait, 60.0))
-        raise JudgeError(f"{method} {url}: gave up after {cfg.max_retries + 1} attempts (last: "
-                         f"{status or 'network error'})")
+            msg = f"HTTP {status}: {redact(data.decode('utf-8', 'replace')[:400], [self.key])}"
+            if status not in RETRY_STATUS:
+                raise JudgeError(f"{method} {url}: {msg}")
+            ra = (hdrs or {}).get("Retry-After")
+            raise common.Retryable(msg, float(ra) if ra and ra.replace(".", "", 1).isdigit() else None)
+        try:
+            return common.with_retries(once, f"{method} {url}", cfg.max_retries, cfg.backoff, self.rng,
+                                       log=lambda m: print(f"[classify] {m}", file=sys.stderr),
+                                       on_retry=lambda: self.usage.add(retries=1))
+        except common.Retryable as e:
+            raise JudgeError(str(e)) from None
 
     def ask(self, prompt):
         """The judge's answer text to one prompt."""

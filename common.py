@@ -468,7 +468,7 @@ def mfu(flops_per_s, device):
 
 
 # ---------------------------------------------------------------------------------
-# HTTP for LLM APIs (gen_priming, curate_pretrain): stdlib only, one retry policy
+# HTTP for LLM APIs (gen_priming, curate_pretrain; classify shares the retry policy): stdlib only
 
 class Retryable(Exception):
     """A failure worth retrying: 408/409/429, 5xx (529 overloaded included), a network
