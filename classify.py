@@ -920,8 +920,7 @@ class Judge:
             msg = f"HTTP {status}: {redact(data.decode('utf-8', 'replace')[:400], [self.key])}"
             if status not in RETRY_STATUS:
                 raise JudgeError(f"{method} {url}: {msg}")
-            ra = (hdrs or {}).get("Retry-After")
-            raise common.Retryable(msg, float(ra) if ra and ra.replace(".", "", 1).isdigit() else None)
+            raise common.Retryable(msg, common.retry_after_s(hdrs))
         try:
             return common.with_retries(once, f"{method} {url}", cfg.max_retries, cfg.backoff, self.rng,
                                        log=lambda m: print(f"[classify] {m}", file=sys.stderr),

@@ -493,6 +493,14 @@ def _error_text(body, redact):
         return redact(body[:200])
 
 
+def retry_after_s(headers):
+    """The Retry-After header in seconds when it is a plain number, else None.
+    >>> retry_after_s({"retry-after": "2.5"}), retry_after_s({"retry-after": "Wed, 21 Oct"}), retry_after_s(None)
+    (2.5, None, None)"""
+    ra = headers.get("retry-after") if headers else None
+    return float(ra) if ra and ra.replace(".", "", 1).isdigit() else None
+
+
 def http_call(url, body=None, headers=None, timeout=60.0, parse=json.loads, redact=str):
     """One HTTP request (GET when body is None, else POST of JSON) -> parse(response text).
     Non-2xx replies and bodies parse() rejects raise Retryable or ApiError; redact(text)
@@ -520,9 +528,7 @@ def http_call(url, body=None, headers=None, timeout=60.0, parse=json.loads, reda
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
             raise Retryable(f"unreadable reply ({type(e).__name__}): {redact(text[:80])!r}") from None
     if status in (408, 409, 429) or status >= 500:
-        ra = hdrs.get("retry-after") if hdrs else None
-        raise Retryable(f"HTTP {status}: {_error_text(text, redact)}",
-                        float(ra) if ra and ra.replace(".", "", 1).isdigit() else None)
+        raise Retryable(f"HTTP {status}: {_error_text(text, redact)}", retry_after_s(hdrs))
     raise ApiError(f"HTTP {status} from {url}: {_error_text(text, redact)}")
 
 

@@ -359,11 +359,15 @@ class MasterAdamW:
                 p.copy_(saved)
 
 
-def wait_for(*opts):
-    """Wait for the background optimizer steps of these optimisers (no-op for others)."""
+def wait_for(*opts, timings=None):
+    """Wait for the background optimizer steps of these optimisers (no-op for others);
+    the time blocked adds to timings["time/optim_wait"] if timings is given."""
+    t = time.time()
     for o in opts:
         if isinstance(o, MasterAdamW):
             o.wait()
+    if timings is not None:
+        sync_time(timings, "optim_wait", t)
 
 
 def make_optimizer(module, lr, args, device):
@@ -589,9 +593,7 @@ def compute_advantages(b, policy, ref, critic, args, kl_coef, timings, opt_c=Non
         t = time.time()
         b["ref_logp"] = token_logprobs(ref, seq, attn, R, mb)
         sync_time(timings, "ref_logp", t)
-        t = time.time()
-        wait_for(opt_c)
-        sync_time(timings, "optim_wait", t)
+        wait_for(opt_c, timings=timings)
         t = time.time()
         b["values"] = critic_values(critic, seq, attn, R, mb) if critic is not None else torch.zeros_like(mask)
         sync_time(timings, "values", t)
@@ -636,9 +638,7 @@ def update(learners, b, args, dist, gen, timings):
     for idx in minibatches(b["mask"].shape[0], args, dist, gen):
         n_mb += 1
         for name, model, opt, loss_fn in learners:
-            t = time.time()
-            wait_for(opt)                 # this model's previous step must have landed
-            sync_time(timings, "optim_wait", t)
+            wait_for(opt, timings=timings)    # this model's previous step must have landed
             t = time.time()
             bad += not minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats[name])
             sync_time(timings, f"{name}_update", t)
@@ -851,9 +851,7 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
         learners.append(("critic", critic, opt_c, critic_loss_fn(args)))
     stats, bad = update(learners, b, args, dist, gen, timings)
     a_stats, c_stats = stats["actor"], stats.get("critic", {})
-    t = time.time()
-    wait_for(opt_a)   # the next rollout needs the new policy; the critic's step may run on
-    sync_time(timings, "optim_wait", t)
+    wait_for(opt_a, timings=timings)   # the next rollout needs the new policy; the critic's step may run on
     dt = time.time() - t_step
     m = {**batch_metrics(b, args), **a_stats, **{k.replace("grad_norm", "grad_norm/critic"): v for k, v in c_stats.items()}}
     m["grad_norm/actor"] = m.pop("grad_norm")
