@@ -295,7 +295,11 @@ def load_model(name, dtype=None, device="cpu", init=None):
     if src.startswith("random:"):
         cfg = random_config(src.split(":", 1)[1])
         cfg._attn_implementation = attn
-        with torch.device(device):
+        # seeded apart from the caller's RNG: every call, on every rank, gives the same weights,
+        # so PPO's policy, reference and critic trunk start equal (step-1 KL exactly 0)
+        cuda = [torch.device(device).index or 0] if str(device).startswith("cuda") else []
+        with torch.random.fork_rng(devices=cuda), torch.device(device):
+            torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
         return model
     model = AutoModelForCausalLM.from_pretrained(resolve_model(src), dtype=dtype,

@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import sys
 import time
 
 import torch
@@ -56,7 +57,8 @@ SETTINGS = [
     ("steps", 250, int, "PPO steps"),
     ("prompts_per_step", 256, int, "prompts per step (global, over all ranks)"),
     ("samples_per_prompt", 4, int, "responses sampled per prompt"),
-    ("temperature", 1.0, float, "sampling temperature for rollouts"),
+    ("temperature", 1.0, float, "sampling temperature for rollouts (log-probs are of logits / T, as sampled)"),
+    ("reward", "study", str, "reward rules: study (TinyZero's compute_score on prompt + response) | strict (our exact parser, response only)"),
     ("max_prompt_len", 256, int, "prompt tokens (longer prompts are an error)"),
     ("max_response_len", 1024, int, "response tokens; longer responses are cut"),
     ("actor_lr", 1e-6, float, "policy learning rate"),
@@ -78,14 +80,15 @@ SETTINGS = [
     ("clip", 0.2, float, "policy ratio clip"),
     ("value_clip", 0.5, float, "value clip"),
     ("grad_clip", 1.0, float, "gradient norm clip"),
+    ("entropy_coef", 0.001, float, "entropy bonus: the actor loss subtracts coef x token-mean entropy"),
     ("grad_ckpt", None, bool, "gradient checkpointing (default: on for GPU)"),
     ("optim_device", "auto", str, "where fp32 master weights + Adam states live: auto | cuda | cpu"),
     ("engine", "builtin", str, "rollout generator: builtin (engine.py: CUDA graphs) | hf (transformers generate) | vllm"),
     ("stop", None, str, "a string that ends a response like EOS does, e.g. '</answer>' (builtin and vllm engines)"),
     ("vllm_mem", 0.3, float, "--engine vllm: fraction of GPU memory vLLM may take (weights + KV cache)"),
-    ("eval_every", 25, int, "validation every N steps (0: never)"),
-    ("val_size", 256, int, "test tasks used for validation"),
-    ("val_samples", 4, int, "samples per validation task at temperature 1.0 (plus one greedy)"),
+    ("eval_every", 10, int, "validation every N steps and before the first (0: never)"),
+    ("val_size", 1024, int, "test tasks used for validation (the first N of test.jsonl)"),
+    ("val_samples", 1, int, "samples per validation task at temperature 1.0, written to val/ (plus one greedy)"),
     ("log_rollouts_every", 10, int, "write rollouts/step_XXXXXX.jsonl every N steps (0: never)"),
     ("save_every", 50, int, "checkpoint every N steps (0: only final)"),
     ("keep_ckpts", 2, int, "checkpoints kept (older ones deleted)"),
@@ -138,11 +141,22 @@ def masked_mean(x, mask, dim=None):
     return x.sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_whiten(x, mask, eps=1e-8):
-    """(x - mean) / std over masked positions; masked-out positions become 0."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    return torch.where(mask > 0, (x - mean) * torch.rsqrt(var + eps), torch.zeros_like(x))
+def masked_whiten(x, mask, dist=None, eps=1e-8):
+    """(x - mean) * rsqrt(var + eps) over the masked positions of the *global* batch, with the
+    unbiased variance, as veRL's masked_whiten (verl/utils/torch_functional.py); masked-out
+    positions become 0. Under torchrun (dist given) the sums are all-reduced first, so every
+    rank whitens with the statistics of all ranks' tokens, as one process would.
+    x, mask: [B, T]."""
+    x0 = torch.where(mask > 0, x, torch.zeros_like(x))
+    stats = torch.stack([mask.sum(), x0.sum(), (x0 * x0).sum()]).double()   # n, sum x, sum x^2
+    if dist is not None and dist["ddp"]:
+        import torch.distributed as tdist
+        stats = stats.to(dist["device"])
+        tdist.all_reduce(stats)
+    n, sx, sxx = stats.tolist()
+    mean = sx / max(n, 1.0)
+    var = max(sxx / max(n, 1.0) - mean * mean, 0.0) * (n / (n - 1) if n > 1 else 1.0)   # Bessel
+    return torch.where(mask > 0, (x - mean) * (var + eps) ** -0.5, torch.zeros_like(x))
 
 
 def compute_gae(rewards, values, mask, gamma=1.0, lam=1.0):
@@ -284,6 +298,7 @@ class MasterAdamW:
         # with bench.py against the default for-each implementation
         self.opt = torch.optim.AdamW(self.master, fused=fused or None, **kw)
         self.param_groups = self.opt.param_groups
+        self.gstage = None   # fp32 pinned gradient staging, made on the first step(grads)
         self.background, self.thread, self.error = background, None, None
 
     def zero_grad(self, set_to_none=True):
@@ -291,16 +306,24 @@ class MasterAdamW:
             p.grad = None
 
     @torch.no_grad()
-    def step(self):
+    def step(self, grads=None):
+        """grads: fp32 gradients, one per parameter (accumulate_fp32); default: the .grad fields."""
         MasterAdamW.wait_all()
+        src = grads if grads is not None else [p.grad for p in self.params]
+        stage = self.stage
+        if grads is not None and stage[0] is not None:   # fp32 gradients come down through fp32 pinned
+            if self.gstage is None:                       # buffers (4 bytes/param, kept; g.float() on
+                self.gstage = [torch.empty(p.shape, dtype=torch.float32, pin_memory=True)  # the CPU
+                               for p in self.params]      # would allocate as much every step)
+            stage = self.gstage
         grads = []
-        for p, m, s in zip(self.params, self.master, self.stage):
-            if p.grad is None:
+        for g, m, s in zip(src, self.master, stage):
+            if g is None:
                 grads.append(None)
             elif s is not None:
-                grads.append(s.copy_(p.grad, non_blocking=True))
+                grads.append(s.copy_(g, non_blocking=True))
             else:
-                grads.append(p.grad.to(m.device))
+                grads.append(g.to(m.device))
         if self.params[0].is_cuda:
             torch.cuda.synchronize()   # gradients are down; the caller may free or reuse them
         if not self.background:
@@ -321,7 +344,7 @@ class MasterAdamW:
                 m.grad = None  # 4 bytes/param of host memory we need not keep between steps
                 if s is None:
                     p.copy_(m)
-                else:          # round on the CPU into the staging buffer, then DMA it up
+                else:          # through the staging buffer, then DMA it up (rounded on the CPU if bf16)
                     s.copy_(m)
                     with torch.cuda.stream(side):
                         p.copy_(s, non_blocking=True)
@@ -404,7 +427,9 @@ def set_lr(opt, base_lr, step, warmup):
 
 def encode_prompts(tokenizer, prompts, max_len):
     """Left-padded prompt ids [N, P] and mask [N, P]; an over-long prompt is an error."""
-    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    # no BOS or other special tokens: the study tokenizes prompts with add_special_tokens=False
+    # (verl/utils/torch_functional.py, tokenize_and_postprocess_data)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     if enc.input_ids.shape[1] > max_len:
         raise ValueError(f"a prompt has {enc.input_ids.shape[1]} tokens > --max-prompt-len {max_len}")
     return enc.input_ids, enc.attention_mask
@@ -490,17 +515,20 @@ def position_ids(attn):
     return (attn.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def logprobs_from_logits(logits, targets, temperature=1.0, entropy=False):
-    """log p(targets) [b, n] from logits [b, n, V] (any float dtype), in fp32:
-    z_t - logsumexp(z). entropy=True adds H = logsumexp(z) - sum_i p_i z_i [b, n], detached
-    (it is logged, not optimised). On a GPU token_logprobs runs this compiled: the fp32 copy
-    of [b, n, V] is never written, forward or backward (eager: ~6 passes over 2.5 GB per
-    micro-batch of 8 x 512 tokens at a 152k vocabulary)."""
+def logprobs_from_logits(logits, targets, temperature=1.0, entropy=False, entropy_grad=False):
+    """log p(targets) [b, n] from logits [b, n, V] (any float dtype), in fp32, with
+    z = logits / temperature: z_t - logsumexp(z). entropy=True adds H = logsumexp(z) -
+    sum_i p_i z_i [b, n], differentiable if entropy_grad (the entropy bonus), else detached
+    (logged only). On a GPU token_logprobs runs this compiled: the fp32 copy of [b, n, V] is
+    never written, forward or backward (eager: ~6 passes over 2.5 GB per micro-batch of
+    8 x 512 tokens at a 152k vocabulary)."""
     z = logits.float() / temperature
     lse = torch.logsumexp(z, -1)
     logp = z.gather(-1, targets[..., None]).squeeze(-1) - lse
     if not entropy:
         return logp, None
+    if entropy_grad:
+        return logp, lse - (torch.softmax(z, -1) * z).sum(-1)
     zd = z.detach()
     return logp, lse.detach() - (torch.softmax(zd, -1) * zd).sum(-1)
 
@@ -515,7 +543,7 @@ def compiled(fn):
     return _compiled[fn]
 
 
-def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=False):
+def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=False, entropy_grad=False):
     """Log-probs of the last n_resp tokens of seq [N, L] under model, in micro-batches.
     Returns logp [N, n_resp] (and entropy [N, n_resp] if asked). Grad flows if enabled."""
     outs, ents = [], []
@@ -524,7 +552,7 @@ def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=Fal
         logits = model(input_ids=s, attention_mask=a, position_ids=position_ids(a),
                        logits_to_keep=n_resp + 1).logits[:, :-1]           # [b, n_resp, V]
         fn = compiled(logprobs_from_logits) if logits.is_cuda else logprobs_from_logits
-        lp, ent = fn(logits, s[:, -n_resp:], temperature, entropy)
+        lp, ent = fn(logits, s[:, -n_resp:], temperature, entropy, entropy_grad)
         outs.append(lp)
         ents.append(ent)
     logp = torch.cat(outs)
@@ -539,15 +567,24 @@ def critic_values(critic, seq, attn, n_resp, micro):
 # ---------------------------------------------------------------------------------
 # one PPO step
 
-def countdown_reward(text, task):
-    return countdown.score(text, task["nums"], task["target"])
+def make_reward(rules):
+    """reward_fn(response, task, prompt) -> float with countdown.score's `rules`. `response` is
+    decoded with its special tokens (the EOS text too), as the study's reward manager does."""
+    def reward(response, task, prompt=""):
+        return countdown.score(response, task["nums"], task["target"], rules=rules, prompt=prompt)
+    return reward
 
 
 def draw_tasks(tasks, step, args, dist):
-    """This rank's share of step's P prompts; the same for a step whatever was run before
-    (so a resumed run sees the same prompts), without repeats inside a step."""
-    rng = random.Random(args.seed * 1_000_003 + step)
-    idx = rng.sample(range(len(tasks)), min(args.prompts_per_step, len(tasks)))
+    """This rank's share of step's P prompts. As the study's shuffled DataLoader (drop_last):
+    epochs of a fresh permutation of the train set, P tasks per step, the last partial batch of
+    an epoch dropped, so no task repeats within an epoch. A pure function of (seed, step): a
+    resumed run sees the same prompts as an uninterrupted one."""
+    per_epoch = max(1, len(tasks) // args.prompts_per_step)
+    epoch, k = divmod(step - 1, per_epoch)
+    perm = list(range(len(tasks)))
+    random.Random(args.seed * 1_000_003 + epoch).shuffle(perm)
+    idx = perm[k * args.prompts_per_step:(k + 1) * args.prompts_per_step]
     return [tasks[i] for i in idx[dist["rank"]::dist["world_size"]]]
 
 
@@ -570,7 +607,8 @@ def rollout(policy, tokenizer, tasks, args, reward_fn, device, temperature=None,
     resp, r_mask = resp[:, :keep], r_mask[:, :keep]
     gen_logp = gen_logp[:, :keep] if gen_logp is not None else None
     texts = [tokenizer.decode(resp[i, :lengths[i]], skip_special_tokens=True) for i in range(len(reps))]
-    score_list = [float(reward_fn(txt, t)) for txt, t in zip(texts, reps)]   # exact, for the logs
+    raw = [tokenizer.decode(resp[i, :lengths[i]]) for i in range(len(reps))]   # EOS text kept, as the study
+    score_list = [float(reward_fn(r, t, prompt=p)) for r, t, p in zip(raw, reps, prompts)]   # exact, for the logs
     scores = torch.tensor(score_list, dtype=torch.float32)
     return dict(seq=torch.cat([p_ids, resp], 1), attn=torch.cat([p_mask.float(), r_mask], 1).long(),
                 mask=r_mask, gen_logp=gen_logp, scores=scores.to(device), score_list=score_list, lengths=lengths, clipped=clipped, texts=texts, tasks=reps,
@@ -581,17 +619,18 @@ def unwrap(m):
     return m.module if hasattr(m, "module") else m
 
 
-def compute_advantages(b, policy, ref, critic, args, kl_coef, timings, opt_c=None):
+def compute_advantages(b, policy, ref, critic, args, kl_coef, timings, opt_c=None, dist=None):
     """Old/ref log-probs, values, KL-penalised token rewards, advantages and returns.
     opt_c: the critic's optimizer, whose last step may still be running (update())."""
     seq, attn, mask, R = b["seq"], b["attn"], b["mask"], b["mask"].shape[1]
     mb = args.forward_micro_batch or 2 * args.micro_batch   # no activations kept: more rows fit
     with torch.no_grad():
         t = time.time()
-        b["old_logp"] = token_logprobs(policy, seq, attn, R, mb)
+        T = args.temperature   # the log-probs of the distribution sampled from: logits / T (veRL)
+        b["old_logp"] = token_logprobs(policy, seq, attn, R, mb, temperature=T)
         sync_time(timings, "old_logp", t)
         t = time.time()
-        b["ref_logp"] = token_logprobs(ref, seq, attn, R, mb)
+        b["ref_logp"] = token_logprobs(ref, seq, attn, R, mb, temperature=T)
         sync_time(timings, "ref_logp", t)
         wait_for(opt_c, timings=timings)
         t = time.time()
@@ -605,9 +644,9 @@ def compute_advantages(b, policy, ref, critic, args, kl_coef, timings, opt_c=Non
         rewards = rewards - kl_coef * kl
     if args.adv_estimator == "gae":
         adv, ret = compute_gae(rewards, b["values"] * mask, mask, args.gamma, args.lam)
-        b["adv"], b["returns"] = masked_whiten(adv, mask), ret
-    else:
-        b["adv"] = grpo_advantages(b["scores"], args.samples_per_prompt, mask)
+        b["adv"], b["returns"] = masked_whiten(adv, mask, dist), ret
+    else:   # veRL's GRPO scores each response by its token rewards' sum: the KL penalty included
+        b["adv"] = grpo_advantages((rewards * mask).sum(1), args.samples_per_prompt, mask)
         b["returns"] = b["adv"]
     b["kl"] = kl
     return b
@@ -645,27 +684,72 @@ def update(learners, b, args, dist, gen, timings):
     return {name: {k: v / max(1, n_mb) for k, v in st.items()} for name, st in stats.items()}, bad
 
 
+def accumulate_fp32(params, acc):
+    """acc[i] += params[i].grad in fp32, then drop .grad: the sum over micro-batches of bf16
+    weights' gradients is kept in fp32 (a bf16 .grad would round at every micro-batch).
+    acc: None on the first micro-batch. Returns the list of fp32 sums."""
+    if acc is None:
+        acc = [None if p.grad is None else p.grad.float() for p in params]
+    else:
+        for i, p in enumerate(params):
+            if p.grad is not None:
+                acc[i] = p.grad.float() if acc[i] is None else acc[i].add_(p.grad)
+    for p in params:
+        p.grad = None
+    return acc
+
+
+def all_reduce_mean_(tensors, dist):
+    """Average fp32 tensors over the ranks in place (one flat buffer: one collective)."""
+    import torch.distributed as tdist
+    live = [t for t in tensors if t is not None]
+    flat = torch.cat([t.reshape(-1) for t in live])
+    tdist.all_reduce(flat)
+    flat /= dist["world_size"]
+    for t, v in zip(live, torch.split(flat, [t.numel() for t in live])):
+        t.copy_(v.view_as(t))
+
+
+def clip_fp32_(grads, max_norm):
+    """Scale grads in place to a total L2 norm <= max_norm (as clip_grad_norm_); returns the norm."""
+    live = [g for g in grads if g is not None]
+    norm = torch.nn.utils.get_total_norm(live, 2.0)
+    torch._foreach_mul_(live, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    return norm
+
+
 def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats):
-    """Accumulate gradients over micro-batches of idx, clip, step. False if skipped."""
+    """Accumulate gradients over micro-batches of idx, clip, step. False if skipped.
+    fp32 weights: .grad accumulates and DDP all-reduces in the last backward. Low-precision
+    weights (MasterAdamW): the sum is kept in fp32 (accumulate_fp32) and all-reduced in fp32."""
     import contextlib
     model.train()
     n_tok = b["mask"][idx].sum().clamp(min=1)
     micro = [idx[i:i + args.micro_batch] for i in range(0, len(idx), args.micro_batch)]
-    finite = True
+    fp32_acc = isinstance(opt, MasterAdamW)
+    params = [p for p in model.parameters() if p.requires_grad]
+    finite, acc = True, None
     for j, m in enumerate(micro):
-        sync = contextlib.nullcontext() if (not dist["ddp"] or j == len(micro) - 1) else model.no_sync()
-        with sync:
+        ddp_sync = dist["ddp"] and not fp32_acc and j == len(micro) - 1
+        with contextlib.nullcontext() if (not dist["ddp"] or ddp_sync) else model.no_sync():
             loss, s = loss_fn(model, b, m)
             loss = loss * b["mask"][m].sum() / n_tok
             finite &= bool(torch.isfinite(loss))
             loss.backward()
+        if fp32_acc:
+            acc = accumulate_fp32(params, acc)
         w = float(b["mask"][m].sum() / n_tok)
         for k, v in s.items():
             stats[k] = stats.get(k, 0.0) + float(v.detach()) * w
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    if fp32_acc:
+        if dist["ddp"]:
+            all_reduce_mean_(acc, dist)
+        gnorm = clip_fp32_(acc, args.grad_clip)
+    else:
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
     ok = finite and bool(torch.isfinite(gnorm))
     if ok:
-        opt.step()
+        opt.step(acc) if fp32_acc else opt.step()
     opt.zero_grad(set_to_none=True)
     stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(gnorm)
     return ok
@@ -674,13 +758,15 @@ def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats):
 def actor_loss_fn(args, kl_coef):
     def fn(policy, b, m):
         seq, attn, mask = b["seq"][m], b["attn"][m], b["mask"][m]
-        logp, ent = token_logprobs(policy, seq, attn, mask.shape[1], len(m), entropy=True)
-        loss, clipfrac = policy_loss(logp, b["old_logp"][m], b["adv"][m], mask, args.clip)
+        logp, ent = token_logprobs(policy, seq, attn, mask.shape[1], len(m), temperature=args.temperature,
+                                   entropy=True, entropy_grad=args.entropy_coef > 0)
+        pg_loss, clipfrac = policy_loss(logp, b["old_logp"][m], b["adv"][m], mask, args.clip)
+        loss = pg_loss - args.entropy_coef * masked_mean(ent, mask)   # entropy bonus (veRL dp_actor)
         if args.kl_in_loss:
             loss = loss + kl_coef * masked_mean(kl_penalty(logp, b["ref_logp"][m], "k3"), mask)
         approx_kl = masked_mean(0.5 * (logp.detach() - b["old_logp"][m]) ** 2, mask)
-        return loss, {"losses/policy": loss.detach(), "clipfrac": clipfrac, "approx_kl": approx_kl,
-                      "entropy": masked_mean(ent, mask)}
+        return loss, {"losses/policy": pg_loss.detach(), "losses/actor": loss.detach(), "clipfrac": clipfrac,
+                      "approx_kl": approx_kl, "entropy": masked_mean(ent.detach(), mask)}
     return fn
 
 
@@ -704,7 +790,7 @@ def batch_metrics(b, args):
         "kl": masked_mean(b["kl"], mask).item(),
         # the engine's sampler vs the training forward: bf16 noise, or a bug if large
         **({"rollout/logp_diff": masked_mean((b["gen_logp"] - b["old_logp"]).abs(), mask).item()}
-           if b["gen_logp"] is not None and args.temperature == 1.0 else {}),
+           if b["gen_logp"] is not None else {}),
         "explained_variance": explained_variance(b["values"], b["returns"], mask)
         if args.adv_estimator == "gae" else 0.0,
     }
@@ -714,19 +800,26 @@ def batch_metrics(b, args):
 # validation, rollout logs, checkpoints
 
 @torch.no_grad()
-def validate(policy, tokenizer, tasks, args, dist, device):
-    """Accuracy on this rank's share of test tasks: K samples at temperature 1 and greedy."""
+def validate(policy, tokenizer, tasks, args, dist, device, reward_fn, step):
+    """The study's validation on the test tasks: greedy accuracy (veRL validates with
+    do_sample=False) and --val-samples responses per task at temperature 1.0, the samples its
+    behavior evaluation judged (behavioral_evals/generate_completions.py). Every rank returns
+    the metrics over all ranks' tasks and the sampled records (step `step`)."""
     mine = tasks[dist["rank"]::dist["world_size"]]
     chunk = max(1, args.prompts_per_step // dist["world_size"])
-    hits = {"val/acc": [], "val/acc_greedy": [], "val/format_rate": []}
+    recs, greedy = [], []
     for i in range(0, len(mine), chunk):
         part = mine[i:i + chunk]
-        s = rollout(policy, tokenizer, part, args, countdown_reward, device, k=args.val_samples)
-        g = rollout(policy, tokenizer, part, args, countdown_reward, device, temperature=0.0, k=1)
-        hits["val/acc"] += (s["scores"] >= 1).float().tolist()
-        hits["val/format_rate"] += (s["scores"] > 0).float().tolist()
-        hits["val/acc_greedy"] += (g["scores"] >= 1).float().tolist()
-    return {k: sum(v) / max(1, len(v)) for k, v in hits.items()}
+        s = rollout(policy, tokenizer, part, args, reward_fn, device, temperature=1.0, k=args.val_samples)
+        g = rollout(policy, tokenizer, part, args, reward_fn, device, temperature=0.0, k=1)
+        recs += rollout_records(s, step)
+        greedy += g["score_list"]
+    recs, greedy = gather_list(recs, dist), gather_list(greedy, dist)
+    mean = lambda xs: sum(xs) / max(1, len(xs))
+    return {"val/acc": mean([r["reward"] >= 1 for r in recs]),
+            "val/format_rate": mean([r["reward"] > 0 for r in recs]),
+            "val/acc_greedy": mean([x >= 1 for x in greedy]),
+            "val/score_greedy": mean(greedy)}, recs     # score_greedy: the study's val/test_score
 
 
 def rollout_records(b, step):
@@ -844,7 +937,7 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
     b = rollout(policy, tokenizer, draw_tasks(tasks, step, args, dist), args, reward_fn, device)
     timings["time/generate"], timings["time/score"] = b["time_generate"], b["time_score"]
     # 3-5. old/ref log-probs, values, rewards, advantages
-    b = compute_advantages(b, policy, ref, critic, args, state["kl_coef"], timings, opt_c)
+    b = compute_advantages(b, policy, ref, critic, args, state["kl_coef"], timings, opt_c, dist)
     # 6. PPO updates: actor and critic, mini-batch by mini-batch
     learners = [("actor", policy, opt_a, actor_loss_fn(args, state["kl_coef"]))]
     if critic is not None:
@@ -875,10 +968,27 @@ CONSOLE = ["score/mean", "acc", "val/acc", "kl", "losses/policy", "losses/value"
            "response_length/mean", "time/step", "tokens_per_s", "mem/peak_gb"]
 
 
-def train(args, reward_fn=countdown_reward):
-    """The whole run. reward_fn(text, task) -> float lets tests swap in another reward."""
+def run_validation(step, models, test_tasks, args, dist, reward_fn):
+    """Validate, write the samples to val/step_XXXXXX.jsonl (rank 0) and return the metrics."""
+    tokenizer, policy = models[0], models[1]
+    m, recs = validate(policy, tokenizer, test_tasks, args, dist, dist["device"], reward_fn, step)
+    if dist["master"]:
+        common.write_jsonl(os.path.join(args.out, "val", f"step_{step:06d}.jsonl"), recs)
+    return m
+
+
+def train(args, reward_fn=None):
+    """The whole run. reward_fn(response, task, prompt=) -> float lets tests swap in another
+    reward (default: countdown.score with --reward's rules)."""
+    reward_fn = reward_fn or make_reward(args.reward)
     dist = common.setup_dist(args.device)
     device = dist["device"]
+    if args.prompts_per_step % dist["world_size"] or args.mini_batch_prompts % dist["world_size"]:
+        common.cleanup_dist(dist)   # every rank fails here, before any collective could hang
+        print(f"ppo.py: error: --prompts-per-step ({args.prompts_per_step}) and --mini-batch-prompts "
+              f"({args.mini_batch_prompts}) must be multiples of the number of ranks "
+              f"({dist['world_size']})", file=sys.stderr)
+        raise SystemExit(2)
     random.seed(args.seed)
     train_tasks = common.read_jsonl(os.path.join(args.data, "train.jsonl"), required=("nums", "target"))
     test_tasks = common.read_jsonl(os.path.join(args.data, "test.jsonl"), required=("nums", "target"))[:args.val_size] \
@@ -900,6 +1010,11 @@ def train(args, reward_fn=countdown_reward):
         wb = wandb.init(project=args.wandb, config=vars(args))
     t_start = time.time()
     first = state["step"] + 1
+    if args.eval_every and first == 1:   # the study validates before training (val_before_train)
+        m0 = run_validation(0, models, test_tasks, args, dist, reward_fn)
+        if dist["master"]:
+            common.log_step(args.out, 0, m0, keys=[k for k in CONSOLE if k in m0], total=args.steps,
+                            t_start=t_start)
     for step in range(first, args.steps + 1):
         set_lr(opt_a, args.actor_lr, step - 1, args.warmup_steps)
         if opt_c:
@@ -909,7 +1024,7 @@ def train(args, reward_fn=countdown_reward):
         kl_ctl.update(m["kl"], args.prompts_per_step * args.samples_per_prompt)
         state.update(step=step, kl_coef=kl_ctl.value)
         if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
-            m.update(common.all_reduce_mean(validate(policy, tokenizer, test_tasks, args, dist, device), dist))
+            m.update(run_validation(step, models, test_tasks, args, dist, reward_fn))
         if dist["master"]:
             common.log_step(args.out, step, m, keys=CONSOLE, total=args.steps, t_start=t_start)
             if wb:

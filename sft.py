@@ -58,8 +58,9 @@ from functools import lru_cache
 import common
 
 # ---------------------------------------------------------------------------------
-# settings (the CLI flags). Defaults are the study's priming SFT (5 epochs, batch 64, max
-# length 2048); lr, warmup and the schedule are ours (the study does not state them).
+# settings (the CLI flags). Defaults are the study's priming SFT: TinyZero's
+# slurm_scripts/sft.sh (5 epochs, batch 64, max length 2048) on verl/trainer/config/
+# sft_trainer.yaml (lr 1e-5, betas 0.9/0.95, weight decay 0.01, 10% warm-up, cosine to 0).
 DEFAULTS = dict(
     model=None,           # architecture + tokenizer: alias, hub id, folder, tiny, random:<arch>
     init=None,            # checkpoint folder whose weights start the run (e.g. out/RUN/final)
@@ -77,9 +78,9 @@ DEFAULTS = dict(
     overlong="drop",      # sequences longer than max_len: drop, or truncate to max_len
     pack=False,           # pack several short examples into one max_len row (no cross-attention)
     lr=1e-5,              # peak learning rate (AdamW)
-    min_lr_frac=0.1,      # the cosine decays to lr * min_lr_frac
-    warmup_frac=0.03,     # linear warm-up over this fraction of the steps (at least 1 step)
-    weight_decay=0.0,     # AdamW weight decay on matrices (not on norms / biases)
+    min_lr_frac=0.0,      # the cosine decays to lr * min_lr_frac
+    warmup_frac=0.1,      # linear warm-up over this fraction of the steps (at least 1 step)
+    weight_decay=0.01,    # AdamW weight decay (on every parameter, as the study's AdamW)
     beta1=0.9, beta2=0.95,  # AdamW betas
     grad_clip=1.0,        # clip the global gradient norm to this (0: off)
     precision="auto",     # auto (bf16-mixed on GPU, fp32 on CPU), bf16-mixed, bf16, fp32
@@ -159,15 +160,16 @@ def make_example(prompt_ids, completion_ids, eos_id):
 def tokenize_records(recs, kind, tok, max_len, overlong="drop"):
     """Examples [(ids, labels)] and a report line about over-long ones (or None).
 
-    Prompts (and texts) get the tokenizer's special prefix (e.g. Llama's BOS) exactly as at
-    generation time; completions are tokenized alone and followed by EOS.
+    No special prefix (no BOS), as the study's SFT dataset tokenizes (add_special_tokens=False,
+    verl/utils/dataset/sft_dataset.py) and as PPO's prompts are; completions are tokenized
+    alone and followed by EOS.
     """
     if kind == "pc":
-        p = tok([r["prompt"] for r in recs], add_special_tokens=True)["input_ids"]
+        p = tok([r["prompt"] for r in recs], add_special_tokens=False)["input_ids"]
         c = tok([r["completion"] for r in recs], add_special_tokens=False)["input_ids"]
     else:
         p = [[] for _ in recs]
-        c = tok([r["text"] for r in recs], add_special_tokens=True)["input_ids"]
+        c = tok([r["text"] for r in recs], add_special_tokens=False)["input_ids"]
     out, n_long, n_lost = [], 0, 0
     for pi, ci in zip(p, c):
         ids, labels = make_example(pi, ci, tok.eos_token_id)
@@ -360,13 +362,12 @@ def build_model(args, info, init):
 
 
 def make_optimizer(model, args, device):
-    """AdamW; weight decay on matrices only (nanoGPT's grouping)."""
+    """AdamW with weight decay on every parameter, as the study's (verl/trainer/fsdp_sft_trainer.py)."""
     import torch
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=args.weight_decay),
-              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
     fused = str(device).startswith("cuda") and not args.fsdp
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), fused=fused)
+    return torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, args.beta2),
+                             weight_decay=args.weight_decay, fused=fused)
 
 
 def gathered_state(model, opt, fsdp):
@@ -736,7 +737,7 @@ def parse_args(argv=None):
     a("--lr", type=float, default=d["lr"], help="peak learning rate")
     a("--min-lr-frac", type=float, default=d["min_lr_frac"], help="cosine ends at lr x this")
     a("--warmup-frac", type=float, default=d["warmup_frac"], help="linear warm-up over this fraction of steps")
-    a("--weight-decay", type=float, default=d["weight_decay"], help="AdamW weight decay (matrices only)")
+    a("--weight-decay", type=float, default=d["weight_decay"], help="AdamW weight decay (every parameter)")
     a("--beta1", type=float, default=d["beta1"], help="AdamW beta1")
     a("--beta2", type=float, default=d["beta2"], help="AdamW beta2")
     a("--grad-clip", type=float, default=d["grad_clip"], help="max global gradient norm (0: off)")

@@ -287,7 +287,8 @@ def test_ppo_learns_a_simple_reward(tmp_path):
     common.write_jsonl(str(data / "train.jsonl"), tasks)
     common.write_jsonl(str(data / "test.jsonl"), tasks[:4])
 
-    def digit_share(text, task):
+    def digit_share(text, task, prompt=""):
+        text = text.replace("<|endoftext|>", "")     # ppo decodes with the EOS text, as the study
         chars = [c for c in text if not c.isspace()]
         return sum(c.isdigit() for c in chars) / max(1, len(chars)) if chars else 0.0
 
@@ -324,7 +325,8 @@ def test_script_runs_and_resumes(tmp_path):
     out = str(tmp_path / "run")
     run_ppo("--steps", "4", out=out, data=str(data), init=init)
     metrics = common.read_jsonl(os.path.join(out, "metrics.jsonl"))
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4]    # step 0: validation before training
+    metrics = metrics[1:]
     for key in ["score/mean", "acc", "format_rate", "response_length/mean", "response_length/clip_ratio",
                 "kl", "kl_coef", "losses/policy", "losses/value", "clipfrac", "approx_kl", "entropy",
                 "explained_variance", "grad_norm/actor", "grad_norm/critic", "lr/actor", "lr/critic",
@@ -335,8 +337,9 @@ def test_script_runs_and_resumes(tmp_path):
     rolls = common.read_jsonl(os.path.join(out, "rollouts", "step_000002.jsonl"))
     assert len(rolls) == 16 and set(rolls[0]) >= {"step", "id", "nums", "target", "prompt", "response",
                                                    "reward", "correct", "length"}
-    for r in rolls:
-        assert r["reward"] == countdown.score(r["response"], r["nums"], r["target"])
+    for r in rolls:   # the study's rules by default, on prompt + response
+        assert r["reward"] == countdown.score(r["response"], r["nums"], r["target"], rules="study",
+                                              prompt=r["prompt"])
     assert os.path.exists(os.path.join(out, "final", "model.safetensors"))
     assert os.path.exists(os.path.join(out, "ckpt", "step_000004", "trainer_state.json"))
     cfg = json.load(open(os.path.join(out, "config.json")))
@@ -344,7 +347,7 @@ def test_script_runs_and_resumes(tmp_path):
     stdout = run_ppo("--steps", "6", "--resume", out=out, data=str(data), init=init)
     assert "resuming from" in stdout and "step 5/6" in stdout and "step 1/6" not in stdout
     metrics = common.read_jsonl(os.path.join(out, "metrics.jsonl"))
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4, 5, 6]
     assert json.load(open(os.path.join(out, "final", "trainer_state.json")))["step"] == 6
 
 
