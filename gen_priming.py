@@ -12,6 +12,10 @@ subgoal setting, backward chaining), plus three controls. This script writes tho
     ANTHROPIC_API_KEY=... python gen_priming.py --backend anthropic --condition all --n 1000
     ANTHROPIC_API_KEY=... python gen_priming.py --backend anthropic --batch --condition all
 
+    # the study's own system prompts, read from a checkout of its repository
+    git clone https://github.com/kanishkg/cognitive-behaviors /tmp/cb
+    ANTHROPIC_API_KEY=... python gen_priming.py --backend anthropic --prompts study:/tmp/cb ...
+
     # any OpenAI-compatible server, e.g. a local `vllm serve Qwen/Qwen2.5-32B-Instruct`
     python gen_priming.py --backend openai --base-url http://localhost:8000/v1 \
         --model Qwen/Qwen2.5-32B-Instruct --condition all_strategies --n 200 --concurrency 32
@@ -28,7 +32,10 @@ whole as soon as it exists, so a killed run loses nothing and duplicates nothing
 source, template, budget); resuming under other ones is refused rather than mixed.
 
 Conditions: all_strategies, only_backtracking, backtracking_verification,
-backtracking_subgoal, backtracking_backward are written directly. empty_cot (thinking
+backtracking_subgoal, backtracking_backward are written directly. negative_control, the
+study's control with no behavior at all (a straight forward calculation, "Step 1: a + b = c",
+ending in the answer), is written directly too but only when named: `all` means the eight
+sets the study primed with, and its results tables have no negative_control run. empty_cot (thinking
 emptied, answer kept), dots (thinking replaced by "." placeholders of the same token count
 under --tokenizer) and no_positive (all_strategies traces whose answer is wrong; extra tasks
 are solved, into <out>/extra/, until n wrong ones exist) are derived from all_strategies,
@@ -55,8 +62,17 @@ counts for, and MARKERS gives a regex per behavior that finds exactly those sent
   "Working backwards from 24: if the last step is 6 * 4 = 24, then 3, 2 and 1 must make 6."
   Always contains "backwards" or "reverse".
 Neutral sentences (the opening, arithmetic steps, the answer) use none of these words.
+
+API backends send, per task, a system prompt for the condition and a user turn with the task;
+temperature and max tokens default to the study's (0.5 and 1024). --prompts ours (default)
+uses this file's own wording (system_prompt: the format, the behaviors to show and avoid, and
+symbolic examples) with a short "Numbers: [...]\nTarget: N" user turn. --prompts study:PATH
+reads the study's system prompts from PATH/generate_cot_datasets/api_gen.py (parsed, never
+run) and sends the study's user turn (the base template's question, countdown.py).
 """
 import argparse
+import ast
+import hashlib
 import json
 import math
 import os
@@ -92,8 +108,11 @@ DEFAULTS = dict(
     width=2,                   # symbolic: steps tried from an intermediate state before going back
     model=None,                # API model id (default per backend, see DEFAULT_MODEL)
     base_url=None,             # API base URL (default: env ANTHROPIC_BASE_URL / OPENAI_BASE_URL)
-    max_tokens=4096,           # API: longest completion
-    temperature=1.0,           # API: sampling temperature
+    # API sampling as in the study: generate_cot_datasets/api_gen.py (kanishkg/cognitive-behaviors
+    # and TinyZero) sends max_tokens=1024 (line 182) and temperature=0.5 (line 183)
+    max_tokens=1024,           # API: longest completion
+    temperature=0.5,           # API: sampling temperature
+    prompts="ours",            # API: system prompts: ours, or study:PATH (a checkout of the study's repo)
     concurrency=8,             # API: requests in flight at once
     max_retries=8,             # API: retries of one request on 429 / 5xx / overload / bad body
     retry_base=1.0,            # API: first backoff in seconds, doubled on each retry
@@ -101,7 +120,8 @@ DEFAULTS = dict(
     batch=False,               # anthropic: use Message Batches (half price, results within 24 h)
     poll=30.0,                 # anthropic --batch: seconds between status polls
 )
-DEFAULT_MODEL = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4o"}  # study: claude-3.5-sonnet
+DEFAULT_MODEL = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4o"}  # the study (api_gen.py:181):
+# claude-3-5-sonnet-20241022, which Anthropic has retired; pass it with --model where it still answers
 ANTHROPIC_VERSION = "2023-06-01"
 BATCH_MAX = 10000              # requests per Message Batch (the API allows 100k)
 MAX_EXTRA = 20                 # no_positive: give up after solving this many x n extra tasks
@@ -110,15 +130,18 @@ MAX_NEED = 200                 # symbolic: largest intermediate number a subgoal
 HEURISTIC = 0.5                # symbolic: weight of "result near the goal" against random order
 
 BEHAVIORS = ("verification", "backtracking", "subgoal", "backward")
-DIRECT = {  # condition -> behaviors its traces show (every one includes backtracking)
+DIRECT = {  # condition -> behaviors its traces show
     "all_strategies": set(BEHAVIORS),
     "only_backtracking": {"backtracking"},
     "backtracking_verification": {"backtracking", "verification"},
     "backtracking_subgoal": {"backtracking", "subgoal"},
     "backtracking_backward": {"backtracking", "backward"},
+    "negative_control": set(),  # api_gen.py's NEGATIVE_CONTROL: forward steps straight to the answer
 }
 DERIVED = ("empty_cot", "dots", "no_positive")   # built from all_strategies
-CONDITIONS = tuple(DIRECT) + DERIVED
+CONTROLS = ("negative_control",)  # written on request only: not among the sets the study primed with
+CONDITIONS = tuple(c for c in DIRECT if c not in CONTROLS) + DERIVED  # the study's eight (`--condition all`)
+ALL_CONDITIONS = CONDITIONS + CONTROLS
 BASE = "all_strategies"
 
 
@@ -513,17 +536,73 @@ class Writer:
         return f"\n{body}\n</think>\n<answer>{expr}</answer>"
 
 
+# ---------------------------------------------------------------------------------
+# symbolic writer: the negative control. The search is silent; only the steps of the
+# solution it found are written, one a line ("Step 1: 12 + 3 = 15."), then the answer.
+
+def straight_solution(nums, target, rng):
+    """(shown steps, expression) of a forward calculation that uses every number once: a
+    seeded depth-first search over combine()'s steps (whole, non-negative numbers), which ends
+    on the target, or on the closest value when those steps cannot reach it (about 1 task in
+    100 of the generated ones needs a fraction or a negative number; it gets a wrong answer)."""
+    best, dead = [], set()  # best: [(distance, steps, expr)]; dead: value sets that cannot finish
+
+    def search(items, steps):
+        if len(items) == 1:
+            d = abs(items[0][0] - target)
+            if not best or d < best[0][0]:
+                best[:] = [(d, steps, items[0][1])]
+            return d == 0
+        key = tuple(sorted(v for v, _ in items))
+        if key in dead:
+            return False
+        pairs = list(combinations(range(len(items)), 2))
+        rng.shuffle(pairs)
+        for i, j in pairs:
+            rest = [items[k] for k in range(len(items)) if k not in (i, j)]
+            options = combine(items[i], items[j])
+            rng.shuffle(options)
+            if any(search(rest + [(v, e)], steps + [shown]) for v, e, shown in options):
+                return True
+        dead.add(key)
+        return False
+
+    search([(v, str(v)) for v in nums], [])
+    return best[0][1], best[0][2]
+
+
+def write_straight(nums, target, rng):
+    """(completion, counts) of a negative-control trace: no behavior, so all counts are 0."""
+    steps, expr = straight_solution(nums, target, rng)
+    say = lambda key, **kw: (lambda t: t[0].upper() + t[1:])(rng.choice(PHRASES[key]).format(**kw))
+    lines = [say("open", nums=fmt_list(nums), t=target)]
+    lines += [f"Step {k}: {shown}." for k, shown in enumerate(steps, 1)]
+    lines.append(say("answer", expr=expr))
+    return "\n" + "\n".join(lines) + f"\n</think>\n<answer>{expr}</answer>", dict.fromkeys(BEHAVIORS, 0)
+
+
 def write_symbolic(task, condition, seed=0, budget=DEFAULTS["budget"], width=DEFAULTS["width"],
                    template="base"):
     """One symbolic priming record; the same (task, condition, seed) gives the same record.
+    (The negative control always computes its way to the answer: budget and width do not apply.)
 
     >>> r = write_symbolic({"id": "x", "nums": [3, 2, 4], "target": 24}, "only_backtracking")
     >>> r["completion"].endswith("</answer>"), r["behaviors"]["verification"]
     (True, 0)
+    >>> print(write_symbolic({"id": "x", "nums": [3, 2, 4], "target": 24}, "negative_control")["completion"])
+    <BLANKLINE>
+    I have to combine 3, 2 and 4 into 24, using each number once.
+    Step 1: 4 * 3 = 12.
+    Step 2: 12 * 2 = 24.
+    My answer: (4 * 3) * 2.
+    </think>
+    <answer>(4 * 3) * 2</answer>
     """
     rng = random.Random(f"{seed}|{condition}|{task['id']}|{task['nums']}|{task['target']}")
-    w = Writer(task["nums"], task["target"], condition, rng, budget, width)
-    completion, counts = w.write()
+    if not DIRECT[condition]:
+        completion, counts = write_straight(task["nums"], task["target"], rng)
+    else:
+        completion, counts = Writer(task["nums"], task["target"], condition, rng, budget, width).write()
     return make_record(task, condition, completion, template, counts)
 
 
@@ -600,11 +679,19 @@ final expression inside answer tags, and nothing after them:
 </think>
 <answer>(8 - 2) * 4</answer>
 
+"""
+SEARCH_TEXT = """\
 Search for the solution genuinely, the way a person would with pencil and paper: you do not \
 know the answer in advance, you try combinations and keep the arithmetic explicit. If you \
 cannot find an exact solution, still answer with your best expression that uses every number \
 once.
 
+"""
+STRAIGHT_TEXT = """\
+Work the solution out silently and write only its calculation, forward from the given numbers: \
+one line per operation, "Step 1: a + b = c", each later step using the numbers still unused \
+and earlier results, the last step giving the target; then one sentence with the expression. \
+Show no search and no reasoning habit at all:
 """
 BEHAVIOR_TEXT = {
     "backtracking": "backtracking: when a line of attack is not leading anywhere, say plainly "
@@ -643,11 +730,15 @@ def system_prompt(condition):
     """The system prompt for a directly written condition: the format, the behaviors to
     show and to avoid, and symbolic examples of the expected shape."""
     use, avoid = DIRECT[condition], [b for b in BEHAVIORS if b not in DIRECT[condition]]
-    text = SYSTEM_COMMON + ("Show these reasoning habits, each several times where natural:\n"
-                            if len(use) > 1 else "Show this reasoning habit, several times:\n")
-    text += "".join(f"- {BEHAVIOR_TEXT[b]}\n" for b in BEHAVIORS if b in use)
-    if avoid:
-        text += "Show no other habit. In particular:\n" + "".join(f"- {AVOID_TEXT[b]}.\n" for b in avoid)
+    if use:
+        text = SYSTEM_COMMON + SEARCH_TEXT + (
+            "Show these reasoning habits, each several times where natural:\n" if len(use) > 1
+            else "Show this reasoning habit, several times:\n")
+        text += "".join(f"- {BEHAVIOR_TEXT[b]}\n" for b in BEHAVIORS if b in use)
+        text += "Show no other habit. In particular:\n" if avoid else ""
+    else:
+        text = SYSTEM_COMMON + STRAIGHT_TEXT
+    text += "".join(f"- {AVOID_TEXT[b]}.\n" for b in avoid)
     text += ("\nExamples of the shape (word yours freely and differently; do not copy their "
              "sentences):\n")
     for task, seed, budget in EXAMPLES:
@@ -663,6 +754,72 @@ def user_message(task):
     'Numbers: [1, 2, 3]\\nTarget: 6'
     """
     return f"Numbers: {list(task['nums'])}\nTarget: {task['target']}"
+
+
+def study_user_message(task):
+    """The user turn the study sent with its own system prompts: the task question of the
+    base template (countdown.py, as the study's tasks/countdown.py words it), without the
+    <think> that opens our records' prompts.
+
+    >>> study_user_message({"nums": [1, 2, 3], "target": 6}).endswith("Let me solve this step by step.")
+    True
+    """
+    return countdown.make_prompt(task["nums"], task["target"], "base").rsplit("\n<think>", 1)[0]
+
+
+# The study's system prompts (--prompts study:PATH) are read from this file of a checkout of
+# its repository (github.com/kanishkg/cognitive-behaviors, or TinyZero's branch of it).
+STUDY_API_GEN = os.path.join("generate_cot_datasets", "api_gen.py")
+
+
+def study_system_prompts(root):
+    """{condition: system prompt} from the study's api_gen.py under root, found with ast and
+    never run: a dict literal keyed by members of a class whose values are condition names
+    (`Kind.ALL_STRATEGIES = "all_strategies"`, `{Kind.ALL_STRATEGIES: ...}`), each value a
+    string or a call with the string as `prompt_text=` or first argument."""
+    path = os.path.join(root, STUDY_API_GEN)
+    if not os.path.isfile(path):
+        raise DataError(f"--prompts study:{root}: no {STUDY_API_GEN} there "
+                        "(give the root of a checkout of the study's repository)")
+    with open(path, encoding="utf-8") as f:
+        try:
+            tree = ast.parse(f.read(), path)
+        except SyntaxError as e:
+            raise DataError(f"{path}: not readable Python ({e.msg}, line {e.lineno})") from None
+    members = {(c.name, t.id): a.value.value for c in ast.walk(tree) if isinstance(c, ast.ClassDef)
+               for a in c.body if isinstance(a, ast.Assign) and isinstance(a.value, ast.Constant)
+               for t in a.targets if isinstance(t, ast.Name)}
+    out = {}
+    for d in (n for n in ast.walk(tree) if isinstance(n, ast.Dict)):
+        for k, v in zip(d.keys, d.values):
+            if isinstance(v, ast.Call):  # SystemPrompt(prompt_text="...", ...)
+                v = next((kw.value for kw in v.keywords if kw.arg == "prompt_text"), v.args[0] if v.args else None)
+            if (isinstance(k, ast.Attribute) and isinstance(k.value, ast.Name)
+                    and (k.value.id, k.attr) in members and isinstance(v, ast.Constant) and isinstance(v.value, str)):
+                out[members[(k.value.id, k.attr)]] = v.value
+    return out
+
+
+def load_prompts(args):
+    """None for our own prompts; else the study's system prompts, checked to hold one for
+    every condition this run sends (the derived ones are asked with all_strategies')."""
+    if args.prompts == "ours":
+        return None
+    root = args.prompts[len("study:"):]
+    prompts = study_system_prompts(root)
+    missing = [c for c in dict.fromkeys(BASE if c in DERIVED else c for c in args.conditions)
+               if c not in prompts]
+    if missing:
+        raise DataError(f"{os.path.join(root, STUDY_API_GEN)}: no system prompt for "
+                        f"{', '.join(missing)} (found: {', '.join(sorted(prompts)) or 'none'})")
+    return prompts
+
+
+def prompts_id(prompts):
+    """What settings.json records of the prompts: "ours", or "study:" and a hash of them."""
+    if prompts is None:
+        return "ours"
+    return "study:" + hashlib.sha1(json.dumps(prompts, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def normalize_completion(text):
@@ -722,8 +879,8 @@ def openai_text(text):
 class ApiBackend:
     """Claude (Messages API, Message Batches) or any OpenAI-compatible chat server."""
 
-    def __init__(self, args):
-        self.args, self.kind = args, args.backend
+    def __init__(self, args, prompts=None):
+        self.args, self.kind, self.prompts = args, args.backend, prompts  # prompts: the study's, or None
         self.model = args.model or DEFAULT_MODEL[self.kind]
         if self.kind == "anthropic":
             self.key = os.environ.get("ANTHROPIC_API_KEY", "")
@@ -749,15 +906,16 @@ class ApiBackend:
 
     def params(self, condition, task):
         """Request body of one completion (Messages API or chat completions)."""
-        a, system = self.args, system_prompt(condition)
+        a = self.args
+        system, user = ((self.prompts[condition], study_user_message(task)) if self.prompts
+                        else (system_prompt(condition), user_message(task)))
         if self.kind == "anthropic":  # the system prompt is the cached prefix of every request
             return {"model": self.model, "max_tokens": a.max_tokens, "temperature": a.temperature,
                     "system": [{"type": "text", "text": system,
                                 "cache_control": {"type": "ephemeral"}}],
-                    "messages": [{"role": "user", "content": user_message(task)}]}
+                    "messages": [{"role": "user", "content": user}]}
         return {"model": self.model, "max_tokens": a.max_tokens, "temperature": a.temperature,
-                "messages": [{"role": "system", "content": system},
-                             {"role": "user", "content": user_message(task)}]}
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
 
     def with_retries(self, what, fn):
         """fn() with exponential backoff (plus jitter, or the server's retry-after)."""
@@ -877,7 +1035,7 @@ class SymbolicBackend:
 # ---------------------------------------------------------------------------------
 # the resumable run
 
-def check_stamp(args):
+def check_stamp(args, prompts=None):
     """An out folder holds one run's records. <out>/settings.json keeps the settings that
     shape them; resuming under different ones would mix two runs, so it is refused."""
     keys = ["backend", "seed", "tasks", "sizes", "num_min", "num_max", "target_min",
@@ -885,11 +1043,13 @@ def check_stamp(args):
                                          else ["model", "base_url"])
     stamp = json.loads(json.dumps({k: getattr(args, k) for k in keys}))  # tuples -> lists
     stamp["model"] = stamp.get("model") and (args.model or DEFAULT_MODEL[args.backend])
+    if args.backend != "symbolic":
+        stamp["prompts"] = prompts_id(prompts)
     path = os.path.join(args.out, "settings.json")
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        diff = [k for k in stamp if old.get(k) != stamp[k]]
+        diff = [k for k in stamp if old.get(k, "ours" if k == "prompts" else None) != stamp[k]]
         if diff:
             was = ", ".join(f"--{k.replace('_', '-')} {old.get(k)!r}" for k in diff)
             raise DataError(f"{args.out} holds records written with {was}; rerun with those "
@@ -974,7 +1134,7 @@ def token_counter(name):
 def summarize(out, count, settings):
     """summary.json over every condition file in out."""
     conds = {}
-    for c in CONDITIONS:
+    for c in ALL_CONDITIONS:
         path = os.path.join(out, f"{c}.jsonl")
         if not os.path.exists(path):
             continue
@@ -1010,7 +1170,8 @@ def build_parser():
 
     add("backend", "who writes the traces: the offline symbolic search, Claude, or an "
         "OpenAI-compatible server", choices=["symbolic", "anthropic", "openai"])
-    add("condition", f"condition(s), comma-separated, or all: {', '.join(CONDITIONS)}")
+    add("condition", f"condition(s), comma-separated, or all (the study's eight: {', '.join(CONDITIONS)}); "
+        f"also {', '.join(CONTROLS)}")
     add("n", "records per condition")
     add("out", "output folder (resumed if it already holds records of this run)")
     add("seed", "seed of the task stream and of each trace's wording and search order")
@@ -1030,6 +1191,8 @@ def build_parser():
         "public API")
     add("max_tokens", "API: longest completion in tokens")
     add("temperature", "API: sampling temperature")
+    add("prompts", "API: system prompts: ours, or study:PATH to read the study's from "
+        f"PATH/{STUDY_API_GEN} (PATH: a checkout of its repository)")
     add("concurrency", "API: requests in flight at once")
     add("max_retries", "API: retries of a request on 429, 5xx, overload or a malformed body")
     add("retry_base", "API: first backoff in seconds (doubles on each retry, with jitter)")
@@ -1050,11 +1213,11 @@ def check_args(ap, a):
     """Reject bad settings with a message naming the flag and the reason."""
     names = CONDITIONS if a.condition == "all" else \
         [c.strip() for c in a.condition.split(",") if c.strip()]
-    bad = [c for c in names if c not in CONDITIONS]
+    bad = [c for c in names if c not in ALL_CONDITIONS]
     if bad or not names:
         ap.error(f"--condition: unknown condition {bad[0] if bad else a.condition!r}; "
-                 f"choose from {', '.join(CONDITIONS)} or all")
-    a.conditions = [c for c in CONDITIONS if c in names]
+                 f"choose from {', '.join(ALL_CONDITIONS)} or all")
+    a.conditions = [c for c in ALL_CONDITIONS if c in names]
     try:
         a.sizes = tuple(int(s) for s in a.sizes.split(","))
     except ValueError:
@@ -1073,7 +1236,12 @@ def check_args(ap, a):
               (not a.batch or a.backend == "anthropic", "--batch works only with --backend anthropic"),
               (a.tasks is None or os.path.isfile(a.tasks), f"--tasks: no such file {a.tasks!r}"),
               (a.backend != "anthropic" or os.environ.get("ANTHROPIC_API_KEY"),
-               "--backend anthropic needs ANTHROPIC_API_KEY in the environment")]
+               "--backend anthropic needs ANTHROPIC_API_KEY in the environment"),
+              (a.prompts == "ours" or (a.prompts.startswith("study:") and len(a.prompts) > 6),
+               f"--prompts must be ours or study:PATH, got {a.prompts!r}"),
+              (a.prompts == "ours" or a.backend != "symbolic",
+               "--prompts study:PATH applies to --backend anthropic or openai (the symbolic "
+               "writer uses no prompt)")]
     for ok, msg in checks:
         if not ok:
             ap.error(msg)
@@ -1083,15 +1251,16 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         return run(args)
-    except ApiError as e:  # bad key, model id or request: retrying cannot help
+    except (ApiError, DataError) as e:  # bad key, model id, request, prompts or out folder
         log(f"error: {e}")
         return 2
 
 
 def run(args):
     t0 = time.time()
-    check_stamp(args)
-    backend = SymbolicBackend(args) if args.backend == "symbolic" else ApiBackend(args)
+    prompts = load_prompts(args)
+    check_stamp(args, prompts)
+    backend = SymbolicBackend(args) if args.backend == "symbolic" else ApiBackend(args, prompts)
     count = token_counter(args.tokenizer)
     tasks = load_tasks(args, args.n)
     if len(tasks) < args.n:

@@ -26,10 +26,11 @@ import countdown
 
 
 def answer_text(user):
-    """What the fake model writes for a 'Numbers: [..]\\nTarget: N' user turn. It opens
-    with a redundant <think>, as real models sometimes do (gen_priming strips it)."""
-    nums = [int(x) for x in re.search(r"Numbers: \[([^\]]*)\]", user).group(1).split(",")]
-    target = int(re.search(r"Target: (\d+)", user).group(1))
+    """What the fake model writes for a 'Numbers: [..]\\nTarget: N' user turn (or the study's
+    'Using the numbers [..], create an equation that equals N.'). It opens with a redundant
+    <think>, as real models sometimes do (gen_priming strips it)."""
+    nums = [int(x) for x in re.search(r"(?:Numbers:|Using the numbers) \[([^\]]*)\]", user).group(1).split(",")]
+    target = int(re.search(r"(?:Target:|equals) (\d+)", user).group(1))
     expr = countdown.solve(nums, target) if target % 2 == 0 else " + ".join(map(str, nums))
     return (f"<think>Let me try {expr}. Let me go back to the start and check it again.</think>\n"
             f"<answer>{expr}</answer>")
@@ -83,6 +84,7 @@ class FakeLLM:
         self.lock = threading.Lock()
         self.served_faults, self.completions, self.batches = [], 0, {}
         self.requests = []                      # (method, path, status)
+        self.bodies = []                        # parsed bodies of completion requests (batched ones too)
 
     # -- life cycle -------------------------------------------------------------------
     def start(self):
@@ -177,6 +179,7 @@ class FakeLLM:
         if bad:
             return self.send(h, 400, anthropic_error("invalid_request_error", bad))
         with self.lock:
+            self.bodies.append(p)
             self.completions += 1
             k = self.completions
         self.send(h, 200, message(p["model"], answer_text(p["messages"][-1]["content"]), k))
@@ -191,6 +194,7 @@ class FakeLLM:
         if not isinstance(p.get("model"), str) or [m.get("role") for m in msgs] != ["system", "user"]:
             return self.send(h, 400, openai_error("invalid_request_error", "bad messages"))
         with self.lock:
+            self.bodies.append(p)
             self.completions += 1
             k = self.completions
         self.send(h, 200, chat_completion(p["model"], answer_text(msgs[-1]["content"]), k))
@@ -208,6 +212,7 @@ class FakeLLM:
         with self.lock:
             bid = f"msgbatch_{len(self.batches):04d}"
             self.batches[bid] = {"requests": reqs, "polls": 0}
+            self.bodies += [r["params"] for r in reqs]
         self.send(h, 200, self.batch_object(bid))
 
     def batch_object(self, bid):

@@ -46,12 +46,12 @@ def assert_no_key(out_dir, *texts):
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("priming"))
-    assert gp.main(["--condition", "all", "--n", "60", "--out", out]) == 0
+    assert gp.main(["--condition", ",".join(gp.ALL_CONDITIONS), "--n", "60", "--out", out]) == 0
     return out
 
 
 def test_record_format(small):
-    for cond in gp.CONDITIONS:
+    for cond in gp.ALL_CONDITIONS:
         recs = records(small, cond)
         assert len(recs) == 60 and len({r["id"] for r in recs}) == 60
         for r in recs:
@@ -134,9 +134,10 @@ def test_resume_refuses_other_tasks(tmp_path):
     out = str(tmp_path)
     gp.main(["--condition", "only_backtracking", "--n", "5", "--out", out, "--seed", "1"])
     for flag, value in [("--seed", "2"), ("--budget", "7"), ("--target-max", "30")]:
-        with pytest.raises(gp.DataError, match=f"written with {flag} "):
-            gp.main(["--condition", "only_backtracking", "--n", "5", "--out", out, "--seed", "1",
-                     flag, value])
+        assert gp.main(["--condition", "only_backtracking", "--n", "5", "--out", out, "--seed", "1",
+                        flag, value]) == 2  # one line on stderr, no traceback
+    with pytest.raises(gp.DataError, match="written with --target-max "):
+        gp.check_stamp(gp.parse_args(["--out", out, "--seed", "1", "--target-max", "30"]))
     # same settings, larger n: resumes
     gp.main(["--condition", "only_backtracking", "--n", "8", "--out", out, "--seed", "1"])
     assert len(records(out, "only_backtracking")) == 8
@@ -173,7 +174,7 @@ def test_acceptance_n1000(tmp_path):
     assert sorted(s) == sorted(gp.CONDITIONS)
     assert all(s[c]["records"] == 1000 for c in gp.CONDITIONS)
     assert all(s["all_strategies"]["behaviors"][b] >= 1 for b in gp.BEHAVIORS)
-    for cond, wanted in gp.DIRECT.items():
+    for cond, wanted in ((c, w) for c, w in gp.DIRECT.items() if c in gp.CONDITIONS):
         for b in gp.BEHAVIORS:
             mean = s[cond]["behaviors"][b]
             assert mean >= 1 if b in wanted else mean == 0, (cond, b, mean)
@@ -197,6 +198,9 @@ def test_acceptance_n1000(tmp_path):
     (["--tasks", "/no/such/file.jsonl"], "--tasks: no such file"),
     (["--backend", "anthropic"], "needs ANTHROPIC_API_KEY"),
     (["--template", "nope"], "--template"),
+    (["--prompts", "theirs"], "--prompts must be ours or study:PATH"),
+    (["--prompts", "study:/tmp"], "applies to --backend anthropic or openai"),
+    (["--condition", "negative_controls"], "choose from all_strategies"),
 ])
 def test_bad_flags_say_which_and_why(argv, words, capsys, monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
@@ -368,3 +372,141 @@ def test_batch_killed_while_polling_resumes_the_same_batch(server, tmp_path):
     check_api_records(out, "only_backtracking", n)
     assert not os.path.exists(pending)
     assert_no_key(out, out1, err1, out2, err2)
+
+
+# ---------------------------------------------------------------------------------
+# as the study ran it: API sampling settings, the negative control, the study's prompts
+
+def test_api_sampling_defaults_are_the_studys(server, tmp_path, monkeypatch):
+    """generate_cot_datasets/api_gen.py:182-183 sends max_tokens=1024, temperature=0.5."""
+    assert (gp.DEFAULTS["temperature"], gp.DEFAULTS["max_tokens"]) == (0.5, 1024)
+    srv = server()
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    for backend, url, extra in [("anthropic", srv.url, []), ("anthropic", srv.url, ["--batch", "--poll", "0"]),
+                                ("openai", srv.url + "/v1", [])]:
+        out = str(tmp_path / f"{backend}{len(extra)}")
+        assert gp.main(["--backend", backend, "--base-url", url, "--condition", "only_backtracking",
+                        "--n", "3", "--out", out, *extra]) == 0
+    assert len(srv.bodies) == 9
+    assert all(b["temperature"] == 0.5 and b["max_tokens"] == 1024 for b in srv.bodies)
+    s = gp.parse_args(["--temperature", "0.9", "--max-tokens", "99"])  # still settable
+    assert (s.temperature, s.max_tokens) == (0.9, 99)
+
+
+def test_negative_control_is_a_straight_calculation_with_no_behavior():
+    classify = pytest.importorskip("classify")
+    tasks = gp.make_tasks(300, 11)
+    recs = [gp.write_symbolic(t, "negative_control", seed=4) for t in tasks]
+    step = re.compile(r"Step (\d+): (\d+) ([-+*/]) (\d+) = (\d+)\.")
+    for r in recs:
+        lines = gp.thinking(r["completion"]).strip().split("\n")
+        steps = [step.fullmatch(x) for x in lines[1:-1]]
+        assert all(steps) and [int(m.group(1)) for m in steps] == list(range(1, len(r["nums"])))
+        assert r["behaviors"] == dict.fromkeys(gp.BEHAVIORS, 0)
+        assert marker_counts(r["completion"]) == r["behaviors"]
+        assert classify.count_behaviors(r["completion"], r["nums"], r["target"]) == r["behaviors"], r["completion"]
+        if r["correct"]:
+            assert int(steps[-1].group(5)) == r["target"]
+    assert sum(r["correct"] for r in recs) / len(recs) > 0.97  # straight to the answer
+    assert len({r["completion"].split("\n")[1].split(" ")[0] for r in recs}) >= 3  # worded variously
+
+
+def test_negative_control_is_written_on_request_only(tmp_path):
+    """mini.py runs base + gen_priming.CONDITIONS: the control must not join that set."""
+    assert "negative_control" not in gp.CONDITIONS and len(gp.CONDITIONS) == 8
+    assert gp.ALL_CONDITIONS == gp.CONDITIONS + ("negative_control",)
+    assert gp.parse_args(["--condition", "all"]).conditions == list(gp.CONDITIONS)
+    out = str(tmp_path)
+    assert gp.main(["--condition", "negative_control,empty_cot", "--n", "20", "--out", out]) == 0
+    assert sorted(f for f in os.listdir(out) if f.endswith(".jsonl")) == [
+        "all_strategies.jsonl", "empty_cot.jsonl", "negative_control.jsonl"]
+    s = json.load(open(os.path.join(out, "summary.json")))["conditions"]
+    assert s["negative_control"]["records"] == 20
+    assert s["negative_control"]["behaviors"] == dict.fromkeys(gp.BEHAVIORS, 0.0)
+
+
+def test_negative_control_system_prompt_asks_for_no_behavior():
+    text = gp.system_prompt("negative_control")
+    assert gp.STRAIGHT_TEXT in text and gp.SEARCH_TEXT not in text
+    assert all(gp.AVOID_TEXT[b] in text for b in gp.BEHAVIORS)
+    assert "Show this reasoning habit" not in text and "Show these reasoning habits" not in text
+    for c in ("all_strategies", "only_backtracking"):  # the other prompts keep their search paragraph
+        assert gp.SEARCH_TEXT in gp.system_prompt(c) and gp.STRAIGHT_TEXT not in gp.system_prompt(c)
+
+
+# A stand-in for the study's repository: the same file and the same way of defining the
+# prompts (an Enum of condition names, a dict of SystemPrompt(prompt_text=...) keyed by its
+# members), with placeholder text. Its first line fails if the file is ever run or imported.
+FAKE_API_GEN = '''\
+import module_that_is_not_installed
+from enum import Enum
+
+
+class Kind(Enum):
+{members}
+
+
+class SystemPrompt:
+    pass
+
+
+class Generator:
+    def __init__(self):
+        self.system_prompts = {{
+{entries}
+        }}
+        self.other = {{"model": "some-model", "max_tokens": 1}}
+'''
+
+
+def fake_study_checkout(root, conditions):
+    members = "".join(f'    {c.upper()} = "{c}"\n' for c in conditions)
+    entries = "".join(f'            Kind.{c.upper()}: SystemPrompt(\n'
+                      f'                prompt_text="""PLACEHOLDER system prompt for {c}.\n'
+                      f'Second line.""",\n                cache_control={{"type": "ephemeral"}}),\n'
+                      for c in conditions)
+    os.makedirs(os.path.join(root, "generate_cot_datasets"), exist_ok=True)
+    with open(os.path.join(root, "generate_cot_datasets", "api_gen.py"), "w") as f:
+        f.write(FAKE_API_GEN.format(members=members.rstrip("\n"), entries=entries.rstrip("\n")))
+    return str(root)
+
+
+def test_study_prompts_are_read_from_a_checkout(server, tmp_path, monkeypatch):
+    direct = [c for c in gp.DIRECT]
+    root = fake_study_checkout(tmp_path / "checkout", direct)
+    assert gp.study_system_prompts(root) == {c: f"PLACEHOLDER system prompt for {c}.\nSecond line."
+                                             for c in direct}
+    srv = server()
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    out = str(tmp_path / "out")
+    argv = ["--backend", "anthropic", "--base-url", srv.url, "--condition", "negative_control,dots",
+            "--n", "4", "--out", out, "--prompts", f"study:{root}"]
+    assert gp.main(argv) == 0
+    systems = {b["system"][0]["text"] for b in srv.bodies}
+    assert systems == {"PLACEHOLDER system prompt for negative_control.\nSecond line.",
+                       "PLACEHOLDER system prompt for all_strategies.\nSecond line."}  # dots: from all_strategies
+    users = [b["messages"][-1]["content"] for b in srv.bodies]
+    assert all(u.startswith("A conversation between User and Assistant.") and
+               u.endswith("Let me solve this step by step.") for u in users)
+    rec = records(out, "negative_control")[0]
+    assert gp.study_user_message(rec) + "\n<think>" == rec["prompt"]
+    stamp = json.load(open(os.path.join(out, "settings.json")))
+    assert stamp["prompts"].startswith("study:") and root not in stamp["prompts"]
+    assert gp.main(argv[:-2]) == 2  # resuming with our prompts would mix two runs: refused
+    n = len(srv.bodies)
+    assert gp.main(argv) == 0 and len(srv.bodies) == n  # the same prompts: nothing left to do
+
+
+def test_study_prompts_missing_path_or_prompt_is_one_clear_line(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    base = ["--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--n", "2",
+            "--out", str(tmp_path / "out")]
+    assert gp.main(base + ["--condition", "only_backtracking", "--prompts", f"study:{tmp_path}/nope"]) == 2
+    err = capfd.readouterr().err.strip()
+    assert "\n" not in err and "no generate_cot_datasets/api_gen.py there" in err and "Traceback" not in err
+    root = fake_study_checkout(tmp_path / "co", ["only_backtracking", "all_strategies"])
+    assert gp.main(base + ["--condition", "backtracking_subgoal,no_positive", "--prompts", f"study:{root}"]) == 2
+    err = capfd.readouterr().err.strip()
+    assert "\n" not in err and "no system prompt for backtracking_subgoal (found: all_strategies, " in err
+    assert not os.path.exists(tmp_path / "out" / "settings.json")  # nothing was started
