@@ -3,11 +3,11 @@ Count the four cognitive behaviors (verification, backtracking, subgoal setting,
 chaining) in Countdown reasoning, per response and per logged step.
 
     # offline rules (default, no key): a PPO run folder -> out/ppo-qwen/classify/{classified.jsonl,steps.csv}
-    python classify.py --input out/ppo-qwen --sample-per-step 200
+    python classify.py --input out/ppo-qwen                 # its val/ samples (rollouts/: --split rollouts)
     # a priming file (its "completion" field) or any JSONL with response|completion + nums + target
     python classify.py --input data/priming/all_strategies.jsonl --out out/cls-prim
     # the study's judge: gpt-4o-mini, one request per behavior (OPENAI_API_KEY from the environment)
-    python classify.py --backend openai --input out/ppo-qwen --sample-per-step 200
+    python classify.py --backend openai --input out/ppo-qwen   # --prompts study:PATH: the study's own questions
     python classify.py --backend openai --batch --input out/ppo-qwen      # Batch API: half price, hours
     python classify.py --backend openai --base-url http://localhost:8000/v1 --judge-model Qwen/Qwen2.5-32B-Instruct ...
     python classify.py --backend anthropic --input ...                    # ANTHROPIC_API_KEY
@@ -22,7 +22,9 @@ Outputs: OUT/classified.jsonl (each input record plus "verification", "backtrack
 "subgoal", "backward" and "classifier"; an LLM count that could not be read is null and
 named in "missing") and OUT/steps.csv with the columns of the study's CSVs, one row per
 (condition, step). Behavior columns average the classified records (--sample-per-step of
-them per step); accuracy and response_length average every input record of that step.
+them per step, 200 as the study); accuracy and response_length average every input record of
+that step. A run folder's records: val/ (the test-set samples ppo.py writes every 10th step,
+which is what the study classified) if it has them, else rollouts/ (--split chooses).
 
 The rules backend (`count_behaviors`) reads the arithmetic: it rewrites verbal arithmetic as
 symbols ("multiply 3 by 9, which is 27" -> "3 * 9 = 27"), finds each equation, follows the
@@ -42,7 +44,9 @@ for ("58 = 56 + 2, so the rest must make 56") counts as backward chaining, not a
 subgoal. Agreement (presence / exact, per behavior) is printed by `--eval`; see README.
 """
 import argparse
+import ast
 import csv
+import glob
 import hashlib
 import io
 import json
@@ -60,21 +64,25 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from fractions import Fraction
 
+from tqdm import tqdm
+
 import common
 import countdown
+from common import DataError
 
 # ---------------------------------------------------------------------------------
-# settings: the flags and their defaults; `--help` lists them all
+# settings: the flags and their defaults, (flag, default, type, help); `--help` lists them all
 SETTINGS = [
-    # (flag, default, type, help)
     ("backend", "rules", str, "rules (offline patterns) | openai | anthropic (LLM judge)"),
-    ("input", None, str, "run folder (rollouts/step_*.jsonl), priming file, folder of JSONL, or any JSONL"),
+    ("input", None, str, "run folder (val/ or rollouts/step_*.jsonl), priming file, folder of JSONL, or any JSONL"),
+    ("split", "auto", str, "run folder: val (test-set samples, as the study), rollouts, or auto (val if there)"),
     ("out", None, str, "output folder (default: INPUT/classify for a folder, INPUT_STEM.classify for a file)"),
     ("condition", None, str, "condition name for steps.csv (default: record's condition, run config, or file name)"),
-    ("sample_per_step", 0, int, "classify this many random records per (condition, step); 0: all (the study: 200)"),
+    ("sample_per_step", 200, int, "classify this many random records per (condition, step), as the study; 0: all"),
     ("seed", 0, int, "seed of the per-step sample and of sampling mode"),
     ("length_tokenizer", None, str, "tokenizer for response_length when records lack 'length' (default: words)"),
     ("judge_model", None, str, "LLM judge (default: gpt-4o-mini for openai, claude-3-5-haiku-20241022 for anthropic)"),
+    ("prompts", "ours", str, "LLM judge's questions: ours, or study:PATH (read from a checkout of the study's repository)"),
     ("base_url", None, str, "API base URL (default: $OPENAI_BASE_URL or https://api.openai.com/v1; Anthropic: https://api.anthropic.com)"),
     ("batch", False, bool, "openai only: use the Batch API (upload, create, poll, download)"),
     ("concurrency", 8, int, "LLM requests in flight at once"),
@@ -713,19 +721,6 @@ def count_behaviors(response, nums, target):
     return {b: len(found[b]) for b in BEHAVIORS}
 
 
-def explain(response, nums, target, width=40):
-    """Human-readable list of what the rules counted, for tuning: one line per occurrence."""
-    found = analyze(response, nums, target)
-    text, lines = found["text"], []
-    for b in BEHAVIORS:
-        for p in found[b]:
-            lines.append(f"{b:12s} @{p:5d}  {text[max(0, p - 10):p + width]!r}")
-    lines += [f"{'eq ' + e['kind']:12s} @{e['pos']:5d}  {e['expr']} = {e['value']}"
-              f"{'  RESTART' if e['restart'] else ''}{'  BACKWARD' if e['backward'] else ''}"
-              for e in found["equations"]]
-    return "\n".join(lines)
-
-
 # =================================================================================
 # LLM judges: one request per behavior, "<count>N</count>" in the answer
 # =================================================================================
@@ -759,23 +754,25 @@ DEFINITIONS = {  # behavior -> (what to count, a Countdown example, what not to 
         "I need 8 from 12 and 4' is another",
         "forward calculations that merely end at the target"),
 }
-PROMPT = """You are grading how a language model reasoned about a Countdown puzzle. It had to combine the numbers {nums} with +, -, * and / (each number used exactly once) to reach {target}.
+# One question per behavior, in the order of the study's (behavioral_evals/gpt_api_eval.py,
+# CountdownAnalyzer.create_analysis_prompts): the puzzle, the reasoning, what to count with an
+# example, then the count between <count> tags (0 if none). The wording is ours.
+SYSTEM = "You read the reasoning of language models on arithmetic puzzles and count behaviors in it."
+PROMPT = """A language model wrote the reasoning below for a Countdown puzzle: combine the numbers {nums} with +, -, * and / (each number used exactly once) to reach {target}.
 
-Count the distinct instances of {definition}.
-Example: {example}.
-Do not count {exclusion}.
-
-The model's reasoning:
 <reasoning>
 {response}
 </reasoning>
 
-Think briefly if you need to, then give the number of distinct instances as <count>N</count> (<count>0</count> if there are none)."""
+Does the reasoning contain {definition}? Example: {example}. Do not count {exclusion}.
+
+Count the distinct instances and give the count between count tags, as in <count>2</count>; if there are none, give <count>0</count>."""
 _COUNT = re.compile(r"<count>\s*(\d+)\s*</count>")
 
 
-def judge_prompt(behavior, response, nums, target, max_chars=16000):
-    """The request text for one behavior. Over-long responses keep their head and tail.
+def judge_prompt(behavior, response, nums, target, max_chars=16000, study=None):
+    """The request text for one behavior: ours, or the study's (study: study_judge()'s
+    questions). Over-long responses keep their head and tail.
 
     >>> "backward chaining" in judge_prompt("backward", "58 = 56 + 2", [7, 12, 4, 2], 58)
     True
@@ -783,9 +780,50 @@ def judge_prompt(behavior, response, nums, target, max_chars=16000):
     if len(response) > max_chars:
         half = max_chars // 2
         response = response[:half] + "\n[... middle omitted ...]\n" + response[-half:]
+    if study:
+        code, names = study[behavior]
+        return eval(code, {"__builtins__": {}}, dict(zip(names, (list(nums), target, response))))
     definition, example, exclusion = DEFINITIONS[behavior]
     return PROMPT.format(nums=list(nums), target=target, definition=definition, example=example,
                          exclusion=exclusion, response=response)
+
+
+STUDY_JUDGE = os.path.join("behavioral_evals", "gpt_api_eval.py")  # in a checkout of the study's repository
+# what a field of the study's f-strings may hold: its parameters, constants, arithmetic ({target//2})
+_SAFE = (ast.JoinedStr, ast.FormattedValue, ast.Constant, ast.Name, ast.Load, ast.BinOp,
+         ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod)
+
+
+def _template(node, names, path):
+    """Code that computes a string or f-string node from `names`; other fields are refused."""
+    bad = next((n for n in ast.walk(node) if not isinstance(n, _SAFE) or isinstance(n, ast.Name) and n.id not in names), None)
+    if bad is not None:
+        raise DataError(f"{path}: unsupported field {{{ast.unparse(bad)}}} in the study's prompt")
+    return compile(ast.Expression(node), path, "eval")
+
+
+def study_judge(root):
+    """(system message or None, {behavior: (compiled f-string, its parameter names)}) of the study's judge,
+    read with ast, never run: the four (f-)strings CountdownAnalyzer.create_analysis_prompts returns, in its
+    order (verification, backtracking, subgoal, backward), its parameters (numbers, target, completion)
+    standing for ours; and the content of a {"role": "system", "content": ...} message in the file."""
+    path = os.path.join(root, STUDY_JUDGE)
+    if not os.path.isfile(path):
+        raise DataError(f"--prompts study:{root}: no {STUDY_JUDGE} there (give the root of a checkout of the study's repository)")
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    fn = next((f for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and c.name == "CountdownAnalyzer"
+               for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "create_analysis_prompts"), None)
+    lists = [n.elts for n in ast.walk(fn) if isinstance(n, ast.List)] if fn else []
+    texts = next((e for e in lists if len(e) == 4 and all(isinstance(x, (ast.JoinedStr, ast.Constant)) for x in e)), None)
+    names = [a.arg for a in fn.args.args[1:]] if fn else []
+    if texts is None or len(names) != 3:
+        raise DataError(f"{path}: no CountdownAnalyzer.create_analysis_prompts(self, numbers, target, completion) "
+                        "returning a list of four prompts")
+    dicts = ({k.value: v.value for k, v in zip(d.keys, d.values) if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)}
+             for d in ast.walk(tree) if isinstance(d, ast.Dict))
+    system = next((d["content"] for d in dicts if d.get("role") == "system" and isinstance(d.get("content"), str)), None)
+    return system, {b: (_template(t, names, path), names) for b, t in zip(BEHAVIORS, texts)}
 
 
 def parse_count(text):
@@ -806,23 +844,17 @@ class Usage:
     """Thread-safe tally of requests, tokens and outcomes; `report` prints the cost."""
 
     def __init__(self, model, batch=False):
-        self.model, self.batch, self.lock = model, batch, threading.Lock()
-        self.n = Counter()
+        self.model, self.batch, self.lock, self.n = model, batch, threading.Lock(), Counter()
 
     def add(self, **kw):
         with self.lock:
             self.n.update(kw)
 
-    def cost(self):
-        """Estimated US$ from list prices (Batch API: half), or None for an unknown model."""
-        if self.model not in PRICES:
-            return None
-        p_in, p_out = PRICES[self.model]
-        return (self.n["input_tokens"] * p_in + self.n["output_tokens"] * p_out) / 1e6 * (0.5 if self.batch else 1)
-
     def report(self):
-        c = self.cost()
-        money = f"${c:.4f}" if c is not None else f"unknown (no price for {self.model})"
+        """The tally, with the cost estimated from list prices (Batch API: half)."""
+        p, n = PRICES.get(self.model), self.n
+        money = (f"${(n['input_tokens'] * p[0] + n['output_tokens'] * p[1]) / 1e6 * (0.5 if self.batch else 1):.4f}"
+                 if p else f"unknown (no price for {self.model})")
         return (f"{self.n['requests']} requests ({self.n['retries']} retries, {self.n['no_tag']} answers "
                 f"without <count>, {self.n['missing']} counts missing), {self.n['input_tokens']} input + "
                 f"{self.n['output_tokens']} output tokens, estimated cost {money}"
@@ -833,9 +865,8 @@ def redact(text, secrets=()):
     """Remove API keys (given ones and anything shaped like one) from a message.
     >>> redact("bad key sk-abc123XYZ for sk-abc123XYZ", ["sk-abc123XYZ"])
     'bad key [key] for [key]'"""
-    for s in secrets:
-        if s:
-            text = text.replace(s, "[key]")
+    for s in filter(None, secrets):
+        text = text.replace(s, "[key]")
     return re.sub(r"\b(?:sk|sk-ant|sk-proj)-[A-Za-z0-9_\-*]{6,}", "[key]", text)
 
 
@@ -857,10 +888,11 @@ class Judge:
     or Anthropic's Messages API. The key comes from the environment and goes only into
     request headers."""
 
-    def __init__(self, backend, model, base_url, api_key, cfg, usage=None, batch=False):
+    def __init__(self, backend, model, base_url, api_key, cfg, usage=None, batch=False, study=None):
         self.backend, self.model, self.key, self.cfg = backend, model, api_key, cfg
-        self.base = base_url.rstrip("/")
-        self.usage = usage or Usage(model, batch)
+        self.system, self.study = study or (SYSTEM, None)  # study: study_judge()
+        self.name = f"{backend}:{model}" + ("+study-prompts" if self.study else "")
+        self.base, self.usage = base_url.rstrip("/"), usage or Usage(model, batch)
         self.rng = random.Random()   # backoff jitter only
 
     @classmethod
@@ -877,7 +909,8 @@ class Judge:
             if not key:
                 raise JudgeError("set ANTHROPIC_API_KEY in the environment")
         model = args.judge_model or DEFAULT_JUDGE[args.backend]
-        return cls(args.backend, model, base, key, args, batch=args.batch)
+        study = study_judge(args.prompts[len("study:"):]) if args.prompts != "ours" else None
+        return cls(args.backend, model, base, key, args, batch=args.batch, study=study)
 
     def headers(self, content_type="application/json"):
         h = {"Content-Type": content_type} if content_type else {}
@@ -889,11 +922,13 @@ class Judge:
 
     def body(self, prompt):
         """The JSON body of one request (also a Batch API line's body)."""
-        msgs = [{"role": "user", "content": prompt}]
-        return {"model": self.model, "max_tokens": self.cfg.max_tokens, "temperature": 0, "messages": msgs}
-
-    def endpoint(self):
-        return self.base + ("/v1/messages" if self.backend == "anthropic" else "/chat/completions")
+        body = {"model": self.model, "max_tokens": self.cfg.max_tokens, "temperature": 0,
+                "messages": [{"role": "user", "content": prompt}]}
+        if self.system and self.backend == "anthropic":
+            body["system"] = self.system
+        elif self.system:
+            body["messages"].insert(0, {"role": "system", "content": self.system})
+        return body
 
     def read(self, data):
         """(text, input tokens, output tokens) of a response body."""
@@ -930,7 +965,8 @@ class Judge:
 
     def ask(self, prompt):
         """The judge's answer text to one prompt."""
-        data = json.loads(self.send("POST", self.endpoint(), json.dumps(self.body(prompt)).encode()))
+        url = self.base + ("/v1/messages" if self.backend == "anthropic" else "/chat/completions")
+        data = json.loads(self.send("POST", url, json.dumps(self.body(prompt)).encode()))
         text, n_in, n_out = self.read(data)
         self.usage.add(input_tokens=n_in, output_tokens=n_out)
         return text
@@ -942,7 +978,7 @@ def judge_counts(judge, rec, first_answers=None):
     first_answers: {behavior: answer text} already in hand (from the Batch API)."""
     response, counts, missing = response_of(rec), {}, []
     for b in BEHAVIORS:
-        prompt = judge_prompt(b, response, rec["nums"], rec["target"], judge.cfg.max_chars)
+        prompt = judge_prompt(b, response, rec["nums"], rec["target"], judge.cfg.max_chars, judge.study)
         given = [first_answers[b]] if first_answers and first_answers.get(b) is not None else []
         n, answers = None, 0
         while given or answers < 1 + judge.cfg.tag_retries:
@@ -976,7 +1012,7 @@ def batch_submit(judge, records):
     lines = []
     for rec in records:
         for b in BEHAVIORS:
-            prompt = judge_prompt(b, response_of(rec), rec["nums"], rec["target"], judge.cfg.max_chars)
+            prompt = judge_prompt(b, response_of(rec), rec["nums"], rec["target"], judge.cfg.max_chars, judge.study)
             lines.append(json.dumps({"custom_id": f"{record_key(rec)}:{b}", "method": "POST",
                                      "url": "/v1/chat/completions", "body": judge.body(prompt)}))
     body, ctype = _multipart({"purpose": "batch"}, "file", "classify_batch.jsonl", "\n".join(lines).encode() + b"\n")
@@ -991,8 +1027,7 @@ def batch_wait(judge, batch_id):
     while True:
         batch = json.loads(judge.send("GET", f"{judge.base}/batches/{batch_id}", None, None))
         counts = batch.get("request_counts") or {}
-        print(f"batch {batch_id}: {batch.get('status')} ({counts.get('completed', 0)}/{counts.get('total', '?')} done)",
-              flush=True)
+        print(f"batch {batch_id}: {batch.get('status')} ({counts.get('completed', 0)}/{counts.get('total', '?')} done)", flush=True)
         if batch.get("status") in ("completed", "failed", "expired", "cancelled"):
             return batch
         time.sleep(judge.cfg.poll)
@@ -1001,13 +1036,9 @@ def batch_wait(judge, batch_id):
 def batch_answers(judge, batch):
     """{custom_id: answer text} of a finished batch (failed requests are left out)."""
     out = {}
-    if not batch.get("output_file_id"):
-        return out
-    data = judge.send("GET", f"{judge.base}/files/{batch['output_file_id']}/content", None, None)
-    for line in data.decode("utf-8").splitlines():
-        if not line.strip():
-            continue
-        item = json.loads(line)
+    fid = batch.get("output_file_id")
+    data = judge.send("GET", f"{judge.base}/files/{fid}/content", None, None) if fid else b""
+    for item in map(json.loads, filter(str.strip, data.decode("utf-8").splitlines())):
         resp = item.get("response") or {}
         if resp.get("status_code") == 200 and isinstance(resp.get("body"), dict):
             text, n_in, n_out = judge.read(resp["body"])
@@ -1036,8 +1067,7 @@ def record_key(rec):
 def read_records(path):
     """Records of one JSONL file, checked: each needs response|completion, nums and target.
     Errors name file:line."""
-    from common import read_jsonl
-    return read_jsonl(path, check=_record_problem)
+    return common.read_jsonl(path, check=_record_problem)
 
 
 def _record_problem(rec):
@@ -1048,16 +1078,18 @@ def _record_problem(rec):
     return None
 
 
-def input_files(path):
-    """(files, default condition per file) for a run folder, a folder of JSONL, or a file."""
-    import glob
-    from common import DataError
+def input_files(path, split="auto"):
+    """(files, default condition per file) for a run folder (its val/ or rollouts/ step
+    files, see --split), a folder of step files or of other JSONL, or a file."""
     if os.path.isfile(path):
         return [path], {path: os.path.splitext(os.path.basename(path))[0]}
     if not os.path.isdir(path):
         raise DataError(f"{path}: no such file or folder")
-    run = os.path.join(path, "rollouts")
-    files = sorted(glob.glob(os.path.join(run, "step_*.jsonl"))) or sorted(glob.glob(os.path.join(path, "step_*.jsonl")))
+    run = {d: sorted(glob.glob(os.path.join(path, d, "step_*.jsonl"))) for d in ("val", "rollouts")}
+    if split == "val" and not run["val"]:
+        raise DataError(f"{path}: no val/step_*.jsonl (ppo.py writes them at its validation steps); --split rollouts?")
+    files = run["val"] if split != "rollouts" and run["val"] else run["rollouts"]
+    files = files or sorted(glob.glob(os.path.join(path, "step_*.jsonl")))
     if files:
         cond = run_condition(path)
         return files, {f: cond for f in files}
@@ -1078,16 +1110,12 @@ def run_condition(run_dir):
     return os.path.basename(os.path.normpath(run_dir))
 
 
-def load_input(path, condition=None):
+def load_input(path, condition=None, split="auto"):
     """[(record, condition, step)] of every record under path, in file order."""
-    files, default = input_files(path)
-    out = []
-    for f in files:
-        for rec in read_records(f):
-            cond = condition or rec.get("condition") or default[f]
-            step = rec.get("step", 0)
-            out.append((rec, str(cond), int(step) if isinstance(step, (int, float)) else 0))
-    return out
+    files, default = input_files(path, split)
+    step = lambda rec: int(rec["step"]) if isinstance(rec.get("step"), (int, float)) else 0
+    return [(rec, str(condition or rec.get("condition") or default[f]), step(rec))
+            for f in files for rec in read_records(f)]
 
 
 def sample_per_step(items, n, seed=0):
@@ -1140,10 +1168,7 @@ def aggregate(classified, items, length_fn):
 def length_function(tokenizer_name=None):
     """Response length of a record: its "length" (tokens, from ppo.py), else tokens under
     --length-tokenizer, else whitespace-separated words."""
-    tok = None
-    if tokenizer_name:
-        from common import load_tokenizer
-        tok = load_tokenizer(tokenizer_name)
+    tok = common.load_tokenizer(tokenizer_name) if tokenizer_name else None
 
     def length(rec):
         if isinstance(rec.get("length"), (int, float)):
@@ -1154,13 +1179,12 @@ def length_function(tokenizer_name=None):
 
 
 def write_steps_csv(path, rows):
-    from common import atomic_write_text
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
+    common.atomic_write_text(path, buf.getvalue())
 
 
 def summary_table(rows):
@@ -1179,40 +1203,24 @@ def summary_table(rows):
 # =================================================================================
 
 def _labelled(rec, counts, name, missing=()):
-    out = dict(rec)
-    out.update(counts)
-    out["classifier"] = name
-    if missing:
-        out["missing"] = list(missing)
-    return out
+    return {**rec, **counts, "classifier": name, **({"missing": list(missing)} if missing else {})}
 
 
 def classify_rules(items, progress=True):
     """[(classified record, condition, step)] with the rules backend."""
-    from tqdm import tqdm
-    out = []
-    for rec, cond, step in tqdm(items, desc="rules", unit="resp", disable=not progress, mininterval=1.0):
-        out.append((_labelled(rec, count_behaviors(response_of(rec), rec["nums"], rec["target"]), "rules"), cond, step))
-    return out
-
-
-def _done(out_path, name):
-    """{record key: classified record} already in out_path by this classifier (resume)."""
-    from common import read_jsonl_tolerant
-    return {record_key(r): r for r in read_jsonl_tolerant(out_path) if r.get("classifier") == name}
+    return [(_labelled(rec, count_behaviors(response_of(rec), rec["nums"], rec["target"]), "rules"), cond, step)
+            for rec, cond, step in tqdm(items, desc="rules", unit="resp", disable=not progress, mininterval=1.0)]
 
 
 def _run_pool(judge, todo, out_path, done, work):
     """Run work(rec) -> classified record over todo with --concurrency threads, appending
     each result to out_path as it arrives; a fatal error stops the run (resume later)."""
-    from tqdm import tqdm
-    from common import append_jsonl
     with ThreadPoolExecutor(max_workers=max(1, judge.cfg.concurrency)) as pool:
         futures = [pool.submit(work, rec) for rec in todo]
         try:
             for fut in tqdm(as_completed(futures), total=len(futures), desc=judge.model, unit="resp"):
                 rec = fut.result()
-                append_jsonl(out_path, [rec])
+                common.append_jsonl(out_path, [rec])
                 done[record_key(rec)] = rec
         except BaseException:
             for f in futures:
@@ -1224,9 +1232,9 @@ def classify_llm(items, judge, out_dir):
     """Classify with an LLM judge (chat requests or, with --batch, the Batch API). Records
     already in OUT/classified.jsonl from the same judge are skipped; each new one is
     appended as soon as it is done."""
-    name = f"{judge.backend}:{judge.model}"
+    name = judge.name
     out_path = os.path.join(out_dir, "classified.jsonl")
-    done = _done(out_path, name)
+    done = {record_key(r): r for r in common.read_jsonl_tolerant(out_path) if r.get("classifier") == name}  # resume
     todo = list({record_key(r): r for r, _, _ in items if record_key(r) not in done}.values())
     print(f"{len(done)} records already classified by {name}, {len(todo)} to go", flush=True)
     answers = batch_run(judge, todo, out_dir) if judge.cfg.batch and todo else {}
@@ -1249,7 +1257,6 @@ def classify_llm(items, judge, out_dir):
 def batch_run(judge, todo, out_dir):
     """Submit (or, after a restart, find again via OUT/batch.json) one batch for todo, wait
     for it, and return its answers."""
-    from common import write_json
     if judge.backend != "openai":
         raise JudgeError("--batch is implemented for the OpenAI Batch API (--backend openai)")
     state = os.path.join(out_dir, "batch.json")
@@ -1260,7 +1267,7 @@ def batch_run(judge, todo, out_dir):
         print(f"resuming batch {batch_id}", flush=True)
     if not batch_id:
         batch_id = batch_submit(judge, todo)
-        write_json(state, {"batch_id": batch_id, "requests": 4 * len(todo)})
+        common.write_json(state, {"batch_id": batch_id, "requests": 4 * len(todo)})
     batch = batch_wait(judge, batch_id)
     if batch.get("status") != "completed":
         print(f"batch {batch_id} ended {batch.get('status')}: its answers are asked again one by one", flush=True)
@@ -1269,16 +1276,11 @@ def batch_run(judge, todo, out_dir):
 
 def classify(args, items):
     """Classify items with args.backend into args.out; write classified.jsonl and steps.csv."""
-    from common import write_jsonl
     os.makedirs(args.out, exist_ok=True)
     todo = sample_per_step(items, args.sample_per_step, args.seed)
     t0 = time.time()
-    if args.backend == "rules":
-        done = classify_rules(todo)
-        write_jsonl(os.path.join(args.out, "classified.jsonl"), [r for r, _, _ in done])
-    else:
-        done = classify_llm(todo, Judge.from_args(args), args.out)
-        write_jsonl(os.path.join(args.out, "classified.jsonl"), [r for r, _, _ in done])  # input order
+    done = classify_rules(todo) if args.backend == "rules" else classify_llm(todo, Judge.from_args(args), args.out)
+    common.write_jsonl(os.path.join(args.out, "classified.jsonl"), [r for r, _, _ in done])  # input order
     dt = time.time() - t0
     rows = aggregate(done, items, length_function(args.length_tokenizer))
     write_steps_csv(os.path.join(args.out, "steps.csv"), rows)
@@ -1299,7 +1301,6 @@ def sample_responses(model, tokenizer, tasks, n_samples, max_new_tokens, templat
     records as ppo.py writes them:
     {"step","id","nums","target","prompt","response","reward","correct","length"}."""
     import torch
-    from tqdm import tqdm
     import engine
     reps = [t for t in tasks for _ in range(n_samples)]
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -1338,7 +1339,7 @@ def run_sampling(args):
     """Sample from args.model into the run folder args.out (rollouts/step_000000.jsonl and
     config.json naming the condition); returns the folder."""
     import torch
-    from common import load_model, load_tokenizer, read_jsonl, write_json, write_jsonl
+    from common import load_model, load_tokenizer, read_jsonl, write_json
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     tasks = read_jsonl(args.data, required=("nums", "target"))[:args.samples]
@@ -1347,7 +1348,7 @@ def run_sampling(args):
     recs = sample_responses(model, tok, tasks, args.per_task, args.max_new_tokens, args.template,
                             args.temperature, device, args.gen_batch)
     cond = args.condition or "base_" + re.sub(r"[^\w.-]+", "_", os.path.basename(os.path.normpath(args.model)))
-    write_jsonl(os.path.join(args.out, "rollouts", "step_000000.jsonl"), recs)
+    common.write_jsonl(os.path.join(args.out, "rollouts", "step_000000.jsonl"), recs)
     write_json(os.path.join(args.out, "config.json"), {**vars(args), "stage": "classify-sample", "condition": cond})
     acc = sum(r["correct"] for r in recs) / max(1, len(recs))
     print(f"sampled {len(recs)} responses from {args.model}: accuracy {acc:.3f}", flush=True)
@@ -1403,10 +1404,7 @@ def agreement_table(res):
 def run_eval(path):
     """Print the rules' agreement with labelled JSONL (a file or a folder of them) and their speed."""
     files, default = input_files(path)
-    records = []
-    for f in files:
-        for rec in read_records(f):
-            records.append({**rec, "_file": default[f]})
+    records = [{**rec, "_file": default[f]} for f in files for rec in read_records(f)]
     res = agreement(records)
     print(agreement_table(res))
     print(f"rules throughput: {throughput(records):.0f} responses/s of CPU time on one core "
@@ -1423,16 +1421,19 @@ def parse_args(argv=None):
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     common.add_settings(ap, SETTINGS)
     a = ap.parse_args(argv)
-    if a.backend not in ("rules", "openai", "anthropic"):
-        ap.error("--backend must be rules, openai or anthropic")
-    if a.batch and a.backend != "openai":
-        ap.error("--batch works with --backend openai (the OpenAI Batch API)")
-    if a.template not in countdown.TEMPLATES:
-        ap.error(f"--template must be one of {sorted(countdown.TEMPLATES)}")
-    if min(a.concurrency, a.samples, a.per_task, a.gen_batch) < 1 or a.sample_per_step < 0 or a.tag_retries < 0:
-        ap.error("--concurrency, --samples, --per-task, --gen-batch must be >= 1; --sample-per-step, --tag-retries >= 0")
-    if a.eval is None and a.model is None and a.input is None:
-        ap.error("give --input (what to classify), --model (sample first), or --eval")
+    for bad, msg in [
+            (a.backend not in ("rules", "openai", "anthropic"), "--backend must be rules, openai or anthropic"),
+            (a.batch and a.backend != "openai", "--batch works with --backend openai (the OpenAI Batch API)"),
+            (a.template not in countdown.TEMPLATES, f"--template must be one of {sorted(countdown.TEMPLATES)}"),
+            (a.split not in ("auto", "val", "rollouts"), "--split must be auto, val or rollouts"),
+            (a.prompts != "ours" and not (a.prompts.startswith("study:") and len(a.prompts) > 6 and a.backend != "rules"),
+             "--prompts must be ours or study:PATH, and study:PATH needs --backend openai or anthropic"),
+            (min(a.concurrency, a.samples, a.per_task, a.gen_batch) < 1 or a.sample_per_step < 0 or a.tag_retries < 0,
+             "--concurrency, --samples, --per-task, --gen-batch must be >= 1; --sample-per-step, --tag-retries >= 0"),
+            (a.eval is None and a.model is None and a.input is None,
+             "give --input (what to classify), --model (sample first), or --eval")]:
+        if bad:
+            ap.error(msg)
     if a.out is None and a.eval is None:
         if a.model is not None:
             a.out = os.path.join("out", "base-" + re.sub(r"[^\w.-]+", "_", os.path.basename(os.path.normpath(a.model))))
@@ -1444,7 +1445,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    from common import DataError
     args = parse_args(argv)
     try:
         if args.eval:
@@ -1453,7 +1453,7 @@ def main(argv=None):
         if args.model:
             run_dir = run_sampling(args)
             args.input, args.out = run_dir, os.path.join(run_dir, "classify")
-        items = load_input(args.input, args.condition)
+        items = load_input(args.input, args.condition, args.split)
         if not items:
             raise DataError(f"{args.input}: no records")
         classify(args, items)

@@ -99,7 +99,9 @@ DEFAULTS = dict(
 )
 SOURCES = {  # --source short names -> (hub dataset, config)
     "open-web-math": ("open-web-math/open-web-math", None),
-    "finemath": ("HuggingFaceTB/finemath", "finemath-3plus"),  # our choice of config; the study does not name one
+    # the study's config: pretraining_analysis/relabel_pretrain.py:72 of kanishkg/cognitive-behaviors
+    # (and relabel_olmo_pretrain_qa.py:136 of its TinyZero branch) loads finemath-4plus
+    "finemath": ("HuggingFaceTB/finemath", "finemath-4plus"),
 }
 DEFAULT_MODEL = {"openai": "Qwen/Qwen2.5-32B-Instruct", "anthropic": "claude-sonnet-4-5"}
 ANTHROPIC_VERSION = "2023-06-01"

@@ -8,6 +8,7 @@ import os
 import re
 import threading
 import timeit
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -124,12 +125,12 @@ GOOD = "44 - 19 = 25, 25 * 3 = 75, 75 + 1 = 76. That works!</think>\n<answer>(44
 BAD = "44 + 19 = 63, 63 + 3 = 66. Not 76. Let me try again. 44 * 3 = 132.</think>\n<answer>44 + 19</answer>"
 
 
-def _rollouts(run, steps=(0, 10), per_step=5):
+def _rollouts(run, steps=(0, 10), per_step=5, split="rollouts", good=2):
     for s in steps:
         recs = [{"step": s, "id": f"t{i}", "nums": [44, 19, 3, 1], "target": 76, "prompt": "p",
-                 "response": GOOD if i < 2 else BAD, "reward": 1.0 if i < 2 else 0.1,
-                 "correct": i < 2, "length": 100 + i} for i in range(per_step)]
-        _write(os.path.join(run, "rollouts", f"step_{s:06d}.jsonl"), recs)
+                 "response": GOOD if i < good else BAD, "reward": 1.0 if i < good else 0.1,
+                 "correct": i < good, "length": 100 + i} for i in range(per_step)]
+        _write(os.path.join(run, split, f"step_{s:06d}.jsonl"), recs)
 
 
 def _csv(path):
@@ -228,6 +229,7 @@ class FakeAPI:
         self.counts = dict(verification=2, backtracking=1, subgoal=0, backward=3)
         self.untagged, self.fail, self.batch_untagged = set(untagged), list(fail), set(batch_untagged)
         self.log, self.files, self.batches, self.lock = [], {}, {}, threading.Lock()
+        self.bodies = []  # bodies of chat / messages requests
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -245,7 +247,7 @@ class FakeAPI:
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def answer(self, prompt, batch=False):
-        b = re.search(r"distinct instances of (\w+)", prompt).group(1)   # "subgoal setting" -> subgoal
+        b = re.search(r"contain (\w+)", prompt).group(1)   # "subgoal setting" -> subgoal
         if b in self.untagged or (batch and b in self.batch_untagged):
             return "I think there are a few of them."
         return f"Looking at it... <count>{self.counts[b]}</count>"
@@ -262,12 +264,14 @@ class FakeAPI:
     def handle(self, h, method, body):
         with self.lock:
             self.log.append((method, h.path, dict(h.headers)))
+            if h.path in ("/v1/chat/completions", "/v1/messages"):
+                self.bodies.append(json.loads(body))
             fail = self.fail.pop(0) if self.fail else None
         if fail:
             return self.reply(h, fail, {"error": {"message": f"try later ({fail})"}}, [("Retry-After", "0")])
         if h.path == "/v1/chat/completions":
             req = json.loads(body)
-            text = self.answer(req["messages"][0]["content"])
+            text = self.answer(req["messages"][-1]["content"])
             return self.reply(h, 200, {"id": "c1", "object": "chat.completion", "model": req["model"],
                                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                                     "finish_reason": "stop"}],
@@ -276,7 +280,7 @@ class FakeAPI:
             req = json.loads(body)
             if h.headers.get("x-api-key") != KEY or h.headers.get("anthropic-version") != "2023-06-01":
                 return self.reply(h, 401, {"type": "error", "error": {"type": "authentication_error"}})
-            text = self.answer(req["messages"][0]["content"])
+            text = self.answer(req["messages"][-1]["content"])
             return self.reply(h, 200, {"id": "m1", "type": "message", "role": "assistant", "model": req["model"],
                                        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
                                        "usage": {"input_tokens": 120, "output_tokens": 12}})
@@ -294,7 +298,7 @@ class FakeAPI:
             for line in self.files[req["input_file_id"]].decode().splitlines():
                 item = json.loads(line)
                 assert item["method"] == "POST" and item["url"] == "/v1/chat/completions"
-                text = self.answer(item["body"]["messages"][0]["content"], batch=True)
+                text = self.answer(item["body"]["messages"][-1]["content"], batch=True)
                 out.append(json.dumps({"id": "r", "custom_id": item["custom_id"], "error": None, "response": {
                     "status_code": 200, "request_id": "q", "body": {
                         "choices": [{"message": {"role": "assistant", "content": text}}],
@@ -411,3 +415,140 @@ def test_missing_key_is_an_error(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     assert classify.main(["--backend", "anthropic", "--input", _two_records(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "ANTHROPIC_API_KEY" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- as the study evaluated behaviors
+def test_sample_per_step_defaults_to_the_studys_200(tmp_path):
+    """gpt_api_eval.py samples 200 completions per step (num_samples=200; gpt_submit.sh passes 200)."""
+    assert classify.parse_args(["--input", "x"]).sample_per_step == 200
+    run = str(tmp_path / "run")
+    _rollouts(run, per_step=250, good=50)
+    assert classify.main(["--input", run, "--out", str(tmp_path / "o")]) == 0
+    recs = classify.read_records(str(tmp_path / "o" / "classified.jsonl"))
+    assert sorted(Counter(r["step"] for r in recs).items()) == [(0, 200), (10, 200)]
+    rows = _csv(str(tmp_path / "o" / "steps.csv"))
+    assert all(float(r["accuracy"]) == pytest.approx(0.2) for r in rows)        # from all 250
+    assert all(int(r["total_verifications"]) == 200 for r in rows)              # one per classified record
+    assert classify.main(["--input", run, "--out", str(tmp_path / "all"), "--sample-per-step", "0"]) == 0
+    assert len(classify.read_records(str(tmp_path / "all" / "classified.jsonl"))) == 500
+
+
+def test_run_folder_reads_val_when_it_has_one(tmp_path, capsys):
+    """ppo.py writes the test-set samples of every 10th step to val/; the study classified those."""
+    run = str(tmp_path / "ppo-x")
+    _rollouts(run, steps=(1, 5), per_step=3)
+    assert classify.main(["--input", run, "--out", str(tmp_path / "a")]) == 0   # no val/: rollouts
+    assert [r["step"] for r in _csv(str(tmp_path / "a" / "steps.csv"))] == ["1", "5"]
+    assert classify.main(["--input", run, "--out", str(tmp_path / "b"), "--split", "val"]) == 2
+    assert "no val/step_*.jsonl" in capsys.readouterr().err
+    _rollouts(run, steps=(0, 10, 20), per_step=4, split="val", good=1)
+    assert classify.main(["--input", run]) == 0                                 # auto: val
+    rows = _csv(os.path.join(run, "classify", "steps.csv"))
+    assert [(r["condition"], r["step"]) for r in rows] == [("ppo-x", "0"), ("ppo-x", "10"), ("ppo-x", "20")]
+    assert all(float(r["accuracy"]) == pytest.approx(0.25) for r in rows)
+    assert classify.main(["--input", run, "--out", str(tmp_path / "c"), "--split", "rollouts"]) == 0
+    assert [r["step"] for r in _csv(str(tmp_path / "c" / "steps.csv"))] == ["1", "5"]
+    with pytest.raises(SystemExit):
+        classify.parse_args(["--input", run, "--split", "test"])
+
+
+def test_judge_asks_one_count_question_per_behavior_in_the_studys_order(tmp_path, monkeypatch, fake_api):
+    """As gpt_api_eval.py: a system message, then per behavior the puzzle, the reasoning, what to
+    count with an example, and the answer as <count>N</count> (<count>0</count> if none)."""
+    for b in classify.BEHAVIORS:
+        q = classify.judge_prompt(b, "RESPONSE-TEXT", [44, 19, 3, 1], 76)
+        at = [q.index(x) for x in ("[44, 19, 3, 1]", "76", "RESPONSE-TEXT", classify.DEFINITIONS[b][0],
+                                   classify.DEFINITIONS[b][1], "<count>0</count>")]
+        assert at == sorted(at), b
+    api = fake_api()
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    assert classify.main(["--backend", "openai", "--base-url", api.url + "/v1", "--input", _two_records(tmp_path),
+                          "--out", str(tmp_path / "o"), "--concurrency", "1"]) == 0
+    assert len(api.bodies) == 8 and all(b["model"] == "gpt-4o-mini" and b["max_tokens"] == 512 for b in api.bodies)
+    assert all([m["role"] for m in b["messages"]] == ["system", "user"] for b in api.bodies)
+    assert {b["messages"][0]["content"] for b in api.bodies} == {classify.SYSTEM}
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    assert classify.main(["--backend", "anthropic", "--base-url", api.url, "--input", _two_records(tmp_path),
+                          "--out", str(tmp_path / "a"), "--concurrency", "1"]) == 0
+    assert api.bodies[-1]["system"] == classify.SYSTEM and [m["role"] for m in api.bodies[-1]["messages"]] == ["user"]
+
+
+# A stand-in for the study's repository: the same file, the judge's questions defined the same
+# way (a method returning four f-strings; another analyzer with the same method name), with
+# placeholder text. Its first line fails if the file is ever run or imported.
+FAKE_GPT_API_EVAL = '''\
+import module_that_is_not_installed
+
+
+class BaseAnalyzer:
+    def convert(self, prompt):
+        return {"body": {"model": "m", "messages": [
+            {"role": "system", "content": "PLACEHOLDER system message."},
+            {"role": "user", "content": prompt}]}}
+
+
+class CountdownAnalyzer(BaseAnalyzer):
+    def create_analysis_prompts(self, numbers, target, completion):
+        prompts = [
+            f"""Q1 with {numbers} and {target}: {completion}. Does it contain verification? {FIELD}""",
+            f"""Q2 {numbers}/{target}: {completion}. Does it contain backtracking? <count> </count>""",
+            f"""Q3 {completion}. Does it contain subgoal steps like {target//2} or {target!r:>5}?""",
+            f"""Q4 {completion}. Does it contain backward chaining from {target}?""",
+        ]
+        return prompts
+
+
+class OtherAnalyzer(BaseAnalyzer):
+    def create_analysis_prompts(self, completion):
+        return [f"wrong {completion}", "wrong", "wrong", "wrong"]
+'''
+
+
+def fake_study_checkout(root, field="{target - 1}"):
+    os.makedirs(os.path.join(root, "behavioral_evals"), exist_ok=True)
+    with open(os.path.join(root, "behavioral_evals", "gpt_api_eval.py"), "w") as f:
+        f.write(FAKE_GPT_API_EVAL.replace("{FIELD}", field))
+    return str(root)
+
+
+def test_study_judge_prompts_from_a_checkout(tmp_path, monkeypatch, fake_api):
+    root = fake_study_checkout(tmp_path / "checkout")
+    system, study = classify.study_judge(root)
+    assert system == "PLACEHOLDER system message."
+    q = {b: classify.judge_prompt(b, "R", [44, 19, 3, 1], 76, study=study) for b in classify.BEHAVIORS}
+    assert q == {"verification": "Q1 with [44, 19, 3, 1] and 76: R. Does it contain verification? 75",
+                 "backtracking": "Q2 [44, 19, 3, 1]/76: R. Does it contain backtracking? <count> </count>",
+                 "subgoal": "Q3 R. Does it contain subgoal steps like 38 or    76?",
+                 "backward": "Q4 R. Does it contain backward chaining from 76?"}
+    api = fake_api()
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    args = ["--backend", "openai", "--base-url", api.url + "/v1", "--input", _two_records(tmp_path),
+            "--out", str(tmp_path / "o"), "--concurrency", "1"]
+    assert classify.main(args + ["--prompts", f"study:{root}"]) == 0
+    assert {b["messages"][0]["content"] for b in api.bodies} == {"PLACEHOLDER system message."}
+    assert {b["messages"][1]["content"].split(":")[0] for b in api.bodies} >= {"Q1 with [44, 19, 3, 1] and 76"}
+    recs = classify.read_records(str(tmp_path / "o" / "classified.jsonl"))
+    assert all(r["classifier"] == "openai:gpt-4o-mini+study-prompts" and r["backward"] == 3 for r in recs)
+    assert classify.main(args) == 0 and len(api.bodies) == 16  # our prompts: a different judge, asked anew
+
+
+def test_study_judge_prompts_missing_or_unreadable_is_one_clear_line(tmp_path, monkeypatch, capsys, fake_api):
+    api = fake_api()
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    args = ["--backend", "openai", "--base-url", api.url + "/v1", "--input", _two_records(tmp_path),
+            "--out", str(tmp_path / "o")]
+    assert classify.main(args + ["--prompts", f"study:{tmp_path}/nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no behavioral_evals/gpt_api_eval.py there" in err
+    bad = fake_study_checkout(tmp_path / "bad", field="{completion.upper()}")
+    assert classify.main(args + ["--prompts", f"study:{bad}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unsupported field {completion.upper()}" in err
+    empty = tmp_path / "empty" / "behavioral_evals"
+    os.makedirs(empty)
+    (empty / "gpt_api_eval.py").write_text("class CountdownAnalyzer:\n    pass\n")
+    assert classify.main(args + ["--prompts", f"study:{tmp_path / 'empty'}"]) == 2
+    assert "no CountdownAnalyzer.create_analysis_prompts" in capsys.readouterr().err
+    assert api.bodies == []                                  # nothing was asked
+    with pytest.raises(SystemExit):
+        classify.parse_args(["--input", "x", "--prompts", f"study:{tmp_path}"])  # rules: no prompts

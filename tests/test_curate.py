@@ -165,6 +165,27 @@ def test_missing_datasets_package_is_explained(tmp_path, monkeypatch):
         cp.main(["--stage", "label", "--source", "open-web-math", "--n-docs", "3", "--out", str(tmp_path)])
 
 
+def test_hub_sources_are_the_studys_corpora_and_configs(monkeypatch):
+    """finemath is read with the config the study labelled: finemath-4plus
+    (pretraining_analysis/relabel_pretrain.py:72 of kanishkg/cognitive-behaviors)."""
+    calls = []
+
+    class Stream(list):
+        def shuffle(self, seed, buffer_size):
+            return self
+
+    class FakeDatasets:
+        @staticmethod
+        def load_dataset(hub, config, split, streaming):
+            calls.append((hub, config, split, streaming))
+            return Stream([{"text": f"document {i} of {hub}"} for i in range(5)])
+    monkeypatch.setattr(cp, "_need_datasets", lambda: FakeDatasets)
+    got = [list(cp.iter_source(name, 3, "text", 100, 0)) for name in ("finemath", "open-web-math")]
+    assert calls == [("HuggingFaceTB/finemath", "finemath-4plus", "train", True),
+                     ("open-web-math/open-web-math", None, "train", True)]
+    assert [len(g) for g in got] == [3, 3] and got[0][0][1] == "document 0 of HuggingFaceTB/finemath"
+
+
 # ---------------------------------------------------------------- a fake LLM on 127.0.0.1
 
 class FakeLLM:
