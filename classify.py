@@ -3,7 +3,7 @@ Count the four cognitive behaviors (verification, backtracking, subgoal setting,
 chaining) in Countdown reasoning, per response and per logged step.
 
     # offline rules (default, no key): a PPO run folder -> out/ppo-qwen/classify/{classified.jsonl,steps.csv}
-    python classify.py --input out/ppo-qwen                 # its val/ samples (rollouts/: --split rollouts)
+    python classify.py --input out/ppo-qwen --split val     # its test-set samples (default: rollouts/)
     # a priming file (its "completion" field) or any JSONL with response|completion + nums + target
     python classify.py --input data/priming/all_strategies.jsonl --out out/cls-prim
     # the study's judge: gpt-4o-mini, one request per behavior (OPENAI_API_KEY from the environment)
@@ -23,8 +23,8 @@ Outputs: OUT/classified.jsonl (each input record plus "verification", "backtrack
 named in "missing") and OUT/steps.csv with the columns of the study's CSVs, one row per
 (condition, step). Behavior columns average the classified records (--sample-per-step of
 them per step, 200 as the study); accuracy and response_length average every input record of
-that step. A run folder's records: val/ (the test-set samples ppo.py writes every 10th step,
-which is what the study classified) if it has them, else rollouts/ (--split chooses).
+that step. A run folder's records: rollouts/, or with --split val the test-set samples ppo.py
+writes to val/ every 10th step, which is what the study classified (auto: val/ if there).
 
 The rules backend (`count_behaviors`) reads the arithmetic: it rewrites verbal arithmetic as
 symbols ("multiply 3 by 9, which is 27" -> "3 * 9 = 27"), finds each equation, follows the
@@ -75,7 +75,7 @@ from common import DataError
 SETTINGS = [
     ("backend", "rules", str, "rules (offline patterns) | openai | anthropic (LLM judge)"),
     ("input", None, str, "run folder (val/ or rollouts/step_*.jsonl), priming file, folder of JSONL, or any JSONL"),
-    ("split", "auto", str, "run folder: val (test-set samples, as the study), rollouts, or auto (val if there)"),
+    ("split", "rollouts", str, "run folder: rollouts, val (test-set samples: what the study classified), or auto (val if there)"),
     ("out", None, str, "output folder (default: INPUT/classify for a folder, INPUT_STEM.classify for a file)"),
     ("condition", None, str, "condition name for steps.csv (default: record's condition, run config, or file name)"),
     ("sample_per_step", 200, int, "classify this many random records per (condition, step), as the study; 0: all"),
@@ -1078,7 +1078,7 @@ def _record_problem(rec):
     return None
 
 
-def input_files(path, split="auto"):
+def input_files(path, split="rollouts"):
     """(files, default condition per file) for a run folder (its val/ or rollouts/ step
     files, see --split), a folder of step files or of other JSONL, or a file."""
     if os.path.isfile(path):
@@ -1110,7 +1110,7 @@ def run_condition(run_dir):
     return os.path.basename(os.path.normpath(run_dir))
 
 
-def load_input(path, condition=None, split="auto"):
+def load_input(path, condition=None, split="rollouts"):
     """[(record, condition, step)] of every record under path, in file order."""
     files, default = input_files(path, split)
     step = lambda rec: int(rec["step"]) if isinstance(rec.get("step"), (int, float)) else 0

@@ -433,20 +433,22 @@ def test_sample_per_step_defaults_to_the_studys_200(tmp_path):
     assert len(classify.read_records(str(tmp_path / "all" / "classified.jsonl"))) == 500
 
 
-def test_run_folder_reads_val_when_it_has_one(tmp_path, capsys):
-    """ppo.py writes the test-set samples of every 10th step to val/; the study classified those."""
+def test_run_folder_split_val_reads_the_test_set_samples(tmp_path, capsys):
+    """ppo.py writes the test-set samples of every 10th step to val/; the study classified those
+    (--split val). The default stays rollouts/ (mini.py and pipeline.py classify rollouts)."""
     run = str(tmp_path / "ppo-x")
     _rollouts(run, steps=(1, 5), per_step=3)
-    assert classify.main(["--input", run, "--out", str(tmp_path / "a")]) == 0   # no val/: rollouts
-    assert [r["step"] for r in _csv(str(tmp_path / "a" / "steps.csv"))] == ["1", "5"]
     assert classify.main(["--input", run, "--out", str(tmp_path / "b"), "--split", "val"]) == 2
     assert "no val/step_*.jsonl" in capsys.readouterr().err
+    assert classify.main(["--input", run, "--out", str(tmp_path / "a"), "--split", "auto"]) == 0  # no val/
+    assert [r["step"] for r in _csv(str(tmp_path / "a" / "steps.csv"))] == ["1", "5"]
     _rollouts(run, steps=(0, 10, 20), per_step=4, split="val", good=1)
-    assert classify.main(["--input", run]) == 0                                 # auto: val
-    rows = _csv(os.path.join(run, "classify", "steps.csv"))
-    assert [(r["condition"], r["step"]) for r in rows] == [("ppo-x", "0"), ("ppo-x", "10"), ("ppo-x", "20")]
-    assert all(float(r["accuracy"]) == pytest.approx(0.25) for r in rows)
-    assert classify.main(["--input", run, "--out", str(tmp_path / "c"), "--split", "rollouts"]) == 0
+    for split in ("val", "auto"):
+        assert classify.main(["--input", run, "--split", split]) == 0
+        rows = _csv(os.path.join(run, "classify", "steps.csv"))
+        assert [(r["condition"], r["step"]) for r in rows] == [("ppo-x", "0"), ("ppo-x", "10"), ("ppo-x", "20")]
+        assert all(float(r["accuracy"]) == pytest.approx(0.25) for r in rows)
+    assert classify.main(["--input", run, "--out", str(tmp_path / "c")]) == 0   # default: rollouts
     assert [r["step"] for r in _csv(str(tmp_path / "c" / "steps.csv"))] == ["1", "5"]
     with pytest.raises(SystemExit):
         classify.parse_args(["--input", run, "--split", "test"])
