@@ -574,7 +574,10 @@ def straight_solution(nums, target, rng):
 def write_straight(nums, target, rng):
     """(completion, counts) of a negative-control trace: no behavior, so all counts are 0."""
     steps, expr = straight_solution(nums, target, rng)
-    say = lambda key, **kw: (lambda t: t[0].upper() + t[1:])(rng.choice(PHRASES[key]).format(**kw))
+
+    def say(key, **kw):
+        text = rng.choice(PHRASES[key]).format(**kw)
+        return text[0].upper() + text[1:]
     lines = [say("open", nums=fmt_list(nums), t=target)]
     lines += [f"Step {k}: {shown}." for k, shown in enumerate(steps, 1)]
     lines.append(say("answer", expr=expr))
@@ -768,7 +771,7 @@ def study_user_message(task):
 
 
 # The study's system prompts (--prompts study:PATH) are read from this file of a checkout of
-# its repository (github.com/kanishkg/cognitive-behaviors, or TinyZero's branch of it).
+# its repository (github.com/kanishkg/cognitive-behaviors, or kanishkg/TinyZero, which holds it too).
 STUDY_API_GEN = os.path.join("generate_cot_datasets", "api_gen.py")
 
 
