@@ -345,11 +345,14 @@ def bench_ppo(args, ceil, res):
     cmd = launch + [os.path.join(here, "ppo.py")] + [str(f) for f in flags]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=here)
-    m = common.read_jsonl(os.path.join(out, "metrics.jsonl"))[-1]
+    ms = common.read_jsonl(os.path.join(out, "metrics.jsonl"))
+    m = ms[-1]
     n = common.count_params(args.model.split(":", 1)[1]) if args.model.startswith("random:") else None
     phases = {k[5:]: v for k, v in m.items() if k.startswith("time/")}
     row = {"ngpu": args.ngpu, "phases_s": phases, "peak_gb": m.get("mem/peak_gb"),
-           "tokens_per_s": m.get("tokens_per_s"), "logp_diff": m.get("rollout/logp_diff"), "cmd": cmd[len(launch):]}
+           "tokens_per_s": m.get("tokens_per_s"), "logp_diff": m.get("rollout/logp_diff"),
+           "kl_step1": ms[0].get("kl"),   # policy and reference start equal (random: too): exactly 0
+           "cmd": cmd[len(launch):]}
     if n and m.get("tokens/rank"):   # per-GPU MFU of each pass: 2N (forward) or 6N FLOPs per token
         for phase, f in (("old_logp", 2), ("ref_logp", 2), ("values", 2), ("actor_update", 6), ("critic_update", 6)):
             if phases.get(phase):

@@ -1318,7 +1318,7 @@ def sample_responses(model, tokenizer, tasks, n_samples, max_new_tokens, templat
     for i in tqdm(range(0, len(reps), batch_size), desc="sample", unit="batch"):
         chunk = reps[i:i + batch_size]
         prompts = [countdown.make_prompt(t["nums"], t["target"], template) for t in chunk]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)  # no BOS, as ppo
         with torch.no_grad():
             if eng is not None:
                 o = eng.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens, temperature=temperature)

@@ -101,7 +101,7 @@ DEFAULTS = dict(
     tasks=None,                # optional task JSONL ({"id","nums","target"}) instead of generating
     sizes="3,4",               # how many numbers a generated task has; each size an equal share
     target_min=10, target_max=25,  # target range of generated tasks (the study's priming range)
-    num_min=1, num_max=99,     # range of the input numbers of generated tasks
+    num_min=1, num_max=24,     # range of the input numbers of generated tasks (the study's: tasks/countdown.py)
     template="base",           # prompt template (countdown.TEMPLATES) stored in each record
     tokenizer="tiny",          # tokenizer that measures lengths (dots matching, summary)
     budget=3,                  # symbolic: complete attempts before giving up (3: ~50% correct)

@@ -254,7 +254,7 @@ def prime_stages(cond, s, p, force):
     stages.append(("eval0", [
         "classify.py", "--model", init, "--data", os.path.join(p["data"], "test.jsonl"), "--samples", s["val_size"],
         "--per-task", s["val_samples"], "--max-new-tokens", s["ppo_response_len"], "--condition", cond,
-        "--gen-batch", s["val_size"] * s["val_samples"], "--out", os.path.join(d, "eval0"), *dev],
+        "--gen-batch", s["val_size"] * s["val_samples"], "--sample-per-step", 0, "--out", os.path.join(d, "eval0"), *dev],
         os.path.join(d, "eval0", "classify", "steps.csv"), os.path.join(d, "eval0.log")))
     return stages
 
@@ -279,7 +279,7 @@ def ppo_stages(cond, seed, s, p, force):
         *(["--engine", s["ppo_engine"]] if s["ppo_engine"] else [])],
         os.path.join(ppo, "final", "config.json"), os.path.join(d, "ppo.log")),
         ("classify", ["classify.py", "--backend", "rules", "--input", ppo, "--out",
-                      os.path.join(ppo, "classify"), "--condition", cond],
+                      os.path.join(ppo, "classify"), "--condition", cond, "--sample-per-step", 0],
          os.path.join(ppo, "classify", "steps.csv"), os.path.join(d, "classify.log"))]
 
 

@@ -105,6 +105,7 @@ COLORS = {
     "no_positive": "#17becf",
     "empty_cot": "#8c564b",
     "dots": "#e377c2",
+    "negative_control": "#7f7f7f",
     "curated": "#bcbd22",
     "control": "#a6a6a6",
 }

@@ -28,6 +28,7 @@ def test_bench_cpu_smoke(tmp_path):
     ppo = res["ppo"][0]
     assert ppo["phases_s"]["generate"] > 0 and ppo["phases_s"]["actor_update"] > 0
     assert ppo["logp_diff"] < 1e-4                                 # engine vs training forward
+    assert ppo["kl_step1"] == 0.0                                  # policy == reference at step 1
     assert "generate B=8" in r.stdout and r.stdout.strip().splitlines()[-1].startswith("ppo 1 GPU")
 
 
