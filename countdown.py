@@ -8,16 +8,40 @@ imports for scoring.
 
     python countdown.py --out data/countdown --n-train 200000 --n-test 1024 --seed 0
     python countdown.py --out data/tiny --n-train 2000 --n-test 128 --sizes 3
+    python countdown.py --source Jiayi-Pan/Countdown-Tasks-3to4 --out data/countdown
+    python countdown.py --source tasks.parquet --out data/countdown --n-train 2000 --n-test 100
 
 Writes train.jsonl and test.jsonl, one {"id","nums","target","solution"} per line.
-No test task appears in train (same sorted numbers and target).
+Generated (the default, --source generate): no test task appears in train (same sorted
+numbers and target). With --source (a hub data set name for datasets.load_dataset, or a
+local .parquet / .jsonl / .json file or a folder of them, with columns nums and target):
+the study's split, the first 327,680 rows as train and the next 1,024 as test, as its
+examples/data_preprocess/countdown.py does (no de-duplication there, so none here: the
+script prints how many test tasks also occur in train). ids are train-<row> / test-<row>
+with the source's row number; solution is computed with solve() (a progress bar; about
+20 s for the study's 328k tasks) and is null where no equation exists.
 
-The reward follows TinyZero / the study: 1.0 for a correct equation in the last
-<answer>...</answer> of the response, 0.1 for an answer tag whose content is wrong
-or invalid, 0.0 for no answer tag. Expressions are parsed by a small recursive-descent
-parser over exact rationals (fractions.Fraction); Python's eval is never used.
+The reward, score(response, nums, target), has two rule sets (REWARD_RULES):
+  strict (score's default): the last <answer>...</answer> of the response alone (the
+    prompt is never judged; the answer may span lines); integers, binary + - * / and
+    parentheses only, evaluated exactly over fractions.Fraction; 1.0 if it uses each
+    number exactly once and equals the target exactly, 0.1 for any other answer tag,
+    0.0 for none.
+  study: what TinyZero's compute_score (verl/utils/reward_score/countdown.py) returns for
+    prompt + response, computed without eval: the text after the first "Assistant:"
+    (else after the first "<|im_start|>assistant"; neither: 0.0); its last line only, so
+    an answer followed by a newline is no answer; the last <answer>...</answer> on that
+    line; 0.1 unless the digit runs are exactly the task's numbers (so "1.5" uses the
+    numbers 1 and 5) and the answer is digits, + - * / ( ) . and blanks; then the value
+    Python's eval gives (unary signs, decimals, true division to floats, int-literal
+    rules such as "01" being an error), 1.0 if within 1e-5 of the target, else 0.1.
+    Deliberate differences: "**" and "//" score 0.1 instead of being evaluated (9**9**9
+    would hang a run), and so do answers beyond the caps below, where CPython's own
+    result depends on its version and stack depth anyway.
+Python's eval is never used.
 """
 import argparse
+import operator
 import os
 import re
 import time
@@ -27,21 +51,31 @@ from itertools import combinations
 from math import gcd
 
 # ---------------------------------------------------------------------------------
-# settings (the CLI flags; defaults are the study's task distribution)
+# settings (the CLI flags and the reward's limits)
 DEFAULTS = dict(
     out="data/countdown",    # output folder for train.jsonl / test.jsonl
-    n_train=10000,           # number of training tasks
-    n_test=1024,             # number of test tasks (never repeated in train)
+    source="generate",       # "generate", a hub data set name, or a local .parquet/.jsonl/.json/folder
+    n_train=10000,           # number of training tasks (generated; with --source: STUDY_SPLIT)
+    n_test=1024,             # number of test tasks (generated: never repeated in train)
     seed=0,                  # RNG seed; the same seed gives the same files
     sizes="3,4",             # how many numbers a task has; each size gets an equal share
     num_min=1, num_max=99,   # range of the input numbers (inclusive)
     target_min=10, target_max=100,  # range of the target (inclusive)
 )
-MAX_EXPR_CHARS = 1000        # evaluate() refuses longer expressions (a real answer is ~20 chars)
+STUDY_SOURCE = "Jiayi-Pan/Countdown-Tasks-3to4"  # the study's task set on the hub
+STUDY_SPLIT = (327_680, 1_024)  # its first rows are train, the next ones test
+REWARD_RULES = ("study", "strict")  # score(rules=...); see the docstring above
+MAX_EXPR_CHARS = 1000        # strict: evaluate() refuses longer expressions (a real answer is ~20 chars)
 MAX_EXPR_DEPTH = 64          # ... and deeper parenthesis nesting
+# study rules: answers beyond these caps score the format score without being evaluated.
+MAX_STUDY_CHARS = 262_144    # answer length with blanks (1,024 tokens of 256 characters)
+MAX_STUDY_SYMBOLS = 10_000   # non-blank characters (valid: <=1,000 signs, <=400 parentheses a number)
+MAX_STUDY_SIGNS = 1_000      # + - * / signs (CPython 3.11 compiles ~2,990 nested operators)
+MAX_STUDY_NEST = 200         # parenthesis depth: CPython's own tokenizer limit (exact)
+PY_PARSER_BUDGET = 5_800     # 28 x depth + signs: CPython 3.11's parser overflows near 5,975
 
 # ---------------------------------------------------------------------------------
-# exact evaluator: integers, binary + - * /, parentheses; nothing else
+# exact evaluator (the strict rules): integers, binary + - * /, parentheses; nothing else
 
 _TOKEN = re.compile(r"\s*(?:(\d+)|(.))", re.S)
 
@@ -137,9 +171,127 @@ def evaluate(expr):
 
 
 def numbers_in(expr):
-    """Integer literals of an expression, in order. >>> numbers_in("(12 + 3) * 4")
-    [12, 3, 4]"""
+    """Integer literals (digit runs) of an expression, in order.
+
+    >>> numbers_in("(12 + 3) * 4.5")
+    [12, 3, 4, 5]
+    """
     return [int(x) for x in re.findall(r"\d+", expr)]
+
+
+# ---------------------------------------------------------------------------------
+# Python arithmetic without eval (the study's rules)
+# The study judges an answer with eval() behind a character guard, so any text made of
+# digits, + - * / ( ) . and blanks can count. Of those, eval turns into a number exactly
+# the expressions of this grammar (anything else is a SyntaxError, a call of a number,
+# an empty tuple "()" or Ellipsis "...", none of which survives `abs(value - target)`):
+#   sum := term (('+'|'-') term)* ; term := factor (('*'|'/') factor)*
+#   factor := ('+'|'-')* atom ; atom := NUMBER | '(' sum ')'   (and no '(' after an atom)
+# NUMBER is Python's: 12, 0, 00, 1.5, .5, 5. (but not 01). Values are Python ints and
+# floats combined with the operator module, so every result is bit-identical to eval's.
+# "\r" is a line break to Python: ignored inside parentheses, an error outside them.
+
+_PY_CHARS = re.compile(r"[0-9+\-*/(). \t\f\r]+")  # the guard's other \d, \s: SyntaxError
+_PY_BLANKS = re.compile(r"[ \t\f\r]+")
+_PY_TOKEN = re.compile(r"[0-9]+\.?[0-9]*|\.[0-9]+|[^ ]")
+_PY_SIGN = {"+": operator.pos, "-": operator.neg}
+_PY_ADD = {"+": operator.add, "-": operator.sub}
+_PY_MUL = {"*": operator.mul, "/": operator.truediv}
+_END = "$"  # sentinel token after the last one
+
+
+class _NotANumber(Exception):
+    pass
+
+
+def _py_number(tok):
+    if "." in tok and tok != ".":
+        return float(tok)                 # what Python's parser does with a float literal
+    if not tok[0].isdigit():
+        raise _NotANumber(tok)
+    if tok[0] == "0":
+        if tok.strip("0"):
+            raise _NotANumber(tok)        # "leading zeros in decimal integer literals"
+        return 0                          # "000" is 0 (even past int()'s 4,300-digit limit)
+    return int(tok)                       # over 4,300 digits: ValueError, as eval's SyntaxError
+
+
+def _py_sum(toks, i, depth, max_depth):
+    """Parse and evaluate a sum starting at toks[i]: (value, index after it).
+    One Python frame per parenthesis level; unary and binary chains are loops."""
+    total, add = None, None
+    while True:
+        prod, mul = None, None
+        while True:
+            signs = []
+            while toks[i] in _PY_SIGN:
+                signs.append(_PY_SIGN[toks[i]])
+                i += 1
+            if toks[i] == "(":
+                if depth >= max_depth:
+                    raise _NotANumber("too deep")
+                val, i = _py_sum(toks, i + 1, depth + 1, max_depth)
+                if toks[i] != ")":
+                    raise _NotANumber("unbalanced")
+            else:
+                val = _py_number(toks[i])
+            i += 1
+            if toks[i] == "(":
+                raise _NotANumber("a call")  # 2(3): calling a number is a TypeError
+            for sign in reversed(signs):     # the innermost sign first, as Python does
+                val = sign(val)
+            prod = val if mul is None else mul(prod, val)
+            mul = _PY_MUL.get(toks[i])
+            if mul is None:
+                break
+            i += 1
+        total = prod if add is None else add(total, prod)
+        add = _PY_ADD.get(toks[i])
+        if add is None:
+            return total, i
+        i += 1
+
+
+def py_value(expr):
+    """The number Python's eval gives for expr.strip(), computed without eval; None where
+    eval would raise or give something that is not a number, and for "**" and "//" and
+    answers past the MAX_STUDY_* caps.
+
+    >>> [py_value(s) for s in ["(44 - 19) * 3 + 1", "7 / 2", "-(-3)", "+-2", "1.5 * 2", ".5 + 5."]]
+    [76, 3.5, 3, -2, 3.0, 5.5]
+    >>> [py_value(s) for s in ["00 + 7", "0.1 + 0.2", "(1\\r+ 2)"]]
+    [7, 0.30000000000000004, 3]
+    >>> [py_value(s) for s in ["01 + 7", "1 / 0", "2(3)", "(1)(2)", "()", "...", "1 2", "2 ** 3", "1\\r+ 2"]]
+    [None, None, None, None, None, None, None, None, None]
+    """
+    if not isinstance(expr, str):
+        return None
+    s = expr.strip()
+    if len(s) > MAX_STUDY_CHARS or not _PY_CHARS.fullmatch(s) or "**" in s or "//" in s:
+        return None
+    symbols = len(s) - s.count(" ") - s.count("\t") - s.count("\f") - s.count("\r")
+    signs = s.count("+") + s.count("-") + s.count("*") + s.count("/")
+    if symbols > MAX_STUDY_SYMBOLS or signs > MAX_STUDY_SIGNS:
+        return None
+    if "\r" not in s:
+        toks = _PY_TOKEN.findall(" ".join(s.split()))
+    else:  # a line break: fine inside parentheses, the end of the expression outside
+        toks = _PY_TOKEN.findall(_PY_BLANKS.sub(lambda m: "\r" if "\r" in m[0] else " ", s))
+        depth, kept = 0, []
+        for tok in toks:
+            depth += (tok == "(") - (tok == ")")
+            if tok != "\r":
+                kept.append(tok)
+            elif depth <= 0:
+                return None
+        toks = kept
+    toks.append(_END)
+    max_depth = min(MAX_STUDY_NEST, (PY_PARSER_BUDGET - signs) // 28)
+    try:
+        val, i = _py_sum(toks, 0, 0, max_depth)
+    except (_NotANumber, ArithmeticError, ValueError, RecursionError):  # 1/0, 10**400/1, ...
+        return None
+    return val if toks[i] == _END else None
 
 
 # ---------------------------------------------------------------------------------
@@ -164,6 +316,40 @@ def extract_answer(response):
     return response[start + len("<answer>"):end].strip()
 
 
+def study_answer(text):
+    """The answer TinyZero's extract_solution takes from prompt + response, or None: after
+    the first "Assistant:" (else "<|im_start|>assistant"), the last line, the last match of
+    <answer>(.*?)</answer> there (matches are found left to right without overlap),
+    stripped. Linear time (the regex itself is quadratic on a line of unclosed tags).
+
+    >>> study_answer("User: ... <answer> (1 + 2) / 3 </answer>\\nAssistant: <answer> 8 - 1 </answer>")
+    '8 - 1'
+    >>> study_answer("Assistant: <answer>1<answer>2</answer>3</answer> <answer>4</answer")
+    '1<answer>2'
+    >>> [study_answer(t) for t in ["<answer>1</answer>", "Assistant: <answer>1</answer>\\n"]]
+    [None, None]
+    """
+    if not isinstance(text, str):
+        return None
+    for marker in ("Assistant:", "<|im_start|>assistant"):
+        at = text.find(marker)
+        if at >= 0:
+            break
+    else:
+        return None
+    line = text[max(at + len(marker), text.rfind("\n") + 1):]
+    close = line.rfind("</answer>")
+    last_open = line.rfind("<answer>", 0, close) if close >= 0 else -1
+    if last_open < 0:
+        return None
+    # The last match holds the last <answer> that has a </answer> after it; it starts at
+    # the first <answer> after the </answer> that precedes that one.
+    before = line.rfind("</answer>", 0, last_open)
+    start = line.find("<answer>", before + len("</answer>") if before >= 0 else 0)
+    end = line.find("</answer>", start + len("<answer>"))
+    return line[start + len("<answer>"):end].strip()
+
+
 def check_equation(expr, nums, target):
     """True if expr uses each number of nums exactly once and equals target exactly.
 
@@ -178,8 +364,22 @@ def check_equation(expr, nums, target):
     return val is not None and val == target
 
 
-def score(response, nums, target, format_score=0.1, correct_score=1.0):
-    """The study's reward, judged on the response text alone (never the prompt).
+def _study_score(text, nums, target, format_score, correct_score):
+    expr = study_answer(text)
+    if expr is None:
+        return 0.0
+    val = py_value(expr)  # None for everything eval would not turn into a number
+    try:
+        if val is None or sorted(numbers_in(expr)) != sorted(nums):
+            return format_score
+        return correct_score if abs(val - target) < 1e-5 else format_score
+    except Exception:  # unsortable nums, an odd target: the study's try/except gives the format score
+        return format_score
+
+
+def score(response, nums, target, format_score=0.1, correct_score=1.0, *, rules="strict", prompt=""):
+    """The reward of a response; rules (REWARD_RULES) picks the rule set (module docstring).
+    "strict" judges the response alone; "study" judges prompt + response as TinyZero does.
 
     >>> score("... </think> <answer>(44 - 19) * 3 + 1</answer>", [1, 3, 19, 44], 76)
     1.0
@@ -187,8 +387,18 @@ def score(response, nums, target, format_score=0.1, correct_score=1.0):
     0.1
     >>> score("I give up", [1, 3, 19, 44], 76)
     0.0
+    >>> p = make_prompt([1, 3, 19, 44], 76)
+    >>> [score(r, [1, 3, 19, 44], 76, rules="study", prompt=p) for r in
+    ...  ["</think> <answer>-(19 - 44) * 3 + 1</answer>", "</think> <answer>(44 - 19) * 3 + 1</answer>\\n"]]
+    [1.0, 0.0]
+    >>> score("</think> <answer>-(19 - 44) * 3 + 1</answer>", [1, 3, 19, 44], 76)  # strict: no unary minus
+    0.1
     """
+    if rules not in REWARD_RULES:
+        raise ValueError(f"unknown reward rules {rules!r}; choose one of {REWARD_RULES}")
     try:
+        if rules == "study":
+            return _study_score(prompt + response, nums, target, format_score, correct_score)
         expr = extract_answer(response)
         if expr is None:
             return 0.0
@@ -418,20 +628,98 @@ def generate_tasks(n, seed, sizes=(3, 4), num_range=(1, 99), target_range=(10, 1
     return [{"id": f"s{seed}-{i:07d}", **t} for i, t in enumerate(tasks)]
 
 
+# ---------------------------------------------------------------------------------
+# the study's task set (a hub data set or a local copy)
+
+_LOCAL_EXTS = (".parquet", ".jsonl", ".json")
+
+
+def load_task_rows(source, n):
+    """The first n rows of a task set as [(nums, target)], through datasets.load_dataset:
+    a hub name (e.g. STUDY_SOURCE), or a local .parquet / .jsonl / .json file or a folder
+    of them, with columns nums and target. Raises ValueError with a one-line message."""
+    source = os.path.expanduser(source)
+    local = os.path.exists(source) or source.lower().endswith(_LOCAL_EXTS) or \
+        source.startswith((".", "/", "~")) or source.count("/") > 1  # hub names: owner/name
+    if local and not os.path.exists(source):
+        raise ValueError(f"{source}: no such file or folder")
+    import datasets
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    try:
+        if os.path.isfile(source):
+            kind = "parquet" if source.lower().endswith(".parquet") else "json"
+            ds = datasets.load_dataset(kind, data_files=source, split="train")
+        else:
+            ds = datasets.load_dataset(source, split="train")
+    except Exception as e:  # offline, a bad file, no train split: one line, no traceback
+        msg = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ValueError(f"{source}: datasets.load_dataset failed ({type(e).__name__}: {msg})")
+    missing = [c for c in ("nums", "target") if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{source}: no column {' or '.join(missing)} (it has {ds.column_names})")
+    if len(ds) < n:
+        raise ValueError(f"{source} has {len(ds)} rows, fewer than the {n} requested "
+                         "(--n-train + --n-test)")
+    cols = ds[:n]
+    rows = []
+    for i, (nums, target) in enumerate(zip(cols["nums"], cols["target"])):
+        try:
+            rows.append(([_whole(x) for x in nums], _whole(target)))
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: row {i} is not whole numbers: nums={nums!r} "
+                             f"target={target!r}") from None
+    return rows
+
+
+def _whole(x):
+    if isinstance(x, str) or int(x) != x:
+        raise ValueError(x)
+    return int(x)
+
+
+def study_split(rows, n_train, progress=None):
+    """Train and test task records from rows (nums, target): the first n_train rows are
+    train, the rest test, as the study splits; ids name the source row; solution by solve()
+    (None where there is none, and for more than 6 numbers, past the exhaustive solver)."""
+    out = []
+    for row, (nums, target) in enumerate(rows):
+        split = "train" if row < n_train else "test"
+        out.append({"id": f"{split}-{row}", "nums": nums, "target": target,
+                    "solution": solve(nums, target) if len(nums) <= 6 else None})
+        if progress is not None:
+            progress.update(1)
+    return out[:n_train], out[n_train:]
+
+
 def _parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = DEFAULTS
     ap.add_argument("--out", default=d["out"], help="output folder for train.jsonl and test.jsonl")
-    ap.add_argument("--n-train", type=int, default=d["n_train"], help="number of training tasks")
-    ap.add_argument("--n-test", type=int, default=d["n_test"], help="number of test tasks (disjoint from train)")
-    ap.add_argument("--seed", type=int, default=d["seed"], help="random seed (same seed, same files)")
-    ap.add_argument("--sizes", default=d["sizes"], help="comma-separated task sizes, each an equal share")
-    ap.add_argument("--num-min", type=int, default=d["num_min"], help="smallest input number")
-    ap.add_argument("--num-max", type=int, default=d["num_max"], help="largest input number")
-    ap.add_argument("--target-min", type=int, default=d["target_min"], help="smallest target")
-    ap.add_argument("--target-max", type=int, default=d["target_max"], help="largest target")
+    ap.add_argument("--source", default=d["source"],
+                    help=f"'generate', a hub data set name (the study's: {STUDY_SOURCE}), or a local "
+                         ".parquet/.jsonl/.json file or folder with columns nums and target")
+    ap.add_argument("--n-train", type=int, default=None,
+                    help=f"number of training tasks (default: {d['n_train']} generated, "
+                         f"{STUDY_SPLIT[0]} with --source)")
+    ap.add_argument("--n-test", type=int, default=None,
+                    help=f"number of test tasks (default: {d['n_test']} generated and disjoint from "
+                         f"train, {STUDY_SPLIT[1]} with --source)")
+    ap.add_argument("--seed", type=int, default=d["seed"],
+                    help="random seed (same seed, same files; generate only)")
+    ap.add_argument("--sizes", default=d["sizes"],
+                    help="comma-separated task sizes, each an equal share (generate only)")
+    ap.add_argument("--num-min", type=int, default=d["num_min"], help="smallest input number (generate only)")
+    ap.add_argument("--num-max", type=int, default=d["num_max"], help="largest input number (generate only)")
+    ap.add_argument("--target-min", type=int, default=d["target_min"], help="smallest target (generate only)")
+    ap.add_argument("--target-max", type=int, default=d["target_max"], help="largest target (generate only)")
     args = ap.parse_args(argv)
+    generated = args.source == "generate"
+    if args.n_train is None:
+        args.n_train = d["n_train"] if generated else STUDY_SPLIT[0]
+    if args.n_test is None:
+        args.n_test = d["n_test"] if generated else STUDY_SPLIT[1]
     try:
         args.sizes = tuple(int(s) for s in args.sizes.split(","))
     except ValueError:
@@ -442,6 +730,11 @@ def _parse_args(argv=None):
         ap.error("--n-train and --n-test must be >= 0")
     if not (1 <= args.num_min <= args.num_max) or not (args.target_min <= args.target_max):
         ap.error("need 1 <= --num-min <= --num-max and --target-min <= --target-max")
+    if not generated:
+        try:
+            args.rows = load_task_rows(args.source, args.n_train + args.n_test)
+        except ValueError as e:
+            ap.error(f"--source: {e}")
     return args
 
 
@@ -452,14 +745,18 @@ def main(argv=None):
     kw = dict(sizes=args.sizes, num_range=(args.num_min, args.num_max),
               target_range=(args.target_min, args.target_max))
     t0 = time.time()
-    with tqdm(total=args.n_train + args.n_test, desc="tasks", unit="task") as bar:
-        test = generate_tasks(args.n_test, args.seed + 1_000_003, progress=bar, **kw)
-        for t in test:
-            t["id"] = "test-" + t["id"]
-        train = generate_tasks(args.n_train, args.seed, progress=bar,
-                               exclude={task_key(t["nums"], t["target"]) for t in test}, **kw)
-        for t in train:
-            t["id"] = "train-" + t["id"]
+    generated = args.source == "generate"
+    with tqdm(total=args.n_train + args.n_test, desc="tasks" if generated else "solving", unit="task") as bar:
+        if generated:
+            test = generate_tasks(args.n_test, args.seed + 1_000_003, progress=bar, **kw)
+            for t in test:
+                t["id"] = "test-" + t["id"]
+            train = generate_tasks(args.n_train, args.seed, progress=bar,
+                                   exclude={task_key(t["nums"], t["target"]) for t in test}, **kw)
+            for t in train:
+                t["id"] = "train-" + t["id"]
+        else:
+            train, test = study_split(args.rows, args.n_train, progress=bar)
     dt = time.time() - t0
     os.makedirs(args.out, exist_ok=True)
     write_jsonl(os.path.join(args.out, "train.jsonl"), train)
@@ -467,6 +764,11 @@ def main(argv=None):
     n = len(train) + len(test)
     print(f"wrote {len(train)} train + {len(test)} test tasks to {args.out} "
           f"in {dt:.1f}s ({n / max(dt, 1e-9):.0f} tasks/s)")
+    if not generated:
+        seen = {task_key(t["nums"], t["target"]) for t in train}
+        print(f"from {args.source}: rows 0-{len(train) - 1} train, rows {len(train)}-{n - 1} test; "
+              f"{sum(task_key(t['nums'], t['target']) in seen for t in test)} test tasks also in "
+              f"train; {sum(t['solution'] is None for t in train + test)} without a solution (null)")
 
 
 if __name__ == "__main__":

@@ -189,3 +189,21 @@ def test_cli_bad_flag_is_explained():
     r = subprocess.run([sys.executable, "countdown.py", "--sizes", "3,x"], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--sizes" in r.stderr
+
+
+# ---------------------------------------------------------------- reward rule sets
+def test_score_default_rules_stay_strict():
+    import inspect
+    params = inspect.signature(cd.score).parameters
+    assert params["rules"].default == "strict" and params["rules"].kind == inspect.Parameter.KEYWORD_ONLY
+    assert params["prompt"].default == ""
+    assert cd.REWARD_RULES == ("study", "strict") and "study" in cd.REWARD_RULES
+    # unary minus: a format error under the strict rules, a correct answer under the study's
+    prompt = cd.make_prompt(NUMS, TARGET)
+    assert cd.score(resp("-(19 - 44) * 3 + 1"), NUMS, TARGET) == 0.1
+    assert cd.score(resp("-(19 - 44) * 3 + 1"), NUMS, TARGET, rules="study", prompt=prompt) == 1.0
+
+
+def test_doctests():
+    import doctest
+    assert doctest.testmod(cd).failed == 0
