@@ -522,9 +522,11 @@ TEMPLATES = {
              "Assistant solves it. The assistant first thinks about the reasoning process in the "
              "mind and then provides the user with the answer.\nUser: " + _QUESTION +
              "\nAssistant: Let me solve this step by step.\n<think>"),
-    "qwen-instruct": ("<|im_start|>system\nYou are a helpful assistant. You first think about the "
-                      "reasoning process in the mind and then provide the user with the answer."
-                      "<|im_end|>\n<|im_start|>user\n" + _QUESTION + "<|im_end|>\n"
+    # the study's wording, its grammar and the space before "Using" included
+    # (TinyZero examples/data_preprocess/countdown.py, make_prefix)
+    "qwen-instruct": ("<|im_start|>system\nYou are a helpful assistant. You first thinks about the "
+                      "reasoning process in the mind and then provides the user with the answer."
+                      "<|im_end|>\n<|im_start|>user\n " + _QUESTION + "<|im_end|>\n"
                       "<|im_start|>assistant\nLet me solve this step by step.\n<think>"),
 }
 

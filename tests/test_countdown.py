@@ -163,8 +163,17 @@ def test_generate_tasks_distribution_and_determinism():
 def test_make_prompt_templates():
     base = cd.make_prompt([3, 5, 7], 22)
     assert "[3, 5, 7]" in base and "equals 22" in base and base.endswith("<think>")
+    assert base == ("A conversation between User and Assistant. The user asks a question, and the Assistant "
+                    "solves it. The assistant first thinks about the reasoning process in the mind and then "
+                    "provides the user with the answer.\nUser: Using the numbers [3, 5, 7], create an equation "
+                    "that equals 22. You can use basic arithmetic operations (+, -, *, /) and each number can "
+                    "only be used once. Show your work in <think> </think> tags. And return the final answer in "
+                    "<answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>.\nAssistant: Let me "
+                    "solve this step by step.\n<think>")      # the study's base template, to the character
     qi = cd.make_prompt([3, 5, 7], 22, template="qwen-instruct")
-    assert qi.startswith("<|im_start|>system") and qi.endswith("<think>")
+    assert qi.startswith("<|im_start|>system\nYou are a helpful assistant. You first thinks about") \
+        and "<|im_start|>user\n Using the numbers [3, 5, 7]" in qi \
+        and qi.endswith("<|im_start|>assistant\nLet me solve this step by step.\n<think>")
     with pytest.raises(ValueError):
         cd.make_prompt([1], 2, template="nope")
 
