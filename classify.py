@@ -3,7 +3,7 @@ Count the four cognitive behaviors (verification, backtracking, subgoal setting,
 chaining) in Countdown reasoning, per response and per logged step.
 
     # offline rules (default, no key): a PPO run folder -> out/ppo-qwen/classify/{classified.jsonl,steps.csv}
-    python classify.py --input out/ppo-qwen --split val     # its test-set samples (default: rollouts/)
+    python classify.py --input out/ppo-qwen --split val     # its test-set samples (default: val/ if there)
     # a priming file (its "completion" field) or any JSONL with response|completion + nums + target
     python classify.py --input data/priming/all_strategies.jsonl --out out/cls-prim
     # the study's judge: gpt-4o-mini, one request per behavior (OPENAI_API_KEY from the environment)
@@ -75,7 +75,7 @@ from common import DataError
 SETTINGS = [
     ("backend", "rules", str, "rules (offline patterns) | openai | anthropic (LLM judge)"),
     ("input", None, str, "run folder (val/ or rollouts/step_*.jsonl), priming file, folder of JSONL, or any JSONL"),
-    ("split", "rollouts", str, "run folder: rollouts, val (test-set samples: what the study classified), or auto (val if there)"),
+    ("split", "auto", str, "run folder: val (ppo.py's test-set samples: what the study classified), rollouts, or auto (val if there, else rollouts)"),
     ("out", None, str, "output folder (default: INPUT/classify for a folder, INPUT_STEM.classify for a file)"),
     ("condition", None, str, "condition name for steps.csv (default: record's condition, run config, or file name)"),
     ("sample_per_step", 200, int, "classify this many random records per (condition, step), as the study; 0: all"),

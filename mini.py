@@ -279,7 +279,7 @@ def ppo_stages(cond, seed, s, p, force):
         *(["--engine", s["ppo_engine"]] if s["ppo_engine"] else [])],
         os.path.join(ppo, "final", "config.json"), os.path.join(d, "ppo.log")),
         ("classify", ["classify.py", "--backend", "rules", "--input", ppo, "--out",
-                      os.path.join(ppo, "classify"), "--condition", cond, "--sample-per-step", 0],
+                      os.path.join(ppo, "classify"), "--condition", cond, "--sample-per-step", 0, "--split", "rollouts"],
          os.path.join(ppo, "classify", "steps.csv"), os.path.join(d, "classify.log"))]
 
 

@@ -104,7 +104,7 @@ def main(argv=None):
              "--eval-every", s["eval_every"], "--val-size", s["val_size"], "--log-rollouts-every", 1,
              "--save-every", 0, "--device", "cpu"], os.path.join(ppo_out, "final", "config.json"), args.force)
         run(["classify.py", "--backend", "rules", "--input", ppo_out, "--out", os.path.join(ppo_out, "classify"),
-             "--condition", c], os.path.join(ppo_out, "classify", "steps.csv"), args.force)
+             "--condition", c, "--split", "rollouts"], os.path.join(ppo_out, "classify", "steps.csv"), args.force)
     figs = os.path.join(out, "figures")
     run(["plot.py", "--runs", *[os.path.join(out, f"ppo-{c}") for c in conds],
          "--priming", os.path.join(priming, "summary.json"), "--out", figs], "", True)

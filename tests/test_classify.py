@@ -435,7 +435,8 @@ def test_sample_per_step_defaults_to_the_studys_200(tmp_path):
 
 def test_run_folder_split_val_reads_the_test_set_samples(tmp_path, capsys):
     """ppo.py writes the test-set samples of every 10th step to val/; the study classified those
-    (--split val). The default stays rollouts/ (mini.py and pipeline.py classify rollouts)."""
+    (--split val). The default (auto) reads val/ where a run has one, as the study judged;
+    mini.py and pipeline.py pass --split rollouts."""
     run = str(tmp_path / "ppo-x")
     _rollouts(run, steps=(1, 5), per_step=3)
     assert classify.main(["--input", run, "--out", str(tmp_path / "b"), "--split", "val"]) == 2
@@ -448,8 +449,10 @@ def test_run_folder_split_val_reads_the_test_set_samples(tmp_path, capsys):
         rows = _csv(os.path.join(run, "classify", "steps.csv"))
         assert [(r["condition"], r["step"]) for r in rows] == [("ppo-x", "0"), ("ppo-x", "10"), ("ppo-x", "20")]
         assert all(float(r["accuracy"]) == pytest.approx(0.25) for r in rows)
-    assert classify.main(["--input", run, "--out", str(tmp_path / "c")]) == 0   # default: rollouts
-    assert [r["step"] for r in _csv(str(tmp_path / "c" / "steps.csv"))] == ["1", "5"]
+    assert classify.main(["--input", run, "--out", str(tmp_path / "c")]) == 0   # default: val/ when there
+    assert [r["step"] for r in _csv(str(tmp_path / "c" / "steps.csv"))] == ["0", "10", "20"]
+    assert classify.main(["--input", run, "--out", str(tmp_path / "d"), "--split", "rollouts"]) == 0
+    assert [r["step"] for r in _csv(str(tmp_path / "d" / "steps.csv"))] == ["1", "5"]
     with pytest.raises(SystemExit):
         classify.parse_args(["--input", run, "--split", "test"])
 

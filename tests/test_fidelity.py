@@ -30,7 +30,7 @@ def bos_tokenizer():
 def test_ppo_defaults_are_the_studys():
     """verl/trainer/config/ppo_trainer.yaml + scripts/train_tiny_zero_n4_cd.sh."""
     a = ppo.parse_args([])
-    study = dict(prompts_per_step=256, samples_per_prompt=4, temperature=1.0, max_prompt_len=256,
+    study = dict(steps=250, prompts_per_step=256, samples_per_prompt=4, temperature=1.0, max_prompt_len=256,
                  max_response_len=1024, actor_lr=1e-6, critic_lr=1e-5, warmup_steps=0, weight_decay=0.01,
                  kl_coef=0.001, kl_kind="k1", kl_target=None, kl_in_loss=False, adv_estimator="gae",
                  gamma=1.0, lam=1.0, ppo_epochs=1, mini_batch_prompts=128, clip=0.2, value_clip=0.5,
@@ -240,3 +240,14 @@ def test_temperature_run_logs_logp_diff_and_validation_samples(tmp_path):
         cfg = json.load(open(out / "config.json"))
         assert cfg["temperature"] == T
     assert max(diffs[0.7]) < 1e-4 and max(diffs[1.0]) < 1e-4, diffs
+
+
+def test_priming_tasks_and_curation_rewrites_are_the_studys():
+    """Priming tasks: numbers 1..24, targets 10..25 (TinyZero tasks/countdown.py, api_gen.py);
+    curation rewrites at temperature 0 with 5,120 tokens (relabel_pretrain_qa.py)."""
+    import curate_pretrain
+    import gen_priming
+    g = gen_priming.parse_args([])
+    assert (g.num_min, g.num_max, g.target_min, g.target_max, g.n) == (1, 24, 10, 25, 1000)
+    c = curate_pretrain.parse_args([])
+    assert (c.temperature, c.max_tokens) == (0.0, 5120)
