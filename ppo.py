@@ -298,7 +298,6 @@ class MasterAdamW:
         # with bench.py against the default for-each implementation
         self.opt = torch.optim.AdamW(self.master, fused=fused or None, **kw)
         self.param_groups = self.opt.param_groups
-        self.gstage = None   # fp32 pinned gradient staging, made on the first step(grads)
         self.background, self.thread, self.error = background, None, None
 
     def zero_grad(self, set_to_none=True):
@@ -312,10 +311,7 @@ class MasterAdamW:
         src = grads if grads is not None else [p.grad for p in self.params]
         stage = self.stage
         if grads is not None and stage[0] is not None:   # fp32 gradients come down through fp32 pinned
-            if self.gstage is None:                       # buffers (4 bytes/param, kept; g.float() on
-                self.gstage = [torch.empty(p.shape, dtype=torch.float32, pin_memory=True)  # the CPU
-                               for p in self.params]      # would allocate as much every step)
-            stage = self.gstage
+            stage = MasterAdamW.fp32_staging(self.params)
         grads = []
         for g, m, s in zip(src, self.master, stage):
             if g is None:
@@ -363,6 +359,20 @@ class MasterAdamW:
         if self.error is not None:
             e, self.error = self.error, None
             raise RuntimeError("background optimizer step failed") from e
+
+    _gflat = None   # fp32 pinned staging for fp32 gradients, shared by every MasterAdamW
+
+    @staticmethod
+    def fp32_staging(params):
+        """Views of one pinned fp32 buffer shaped like params. One buffer serves the actor and the
+        critic: only one step is in flight at a time (wait_all), and 4 bytes/param of pinned host
+        memory per model would not fit a 3B actor + critic on a 128 GB host (measured: killed)."""
+        need = sum(p.numel() for p in params)
+        if MasterAdamW._gflat is None or MasterAdamW._gflat.numel() < need:
+            MasterAdamW._gflat = None
+            MasterAdamW._gflat = torch.empty(need, dtype=torch.float32, pin_memory=True)
+        return [v.view(p.shape) for v, p in
+                zip(MasterAdamW._gflat[:need].split([p.numel() for p in params]), params)]
 
     @staticmethod
     def wait_all():
