@@ -231,10 +231,12 @@ def test_background_optimizer_steps_match_synchronous_ones():
         opts[0].wait()
 
 
-def test_torchrun_two_ranks_on_cpu(tmp_path):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_torchrun_two_ranks_on_cpu(tmp_path, dtype):
     """The DDP path (gloo on the CPU): two ranks shard the prompts, average the gradients and
     stay in sync (ppo.check_in_sync compares weight checksums before every checkpoint and
-    raises if they differ); rank 0 alone logs and saves."""
+    raises if they differ); rank 0 alone logs and saves. bf16 weights take the other path:
+    micro-batch gradients summed in fp32 and all-reduced by ppo itself, then MasterAdamW."""
     data = tmp_path / "data"
     common.write_jsonl(str(data / "train.jsonl"), countdown.generate_tasks(64, seed=0))
     common.write_jsonl(str(data / "test.jsonl"), countdown.generate_tasks(8, seed=1))
@@ -244,7 +246,8 @@ def test_torchrun_two_ranks_on_cpu(tmp_path):
                         "ppo.py", "--model", "tiny", "--data", str(data), "--out", out, "--steps", "2",
                         "--prompts-per-step", "4", "--samples-per-prompt", "2", "--mini-batch-prompts", "2",
                         "--max-response-len", "24", "--save-every", "1", "--eval-every", "0",
-                        "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+                        "--micro-batch", "2", "--dtype", dtype, "--device", "cpu"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     metrics = common.read_jsonl(os.path.join(out, "metrics.jsonl"))
     assert [m["step"] for m in metrics] == [1, 2]          # one log line per step, not per rank
