@@ -363,8 +363,10 @@ def _word_arith(m):
     return f"{g[3]} {g[4]} {_wordnum(g[5])}"
 
 
-def normalize(response):
+def normalize(response, edits=None):
     """Lower-cased thinking text with arithmetic in symbols; the final <answer> is dropped.
+    edits: a list that receives, per rewrite that changed the text, its edits
+    [(start, end, new length)] in the text before it (see `_to_original`).
 
     >>> normalize("Multiply 3 by 9, which is 27, then add 15 to get 42.<answer>3*9+15</answer>")
     '3 * 9 = 27, then @ + 15 = 42. '
@@ -372,27 +374,102 @@ def normalize(response):
     '14 * 3 = 42'
     """
     text = response.lower()
+    if edits is not None and len(text) != len(response):   # "İ" lower-cases to two characters
+        edits.append(_lower_edits(response, text))
     if any(w in text for w in ("plus", "minus", "times", "multiplied", "divided")):
-        text = _WORD_ARITH.sub(_word_arith, text)
+        text = _sub_tracked(_WORD_ARITH, _word_arith, text, edits)
     has = text.__contains__
     for guard, pat, rep in _REWRITES:
         if any(map(has, guard)):
-            text = _sub_at(text, _VERB_LEADS, pat, rep) if guard is _OPS_GUARD else pat.sub(rep, text)
+            if guard is _OPS_GUARD:
+                text = _sub_at(text, _VERB_LEADS, pat, rep, edits)
+            else:
+                text = pat.sub(rep, text) if edits is None else _sub_tracked(pat, rep, text, edits)
     return text
 
 
-def _sub_at(text, leads, pat, rep):
+def _sub_at(text, leads, pat, rep, edits=None):
     """pat.sub(rep, text) with pat tried only where `leads` matches: much faster for a
     pattern that is a long alternation of words (re would try it at every character)."""
-    out, last = [], 0
+    out, last, layer = [], 0, []
     for m in leads.finditer(text):
         if m.start() < last:
             continue
         hit = pat.match(text, m.start())
         if hit:
-            out += [text[last:hit.start()], rep(hit)]
+            r = rep(hit)
+            out += [text[last:hit.start()], r]
+            _edit(layer, text, hit.start(), hit.end(), r)
             last = hit.end()
+    if edits is not None and layer:
+        edits.append(layer)
     return "".join(out) + text[last:] if out else text
+
+
+# ---- offsets: spans found in the normalized text, mapped back to the response as written
+def _edit(layer, text, start, end, new):
+    """Record that text[start:end] becomes `new`, trimmed to the characters that change
+    (a common head and tail stay where they are: "9, which is " -> "9 = " moves only
+    ", which is" -> " =")."""
+    old = text[start:end]
+    if old == new:
+        return
+    a, n = 0, min(len(old), len(new))
+    while a < n and old[a] == new[a]:
+        a += 1
+    c = 0
+    while c < n - a and old[-1 - c] == new[-1 - c]:
+        c += 1
+    layer.append((start + a, end - c, len(new) - a - c))
+
+
+def _sub_tracked(pat, rep, text, edits):
+    """pat.sub(rep, text), recording its edits in `edits` (a list) if given."""
+    if edits is None:
+        return pat.sub(rep, text)
+    out, last, layer = [], 0, []
+    for m in pat.finditer(text):
+        r = rep(m) if callable(rep) else m.expand(rep)
+        out += [text[last:m.start()], r]
+        _edit(layer, text, m.start(), m.end(), r)
+        last = m.end()
+    if layer:
+        edits.append(layer)
+    return "".join(out) + text[last:] if out else text
+
+
+def _lower_edits(response, lowered):
+    """Edits of str.lower() for the characters whose lower case is not one character."""
+    layer = [(i, i + 1, len(ch.lower())) for i, ch in enumerate(response) if len(ch.lower()) != 1]
+    if len(response) + sum(n - 1 for _, _, n in layer) != len(lowered):  # never seen: one edit then
+        layer = [(0, len(response), len(lowered))]
+    return layer
+
+
+def _to_original(edits, pos, end=False):
+    """A position in the normalized text -> the position in the response it came from. A
+    start inside rewritten text maps to the start of what it replaced, an end (exclusive) to
+    its end, so a span over rewritten text covers the words it was written as.
+
+    >>> e = []; t = normalize("Multiply 3 by 9, which is 27.", e); t
+    '3 * 9 = 27.'
+    >>> _to_original(e, t.index("="), False), _to_original(e, len("3 * 9 = 27"), True)
+    (15, 28)
+    """
+    for layer in reversed(edits):
+        shift = 0                       # new position - old position, before the edit
+        for start, stop, n in layer:
+            new = start + shift
+            if (pos <= new) if end else (pos < new):
+                break
+            if (pos <= new + n) if end else (pos < new + n):
+                pos = stop if end else start
+                shift = None
+                break
+            shift += n - (stop - start)
+        if shift is not None:
+            pos -= shift
+    return pos
 
 
 def _number(s):
@@ -455,8 +532,9 @@ def _balanced(expr):
 
 
 def find_equations(text):
-    """Equations in normalized text: dicts with pos, kind ("fwd": expr = value, "dec":
-    value = expr), ops (operand literals; '@' is the previous result), value, expr.
+    """Equations in normalized text: dicts with pos (where its run of "="s starts), kind
+    ("fwd": expr = value, "dec": value = expr), ops (operand literals; '@' is the previous
+    result), value, expr, and start, end (its own two sides in the text).
 
     >>> [(e["kind"], e["ops"], e["value"]) for e in find_equations("58 = 56 + 2, and 12 - 4 = 8")]
     [('dec', ['56', '2'], 58), ('fwd', ['12', '4'], 8)]
@@ -468,8 +546,13 @@ def find_equations(text):
         if "=" not in span.group():
             continue
         for m in _RUN.finditer(text, span.start(), span.end()):
-            parts = [p.strip() for p in m.group().split("=")]
+            raw = m.group().split("=")
+            parts = [p.strip() for p in raw]
             kinds = [_part(p) for p in parts]
+            ends, o = [], m.start()            # (start, end) of each stripped side
+            for p in raw:
+                ends.append((o + len(p) - len(p.lstrip()), o + len(p.rstrip())))
+                o += len(p) + 1
             for i in range(len(parts) - 1):
                 (lhs, a), (rhs, b) = (parts[i], kinds[i]), (parts[i + 1], kinds[i + 1])
                 if a in ("expr", "frac") and b in ("num", "frac") and not (a == "frac" and b == "frac"):
@@ -480,7 +563,8 @@ def find_equations(text):
                     continue
                 value = _number(_balanced(val).strip("() "))
                 if value is not None:
-                    out.append(dict(pos=m.start(), kind=kind, expr=expr, value=value, ops=_operands(expr)))
+                    out.append(dict(pos=m.start(), kind=kind, expr=expr, value=value, ops=_operands(expr),
+                                    start=ends[i][0], end=ends[i + 1][1]))
     return out
 
 
@@ -599,16 +683,16 @@ class _Doc:
 
 
 def _verification(doc, target):
-    """Positions of distinct verifications. Verdicts on the same result count once: each is
-    keyed by the equation it judges (the last one before it; for a "check:" announcement,
-    the last one of its own sentence)."""
+    """Spans (start, end) of distinct verifications, each the phrase that judges. Verdicts on
+    the same result count once: each is keyed by the equation it judges (the last one before
+    it; for a "check:" announcement, the last one of its own sentence)."""
     eqs, cues = doc.eqs, doc.cues
     eq_pos = [e["pos"] for e in eqs]
     eq_sent = [doc.sentence(p) for p in eq_pos]
-    found = [(m.start(), kind) for kind in ("judge", "announce", "compare") for m in cues[kind]]
-    found += [(m.start(), "target") for m in cues["target"] if _number(_first_group(m)) == target]
+    found = [(m.start(), kind, m.end()) for kind in ("judge", "announce", "compare") for m in cues[kind]]
+    found += [(m.start(), "target", m.end()) for m in cues["target"] if _number(_first_group(m)) == target]
     out, seen = [], set()
-    for pos, kind in sorted(found):
+    for pos, kind, end in sorted(found):
         s = doc.sentence(pos)
         k = bisect_right(eq_pos, pos) - 1             # the result on the table: the last one so far,
         if (k < 0 or eq_sent[k] != s) and k + 1 < len(eqs) and eq_sent[k + 1] == s:
@@ -623,26 +707,27 @@ def _verification(doc, target):
         key = k if k >= 0 else ("sentence", s)
         if ok and key not in seen:
             seen.add(key)
-            out.append(pos)
+            out.append((pos, end))
     return out
 
 
 def _backtracking(doc):
-    """Positions of distinct backtracks: cue phrases and restarts between two chain steps
-    count once together; nothing before the first equation can be abandoned."""
+    """Spans of distinct backtracks (the phrase, or the equation that restarts): cue phrases
+    and restarts between two chain steps count once together; nothing before the first
+    equation can be abandoned."""
     eqs = doc.eqs
     first_eq = eqs[0]["pos"] if eqs else len(doc.text)
-    items = [(m.start(), None) for m in doc.cues["backtrack"] if m.start() > first_eq]
-    items += [(e["pos"], e["restart"]) for e in eqs if e["chain"]]
+    items = [(m.start(), None, (m.start(), m.end())) for m in doc.cues["backtrack"] if m.start() > first_eq]
+    items += [(e["pos"], e["restart"], (e["start"], e["end"])) for e in eqs if e["chain"]]
     out, open_ = [], False
-    for pos, restart in sorted(items, key=lambda t: t[0]):
+    for pos, restart, span in sorted(items, key=lambda t: t[0]):
         if restart is None:          # a cue phrase
             if not open_:
-                out.append(pos)
+                out.append(span)
                 open_ = True
         else:                        # a chain step closes the gap
             if restart and not open_:
-                out.append(pos)
+                out.append(span)
             open_ = False
     return out
 
@@ -653,7 +738,7 @@ def _backward_phrases(doc, target):
 
 
 def _subgoal(doc, target):
-    """Positions of subgoals, one per sentence: a number other than the target set as a goal
+    """Spans of subgoals (the phrase), one per sentence: a number other than the target set as a goal
     ("aim for 90", "subgoal: 6", "if I can get 40"), or named as needed ("the rest must make
     11", "I need an 8") outside a backward step (there the need is part of the backward chain)."""
     backward = {doc.sentence(e["pos"]) for e in doc.eqs if e["backward"]}
@@ -668,16 +753,17 @@ def _subgoal(doc, target):
         if re.match(r"\s*(?:numbers?|more numbers|of them|times)\b", doc.text[m.end():]):
             continue
         seen.add(s)
-        out.append(m.start())
+        out.append((m.start(), m.end()))
     return out
 
 
 def _backward(doc, target):
-    """Positions of backward steps: each equation that starts from the target (or splits a
+    """Spans of backward steps: each equation that starts from the target (or splits a
     number a backward step asked for), and each sentence with a "working backwards" phrase
     and no such equation (a bare "Let me work backwards." joins the step that follows it)."""
-    out = [e["pos"] for e in doc.eqs if e["backward"]]
-    eq_sent = {doc.sentence(p) for p in out}
+    steps = [e for e in doc.eqs if e["backward"]]
+    out = [(e["start"], e["end"], e["pos"]) for e in steps]
+    eq_sent = {doc.sentence(e["pos"]) for e in steps}
     phrases = _backward_phrases(doc, target)
     phrase_sent = {doc.sentence(m.start()) for m in phrases}
     starts, last = doc.sent + [len(doc.text)], None
@@ -689,19 +775,44 @@ def _backward(doc, target):
         bare = not set(re.findall(r"\d+", doc.text[starts[s]:starts[s + 1]])) - {str(target)}
         if bare and (s + 1 in eq_sent or s + 1 in phrase_sent):
             continue
-        out.append(m.start())
-    return sorted(out)
+        out.append((m.start(), m.end(), m.start()))
+    return [(a, b) for a, b, _ in sorted(out, key=lambda t: (t[2], t[0]))]
 
 
-def analyze(response, nums, target):
-    """{behavior: [positions in the normalized text]} of each counted occurrence, plus the
-    normalized "text" and the "equations" (for debugging a count)."""
-    text = normalize(response if isinstance(response, str) else "")
+def analyze(response, nums, target, edits=None):
+    """{behavior: [positions in the normalized text]} of each counted occurrence, "spans":
+    {behavior: [(start, end)]} in the normalized text (the phrase or equation counted), the
+    normalized "text" and the "equations" (for debugging a count). edits: see normalize."""
+    text = normalize(response if isinstance(response, str) else "", edits)
     target = _number(str(target))
     doc = _Doc(text, nums, target)
-    return {"verification": _verification(doc, target), "backtracking": _backtracking(doc),
-            "subgoal": _subgoal(doc, target), "backward": _backward(doc, target),
+    spans = {"verification": _verification(doc, target), "backtracking": _backtracking(doc),
+             "subgoal": _subgoal(doc, target), "backward": _backward(doc, target)}
+    return {**{b: [a for a, _ in spans[b]] for b in BEHAVIORS}, "spans": spans,
             "text": text, "equations": doc.eqs}
+
+
+def behavior_spans(response, nums, target):
+    """[(start, end, behavior)] of every occurrence count_behaviors counts, as character
+    offsets into `response` as written (not the normalized text), sorted by start. Per
+    behavior there are exactly count_behaviors(...)[behavior] spans; spans of different
+    behaviors may overlap.
+
+    >>> text = "44 + 19 = 63. That's not 76. Let me try another way."
+    >>> [(text[a:b], k) for a, b, k in behavior_spans(text, [44, 19, 3, 1], 76)]
+    [('not 76', 'verification'), ('try another', 'backtracking')]
+    """
+    if not isinstance(response, str):
+        return []
+    edits = []
+    found = analyze(response, nums, target, edits)
+    out = []
+    for b in BEHAVIORS:
+        for a, z in found["spans"][b]:
+            start, end = _to_original(edits, a), _to_original(edits, z, end=True)
+            end = max(end, min(start + 1, len(response)))
+            out.append((start, end, b))
+    return sorted(out, key=lambda t: (t[0], t[1], BEHAVIORS.index(t[2])))
 
 
 def count_behaviors(response, nums, target):
