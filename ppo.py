@@ -790,8 +790,21 @@ def critic_loss_fn(args):
 
 
 def batch_metrics(b, args):
+    """The step's metrics on this rank. Behaviors (b["behaviors"]: classify.count_behaviors of
+    each response) go out as sums and counts ("_sum/...", "_n..."), which train_step turns into
+    means after the all-reduce (see there)."""
     mask, scores = b["mask"], b["scores"]
-    return {
+    beh = {}
+    if b.get("behaviors") is not None:
+        import classify
+        correct = [s >= 1.0 for s in b["score_list"]]
+        for split, want in (("", None), ("/correct", True), ("/incorrect", False)):
+            rows = [c for c, ok in zip(b["behaviors"], correct) if want is None or ok == want]
+            beh[f"_n{split}"] = float(len(rows))
+            for name in classify.BEHAVIORS:
+                beh[f"_sum/behavior/{name}{split}"] = float(sum(r[name] for r in rows))
+                beh[f"_sum/behavior/{name}_rate{split}"] = float(sum(r[name] > 0 for r in rows))
+    return {**beh,
         "score/mean": scores.mean().item(),
         "acc": (scores >= 1.0).float().mean().item(),
         "format_rate": (scores > 0).float().mean().item(),
@@ -943,9 +956,13 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
     t_step, timings = time.time(), {}
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
-    # 1-2. sample and score
+    # 1-2. sample and score; count the four behaviors in each response (classify.py's rules)
     b = rollout(policy, tokenizer, draw_tasks(tasks, step, args, dist), args, reward_fn, device)
     timings["time/generate"], timings["time/score"] = b["time_generate"], b["time_score"]
+    import classify
+    t0 = time.time()
+    b["behaviors"] = [classify.count_behaviors(txt, t["nums"], t["target"]) for txt, t in zip(b["texts"], b["tasks"])]
+    timings["time/behaviors"] = time.time() - t0
     # 3-5. old/ref log-probs, values, rewards, advantages
     b = compute_advantages(b, policy, ref, critic, args, state["kl_coef"], timings, opt_c, dist)
     # 6. PPO updates: actor and critic, mini-batch by mini-batch
@@ -963,6 +980,17 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
     m["tokens/rank"] = float(b["attn"].sum())            # prompt + response tokens through each pass
     m = common.all_reduce_mean(m, dist)
     m["tokens_per_s"] *= dist["world_size"]
+    # behaviors: the mean of the ranks' sums over the mean of their counts is the global mean
+    # (a mean of per-rank means would be too, for the whole batch, whose shares are equal,
+    # but not for the correct / incorrect splits, whose sizes differ by rank); a split with
+    # no response this step is left out
+    for k in [k for k in m if k.startswith("_sum/")]:
+        split = k[k.rindex("/"):] if k.endswith(("/correct", "/incorrect")) else ""
+        total, n = m.pop(k), m[f"_n{split}"]
+        if n > 0:
+            m[k[len("_sum/"):]] = total / n
+    for k in [k for k in m if k.startswith("_n")]:
+        del m[k]
     m.update({"kl_coef": state["kl_coef"], "lr/actor": opt_a.param_groups[0]["lr"],
               "lr/critic": opt_c.param_groups[0]["lr"] if opt_c else 0.0, "time/step": dt,
               "skipped_updates": bad,
@@ -975,7 +1003,8 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
 
 
 CONSOLE = ["score/mean", "acc", "val/acc", "kl", "losses/policy", "losses/value", "entropy",
-           "response_length/mean", "time/step", "tokens_per_s", "mem/peak_gb"]
+           "response_length/mean", "behavior/verification", "behavior/backtracking", "behavior/subgoal",
+           "behavior/backward", "time/step", "tokens_per_s", "mem/peak_gb"]
 
 
 def run_validation(step, models, test_tasks, args, dist, reward_fn):
