@@ -56,8 +56,6 @@ import re
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from bisect import bisect_right
 from collections import Counter
@@ -115,7 +113,6 @@ DEFAULT_JUDGE = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-2024102
 PRICES = {"gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00), "gpt-4.1-mini": (0.40, 1.60),
           "gpt-4.1-nano": (0.10, 0.40), "claude-3-5-haiku-20241022": (0.80, 4.00),
           "claude-3-5-sonnet-20241022": (3.00, 15.00), "claude-sonnet-4-20250514": (3.00, 15.00)}
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529}
 ANTHROPIC_VERSION = "2023-06-01"
 
 
@@ -948,7 +945,7 @@ def parse_count(text):
 
 
 class JudgeError(RuntimeError):
-    """A request that cannot succeed (bad key, bad request) or ran out of retries."""
+    """A judge that cannot run (no key, --batch with anthropic)."""
 
 
 class Usage:
@@ -967,31 +964,18 @@ class Usage:
         money = (f"${(n['input_tokens'] * p[0] + n['output_tokens'] * p[1]) / 1e6 * (0.5 if self.batch else 1):.4f}"
                  if p else f"unknown (no price for {self.model})")
         return (f"{self.n['requests']} requests ({self.n['retries']} retries, {self.n['no_tag']} answers "
-                f"without <count>, {self.n['missing']} counts missing), {self.n['input_tokens']} input + "
+                f"without <count>, {self.n['missing']} counts missing, {self.n['failed']} of them after failed "
+                f"requests), {self.n['input_tokens']} input + "
                 f"{self.n['output_tokens']} output tokens, estimated cost {money}"
                 f"{' (Batch API, half price)' if self.batch else ''}")
 
 
 def redact(text, secrets=()):
-    """Remove API keys (given ones and anything shaped like one) from a message.
-    >>> redact("bad key sk-abc123XYZ for sk-abc123XYZ", ["sk-abc123XYZ"])
+    """Remove API keys (given ones, any 6 characters of them in a row, anything shaped like one).
+    >>> redact("bad key sk-abc123XYZ for sk-abc123", ["sk-abc123XYZ"])
     'bad key [key] for [key]'"""
-    for s in filter(None, secrets):
-        text = text.replace(s, "[key]")
+    text = common.redact_keys(text, secrets, "[key]")
     return re.sub(r"\b(?:sk|sk-ant|sk-proj)-[A-Za-z0-9_\-*]{6,}", "[key]", text)
-
-
-def http_request(method, url, headers, body=None, timeout=120.0):
-    """(status, headers, body bytes). HTTP errors are returned, not raised; network
-    failures raise OSError (callers retry them)."""
-    req = urllib.request.Request(url, data=body, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
-    except urllib.error.URLError as e:
-        raise OSError(f"{url}: {e.reason}") from None
 
 
 class Judge:
@@ -1042,58 +1026,57 @@ class Judge:
         return body
 
     def read(self, data):
-        """(text, input tokens, output tokens) of a response body."""
+        """(text, input tokens, output tokens) of a response body; raises on a malformed one."""
         u = data.get("usage") or {}
         if self.backend == "anthropic":
-            text = "".join(b.get("text", "") for b in data.get("content", []) if b.get("type") == "text")
-            return text, u.get("input_tokens", 0), u.get("output_tokens", 0)
-        text = ((data.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
-        return text, u.get("prompt_tokens", 0), u.get("completion_tokens", 0)
+            text = "".join(b["text"] for b in data["content"] if b.get("type") == "text")
+        else:
+            text = data["choices"][0]["message"]["content"]
+        if not isinstance(text, str):
+            raise TypeError("no text in the reply")
+        return text, u.get("input_tokens", u.get("prompt_tokens", 0)), u.get("output_tokens", u.get("completion_tokens", 0))
 
-    def send(self, method, url, body=None, content_type="application/json"):
-        """One API call, retried on 429 / 5xx / network errors by common.with_retries
-        (exponential backoff with jitter; Retry-After wins). Returns the response body bytes."""
-        cfg = self.cfg
+    def send(self, url, body=None, parse=json.loads, content_type="application/json"):
+        """parse(reply text) of one API call (GET without a body, else POST of JSON or bytes) by
+        common.http_call, retried by common.with_retries on 429 / 5xx / network errors and on
+        replies parse() cannot read (backoff with jitter; Retry-After wins). Retries spent:
+        common.Retryable; a refusal (bad key, bad request): common.ApiError."""
+        red = lambda text: redact(text, [self.key])
+        headers = self.headers(content_type if body is not None else None)
 
         def once():
             self.usage.add(requests=1)
-            try:
-                status, hdrs, data = http_request(method, url, self.headers(content_type), body, cfg.timeout)
-            except OSError as e:
-                raise common.Retryable(f"network error: {redact(str(e), [self.key])}") from None
-            if 200 <= status < 300:
-                return data
-            msg = f"HTTP {status}: {redact(data.decode('utf-8', 'replace')[:400], [self.key])}"
-            if status not in RETRY_STATUS:
-                raise JudgeError(f"{method} {url}: {msg}")
-            raise common.Retryable(msg, common.retry_after_s(hdrs))
-        try:
-            return common.with_retries(once, f"{method} {url}", cfg.max_retries, cfg.backoff, self.rng,
-                                       log=lambda m: print(f"[classify] {m}", file=sys.stderr),
-                                       on_retry=lambda: self.usage.add(retries=1))
-        except common.Retryable as e:
-            raise JudgeError(str(e)) from None
+            return common.http_call(url, body, headers, self.cfg.timeout, parse, redact=red)
+        return common.with_retries(once, f"{'GET' if body is None else 'POST'} {url}", self.cfg.max_retries,
+                                   self.cfg.backoff, self.rng, log=lambda m: print(f"[classify] {m}", file=sys.stderr),
+                                   on_retry=lambda: self.usage.add(retries=1), redact=red)
 
     def ask(self, prompt):
         """The judge's answer text to one prompt."""
         url = self.base + ("/v1/messages" if self.backend == "anthropic" else "/chat/completions")
-        data = json.loads(self.send("POST", url, json.dumps(self.body(prompt)).encode()))
-        text, n_in, n_out = self.read(data)
+        text, n_in, n_out = self.send(url, self.body(prompt), lambda t: self.read(json.loads(t)))
         self.usage.add(input_tokens=n_in, output_tokens=n_out)
         return text
 
 
 def judge_counts(judge, rec, first_answers=None):
-    """(counts, missing) for one record: one prompt per behavior; an answer without a count
-    tag is asked again up to --tag-retries times, then the count is None and named in missing.
-    first_answers: {behavior: answer text} already in hand (from the Batch API)."""
-    response, counts, missing = response_of(rec), {}, []
+    """(counts, missing, failed) for one record: one prompt per behavior; an answer without a
+    count tag is asked again up to --tag-retries times, then the count is None and named in
+    missing; so is one whose request failed after its retries (also named in failed: a rerun
+    asks it again). first_answers: {behavior: answer text} already in hand (Batch API)."""
+    response, counts, missing, failed = response_of(rec), {}, [], []
     for b in BEHAVIORS:
         prompt = judge_prompt(b, response, rec["nums"], rec["target"], judge.cfg.max_chars, judge.study)
         given = [first_answers[b]] if first_answers and first_answers.get(b) is not None else []
         n, answers = None, 0
         while given or answers < 1 + judge.cfg.tag_retries:
-            text = given.pop() if given else judge.ask(prompt)
+            try:
+                text = given.pop() if given else judge.ask(prompt)
+            except common.Retryable as e:
+                print(f"[classify] {e}: {b} of record {rec.get('id', record_key(rec))} recorded as missing", file=sys.stderr)
+                judge.usage.add(failed=1)
+                failed.append(b)
+                break
             answers += 1
             n = parse_count(text)
             if n is not None:
@@ -1103,7 +1086,7 @@ def judge_counts(judge, rec, first_answers=None):
             judge.usage.add(missing=1)
             missing.append(b)
         counts[b] = n
-    return counts, missing
+    return counts, missing, failed
 
 
 def _multipart(fields, name, filename, data):
@@ -1127,16 +1110,15 @@ def batch_submit(judge, records):
             lines.append(json.dumps({"custom_id": f"{record_key(rec)}:{b}", "method": "POST",
                                      "url": "/v1/chat/completions", "body": judge.body(prompt)}))
     body, ctype = _multipart({"purpose": "batch"}, "file", "classify_batch.jsonl", "\n".join(lines).encode() + b"\n")
-    file_id = json.loads(judge.send("POST", judge.base + "/files", body, ctype))["id"]
+    file_id = judge.send(judge.base + "/files", body, lambda t: json.loads(t)["id"], ctype)
     req = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
-    batch = json.loads(judge.send("POST", judge.base + "/batches", json.dumps(req).encode()))
-    return batch["id"]
+    return judge.send(judge.base + "/batches", req, lambda t: json.loads(t)["id"])
 
 
 def batch_wait(judge, batch_id):
     """Poll a batch until it ends; returns its final object."""
     while True:
-        batch = json.loads(judge.send("GET", f"{judge.base}/batches/{batch_id}", None, None))
+        batch = judge.send(f"{judge.base}/batches/{batch_id}", parse=lambda t: {**json.loads(t)})  # an object, else retried
         counts = batch.get("request_counts") or {}
         print(f"batch {batch_id}: {batch.get('status')} ({counts.get('completed', 0)}/{counts.get('total', '?')} done)", flush=True)
         if batch.get("status") in ("completed", "failed", "expired", "cancelled"):
@@ -1145,16 +1127,19 @@ def batch_wait(judge, batch_id):
 
 
 def batch_answers(judge, batch):
-    """{custom_id: answer text} of a finished batch (failed requests are left out)."""
+    """{custom_id: answer text} of a finished batch (failed requests and unreadable lines are
+    left out: they are asked again one by one)."""
     out = {}
     fid = batch.get("output_file_id")
-    data = judge.send("GET", f"{judge.base}/files/{fid}/content", None, None) if fid else b""
-    for item in map(json.loads, filter(str.strip, data.decode("utf-8").splitlines())):
-        resp = item.get("response") or {}
-        if resp.get("status_code") == 200 and isinstance(resp.get("body"), dict):
-            text, n_in, n_out = judge.read(resp["body"])
-            judge.usage.add(input_tokens=n_in, output_tokens=n_out)
-            out[item["custom_id"]] = text
+    for line in (judge.send(f"{judge.base}/files/{fid}/content", parse=str) if fid else "").splitlines():
+        try:
+            item = json.loads(line)
+            if item["response"]["status_code"] == 200:
+                text, n_in, n_out = judge.read(item["response"]["body"])
+                judge.usage.add(input_tokens=n_in, output_tokens=n_out)
+                out[item["custom_id"]] = text
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            continue
     return out
 
 
@@ -1184,8 +1169,9 @@ def read_records(path):
 def _record_problem(rec):
     if not isinstance(rec.get("response", rec.get("completion")), str):
         return "no \"response\" or \"completion\" text"
-    if not isinstance(rec.get("nums"), list) or not isinstance(rec.get("target"), (int, float)):
-        return "needs \"nums\" (a list) and \"target\" (a number)"
+    num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
+    if not isinstance(rec.get("nums"), list) or not all(map(num, rec["nums"])) or not num(rec.get("target")):
+        return "needs \"nums\" (a list of numbers) and \"target\" (a number)"
     return None
 
 
@@ -1215,7 +1201,10 @@ def run_condition(run_dir):
     cfg = os.path.join(run_dir, "config.json")
     if os.path.isfile(cfg):
         with open(cfg, encoding="utf-8") as f:
-            c = json.load(f)
+            try:
+                c = json.load(f)
+            except ValueError as e:
+                raise DataError(f"{cfg}: malformed JSON ({e})") from None
         if isinstance(c, dict) and c.get("condition"):
             return str(c["condition"])
     return os.path.basename(os.path.normpath(run_dir))
@@ -1341,11 +1330,16 @@ def _run_pool(judge, todo, out_path, done, work):
 
 def classify_llm(items, judge, out_dir):
     """Classify with an LLM judge (chat requests or, with --batch, the Batch API). Records
-    already in OUT/classified.jsonl from the same judge are skipped; each new one is
-    appended as soon as it is done."""
+    already in OUT/classified.jsonl from the same judge are skipped unless a request of theirs
+    failed; each new one is appended as soon as it is done."""
     name = judge.name
     out_path = os.path.join(out_dir, "classified.jsonl")
-    done = {record_key(r): r for r in common.read_jsonl_tolerant(out_path) if r.get("classifier") == name}  # resume
+    try:
+        common.read_jsonl_tolerant(out_path)  # cuts a torn last line (a killed run)
+    except ValueError:
+        pass  # a bad line before the last: read_jsonl names it
+    done = {record_key(r): r for r in (common.read_jsonl(out_path) if os.path.exists(out_path) else [])
+            if r.get("classifier") == name and not r.get("failed")}  # resume
     todo = list({record_key(r): r for r, _, _ in items if record_key(r) not in done}.values())
     print(f"{len(done)} records already classified by {name}, {len(todo)} to go", flush=True)
     answers = batch_run(judge, todo, out_dir) if judge.cfg.batch and todo else {}
@@ -1353,8 +1347,8 @@ def classify_llm(items, judge, out_dir):
     def work(rec):
         key = record_key(rec)
         first = {b: answers[f"{key}:{b}"] for b in BEHAVIORS if f"{key}:{b}" in answers} if judge.cfg.batch else None
-        counts, missing = judge_counts(judge, rec, first)
-        return _labelled(rec, counts, name, missing)
+        counts, missing, failed = judge_counts(judge, rec, first)
+        return {**_labelled(rec, counts, name, missing), **({"failed": failed} if failed else {})}
 
     if todo:
         _run_pool(judge, todo, out_path, done, work)
@@ -1362,6 +1356,10 @@ def classify_llm(items, judge, out_dir):
     if os.path.exists(state):
         os.remove(state)
     print(judge.usage.report(), flush=True)
+    failed = sum(bool(done[record_key(r)].get("failed")) for r in todo)
+    if failed:
+        print(f"[classify] {failed} of {len(todo)} records had requests that failed after retries: those counts "
+              'are null, named in "missing" and "failed"; run the same command again to ask them again', file=sys.stderr)
     return [(done[record_key(r)], cond, step) for r, cond, step in items]
 
 
@@ -1568,7 +1566,7 @@ def main(argv=None):
         if not items:
             raise DataError(f"{args.input}: no records")
         classify(args, items)
-    except (DataError, JudgeError) as e:
+    except (DataError, JudgeError, common.ApiError, common.Retryable) as e:  # Retryable: a batch's retries spent
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -488,13 +488,14 @@ class ApiError(Exception):
 
 
 def _error_text(body, redact):
-    """The API's own error message from a JSON error body, else the start of the body."""
+    """The API's own error message from a JSON error body, else the start of the body;
+    redacted before it is cut."""
     try:
         err = json.loads(body).get("error")
         msg = err.get("message") if isinstance(err, dict) else err
-        return redact(str(msg))[:300]
+        return redact(str(msg)[:20000])[:300]
     except (ValueError, AttributeError):
-        return redact(body[:200])
+        return redact(body[:20000])[:200]
 
 
 def retry_after_s(headers):
@@ -506,15 +507,16 @@ def retry_after_s(headers):
 
 
 def http_call(url, body=None, headers=None, timeout=60.0, parse=json.loads, redact=str):
-    """One HTTP request (GET when body is None, else POST of JSON) -> parse(response text).
-    Non-2xx replies and bodies parse() rejects raise Retryable or ApiError; redact(text)
-    blanks secrets in their messages. The loopback (a local server, the tests) never goes
-    through an environment proxy."""
+    """One HTTP request (GET when body is None, else POST of JSON, or of bytes as they are) ->
+    parse(response text). Non-2xx replies and bodies parse() rejects (a 200 cut short or
+    garbled) raise Retryable or ApiError; redact(text) blanks secrets in their messages before
+    anything is cut. The loopback (a local server, the tests) never goes through an
+    environment proxy."""
     import http.client
     import urllib.error
     import urllib.parse
     import urllib.request
-    data = None if body is None else json.dumps(body).encode("utf-8")
+    data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
     req = urllib.request.Request(url, data=data, headers=headers or {},
                                  method="GET" if data is None else "POST")
     local = (urllib.parse.urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
@@ -530,7 +532,7 @@ def http_call(url, body=None, headers=None, timeout=60.0, parse=json.loads, reda
         try:
             return parse(text)
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-            raise Retryable(f"unreadable reply ({type(e).__name__}): {redact(text[:80])!r}") from None
+            raise Retryable(f"unreadable reply ({type(e).__name__}): {redact(text[:20000])[:80]!r}") from None
     if status in (408, 409, 429) or status >= 500:
         raise Retryable(f"HTTP {status}: {_error_text(text, redact)}", retry_after_s(hdrs))
     raise ApiError(f"HTTP {status} from {url}: {_error_text(text, redact)}")
@@ -581,3 +583,22 @@ def _main():
 
 if __name__ == "__main__":
     _main()
+def redact_keys(text, keys, mark="[redacted]"):
+    """text with each key blanked, and with every run of 6 or more characters that also occurs
+    in a key (a key cut short, a fragment a server echoed): redact first, cut after.
+
+    >>> redact_keys("bad key sk-abc123XYZ; was sk-abc1", ["sk-abc123XYZ"])
+    'bad key [redacted]; was [redacted]'
+    """
+    text, keys = str(text), [k for k in keys if k]
+    for k in keys:
+        text = text.replace(k, mark)
+    grams = {k[i:i + 6] for k in keys for i in range(len(k) - 5)}
+    hit = [False] * len(text)
+    for i in range(len(text) - 5):
+        if text[i:i + 6] in grams:
+            hit[i:i + 6] = [True] * 6
+    out = [mark if h and not (i and hit[i - 1]) else "" if h else c for i, (c, h) in enumerate(zip(text, hit))]
+    return "".join(out)
+
+

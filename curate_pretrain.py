@@ -46,14 +46,16 @@ Stages (--stage, comma-separated, or all) and what each writes under --out:
   stats    stats.json: fraction of documents with each behavior, any, none, solving a
            problem, and (after pack) the same for the two sets; also printed as a table.
   select   selected.jsonl: rich documents (backtracking or verification first, then the
-           other behaviors) paired one to one with behavior-free documents of the same
-           length bucket; as many pairs as the token budget needs (x --oversample).
+           other behaviors) paired one to one with the behavior-free document nearest in
+           length (within --length-tolerance); as many pairs as the token budget needs (x
+           --oversample). No pair at all stops the run here (exit 2), naming what to loosen.
   rewrite  rewrites.jsonl: each selected document as question / <think> / <answer>, labelled
            again; rewrites that lost or gained a behavior are reported and dropped.
   pack     rich.jsonl and minimal.jsonl ({"text", "id", "tokens"}), each cut to the token
            budget (the last document truncated to fit); pack.json with the figures.
 """
 import argparse
+import bisect
 import glob
 import hashlib
 import json
@@ -95,7 +97,7 @@ DEFAULTS = dict(
     tokenizer="llama-3.2-3b", # tokenizer that measures the budget (the model you will train)
     oversample=1.5,           # select this many times the budget (rewrites get dropped, lengths change)
     chars_per_token=4.0,      # select: estimate of characters per token of the source text
-    bucket_width=0.5,         # select: width of the length buckets in log2(characters)
+    length_tolerance=0.5,     # select: largest length difference of a pair, in log2(characters) (0.5: a factor of 1.41)
 )
 SOURCES = {  # --source short names -> (hub dataset, config)
     "open-web-math": ("open-web-math/open-web-math", None),
@@ -308,7 +310,8 @@ class LLM:
         self.retries, self.lock, self.rng = 0, threading.Lock(), random.Random()
 
     def redact(self, text):
-        return text.replace(self._key, "[key]") if self._key else text
+        """text without the key, or any 6 of its characters in a row (common.redact_keys)."""
+        return common.redact_keys(text, [self._key], "[key]")
 
     def request(self, system, user, max_tokens, temperature):
         """(url, headers, body) in the backend's wire format."""
@@ -372,8 +375,8 @@ def _need_datasets():
     try:
         import datasets
     except ImportError:
-        raise SystemExit("curate_pretrain: streaming a Hugging Face dataset needs the `datasets` "
-                         "package: pip install datasets (or pass a local .jsonl/.parquet file as --source)")
+        raise common.DataError("streaming a Hugging Face dataset needs the `datasets` package: pip "
+                               "install datasets (or pass a local .jsonl/.parquet file as --source)")
     return datasets
 
 
@@ -392,8 +395,11 @@ def _iter_local(path, field):
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise SystemExit("curate_pretrain: reading parquet needs pyarrow: pip install pyarrow")
-        for batch in pq.ParquetFile(path).iter_batches(columns=[field]):
+            raise common.DataError("reading parquet needs pyarrow: pip install pyarrow") from None
+        f = pq.ParquetFile(path)
+        if field not in f.schema_arrow.names:
+            raise common.DataError(f"{path}: no column {field!r} (columns: {', '.join(f.schema_arrow.names)}; --text-field?)")
+        for batch in f.iter_batches(columns=[field]):
             for text in batch.column(0).to_pylist():
                 yield None, text
         return
@@ -452,15 +458,27 @@ def repair_tail(path):
             log(f"{path}: dropped a torn last line ({end - pos} bytes)")
 
 
-def iter_jsonl(path):
-    """Records of a JSONL file, streamed (files here may be gigabytes)."""
+def iter_jsonl(path, required=()):
+    """Records of a JSONL file, streamed (files here may be gigabytes); a bad line, or a record
+    without the `required` fields, is a DataError naming file and line."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    yield json.loads(line)
+                    rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise common.DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+                lacks = [k for k in required if k not in rec] if isinstance(rec, dict) else ["(not a JSON object)"]
+                if lacks or "labels" in required and not (isinstance(rec["labels"], dict) and set(BEHAVIORS) <= set(rec["labels"])):
+                    raise common.DataError(f"{path}:{lineno}: record lacks {', '.join(lacks) or 'labels of ' + ', '.join(BEHAVIORS)}")
+                yield rec
+
+
+def read_log(path, required=()):
+    """Whole records of one of our append-only logs: a torn last line (a killed run) is cut
+    off, any other bad line is named by file and line."""
+    repair_tail(path)
+    return list(iter_jsonl(path, required)) if os.path.exists(path) else []
 
 
 def label_files(out):
@@ -473,8 +491,9 @@ def iter_labels(out, fields=None, desc=None):
     from tqdm import tqdm
     seen = set()
     bar = tqdm(desc=desc, unit="doc", disable=desc is None, leave=False, dynamic_ncols=True)
+    required = ("id",) + tuple(fields or ("text", "n_chars", "labels", "solves_problem"))
     for path in label_files(out):
-        for rec in iter_jsonl(path):
+        for rec in iter_jsonl(path, required):
             bar.update(1)
             if rec["id"] not in seen:
                 seen.add(rec["id"])
@@ -580,6 +599,8 @@ def stage_label(args, llm):
     conc = 1 if args.backend == "rules" else args.concurrency
     new, failed = run_jobs(todo(), work, path, conc, "label", total=total,
                            flush_every=256 if conc == 1 else 1)
+    if not done:
+        raise common.DataError(f"--source {args.source}: no documents (no non-empty {args.text_field!r} field)")
     log(f"label: {new} new documents in {path}, {len(done) - failed} labelled in all"
         + (f", {failed} failed (rerun to retry)" if failed else ""))
     return new, failed
@@ -644,13 +665,19 @@ def stage_stats(args, llm=None):
 # ---------------------------------------------------------------------------------
 # select
 
-def length_bucket(n_chars, width=0.5):
-    """Length bucket of a document: floor(log2(characters) / width).
+def length_gap(a, b):
+    """How far apart two document lengths are, in log2(characters).
 
-    >>> length_bucket(1000), length_bucket(1400), length_bucket(2000)
-    (19, 20, 21)
+    >>> length_gap(1000, 1400) < 0.5 < length_gap(1000, 1500)
+    True
     """
-    return int(math.floor(math.log2(max(n_chars, 1)) / width))
+    return abs(math.log2(max(a, 1) / max(b, 1)))
+
+
+def nearest(pool, n_chars):
+    """Index of the entry of pool (sorted tuples, length first) nearest n_chars, or None."""
+    i = bisect.bisect_left(pool, (n_chars,))
+    return min((j for j in (i - 1, i) if 0 <= j < len(pool)), key=lambda j: length_gap(pool[j][0], n_chars), default=None)
 
 
 def stable_rank(key, seed):
@@ -669,43 +696,58 @@ def rich_priority(labels):
     return 1 if any(labels[k] for k in BEHAVIORS) else None
 
 
-def select_pairs(docs, token_target, chars_per_token, width, seed):
-    """Pair rich documents (in priority order) with unused behavior-free documents of the
-    same length bucket, until the rich side's estimated tokens reach token_target.
+def select_pairs(docs, token_target, chars_per_token, tolerance, seed):
+    """Pair rich documents (in priority order) each with the unused behavior-free document
+    nearest in length, if within tolerance (log2 characters), until the rich side's estimated
+    tokens reach token_target. Nearest rather than the same fixed bucket: 1440 and 1460
+    characters match whatever the bucket edges, so a few hundred documents give pairs.
     docs: [{"id", "n_chars", "labels"}]. Returns ([(rich_id, minimal_id)], n_unmatched).
 
     >>> no, v = dict.fromkeys(BEHAVIORS, False), dict(dict.fromkeys(BEHAVIORS, False), verification=True)
     >>> docs = [dict(id="a", n_chars=100, labels=v), dict(id="b", n_chars=105, labels=no),
-    ...         dict(id="c", n_chars=900, labels=v), dict(id="d", n_chars=30, labels=no)]
+    ...         dict(id="c", n_chars=900, labels=v), dict(id="d", n_chars=30, labels=no),
+    ...         dict(id="e", n_chars=1440, labels=v), dict(id="f", n_chars=1460, labels=no)]
     >>> select_pairs(docs, 1e9, 4.0, 0.5, 0)
-    ([('a', 'b')], 1)
+    ([('e', 'f'), ('a', 'b')], 1)
     """
     rich = sorted((d for d in docs if rich_priority(d["labels"]) is not None),
                   key=lambda d: (rich_priority(d["labels"]), stable_rank(d["id"], seed)))
-    pool = {}
-    for d in sorted((d for d in docs if rich_priority(d["labels"]) is None),
-                    key=lambda d: stable_rank(d["id"], seed)):
-        pool.setdefault(length_bucket(d["n_chars"], width), []).append(d["id"])
+    pool = sorted((d["n_chars"], stable_rank(d["id"], seed), d["id"]) for d in docs if rich_priority(d["labels"]) is None)
     pairs, unmatched, tokens = [], 0, 0.0
     for d in rich:
         if tokens >= token_target:
             break
-        bucket = pool.get(length_bucket(d["n_chars"], width))
-        if not bucket:
+        j = nearest(pool, d["n_chars"])
+        if j is None or length_gap(pool[j][0], d["n_chars"]) > tolerance:
             unmatched += 1
             continue
-        pairs.append((d["id"], bucket.pop()))
+        pairs.append((d["id"], pool.pop(j)[2]))
         tokens += d["n_chars"] / chars_per_token
     return pairs, unmatched
+
+
+def no_pairs_reason(docs, tolerance):
+    """Why select_pairs found no pair, and which setting to loosen (one line)."""
+    rich = [d["n_chars"] for d in docs if rich_priority(d["labels"]) is not None]
+    pool = sorted((d["n_chars"],) for d in docs if rich_priority(d["labels"]) is None)
+    if not rich or not pool:
+        return (f"select: no pairs: none of the {len(docs)} labelled documents {'shows a behavior' if not rich else 'is behavior-free'}"
+                "; label more documents (--n-docs, --source)")
+    need = min(length_gap(pool[nearest(pool, n)][0], n) for n in rich)
+    return (f"select: no pairs: no rich document (of {len(rich)}) has a behavior-free one (of {len(pool)}) within "
+            f"--length-tolerance {tolerance:g} (lengths within a factor of {2 ** tolerance:.2f}); the closest "
+            f"pair needs --length-tolerance {math.ceil(need * 100) / 100:g}, or label more documents (--n-docs)")
 
 
 def stage_select(args, llm=None):
     """selected.jsonl: the rich/minimal pairs with their texts, in pair order."""
     docs = list(iter_labels(args.out, fields=("id", "n_chars", "labels"), desc="select: lengths"))
     if not docs:
-        raise SystemExit(f"curate_pretrain: no labels in {args.out}; run --stage label first")
+        raise common.DataError(f"select: no labels in {args.out}; run --stage label first")
     pairs, unmatched = select_pairs(docs, args.token_budget * args.oversample,
-                                    args.chars_per_token, args.bucket_width, args.seed)
+                                    args.chars_per_token, args.length_tolerance, args.seed)
+    if not pairs:  # rewriting and packing nothing would only fail later, less clearly
+        raise common.DataError(no_pairs_reason(docs, args.length_tolerance))
     where = {}
     for k, (r, m) in enumerate(pairs):
         where[r], where[m] = ("rich", k), ("minimal", k)
@@ -821,21 +863,24 @@ def rewrite_report(recs):
     return rep
 
 
+SELECT_FIELDS = ("id", "set", "pair", "text", "labels")                     # a selected.jsonl record
+REWRITE_FIELDS = ("id", "set", "pair", "text", "kept", "reason", "lost", "gained")  # a rewrites.jsonl record
+
+
 def stage_rewrite(args, llm):
     """rewrites.jsonl: one record per selected document (resumes by set and id)."""
     sel_path, path = os.path.join(args.out, "selected.jsonl"), os.path.join(args.out, "rewrites.jsonl")
     if not os.path.exists(sel_path):
-        raise SystemExit(f"curate_pretrain: {sel_path} is missing; run --stage select first")
-    repair_tail(path)
-    done = {(r["set"], r["id"]) for r in common.read_jsonl_tolerant(path)}
-    todo = [r for r in iter_jsonl(sel_path) if (r["set"], r["id"]) not in done]
+        raise common.DataError(f"{sel_path} is missing; run --stage select first")
+    done = {(r["set"], r["id"]) for r in read_log(path, REWRITE_FIELDS)}
+    todo = [r for r in iter_jsonl(sel_path, SELECT_FIELDS) if (r["set"], r["id"]) not in done]
     labeller, _ = make_labeller(args, llm)
     rewriter, name = make_rewriter(args, llm)
     conc = 1 if (rewriter is None or args.rewrite_model) else args.concurrency
     run_jobs(iter(todo), lambda it: rewrite_one(it, rewriter, name, labeller, args.max_doc_chars),
              path, conc, "rewrite", total=len(todo), flush_every=64 if conc == 1 else 1)
     selected = {(r["set"], r["id"]) for r in iter_jsonl(sel_path)}
-    recs = [r for r in common.read_jsonl_tolerant(path) if (r["set"], r["id"]) in selected]
+    recs = [r for r in read_log(path, REWRITE_FIELDS) if (r["set"], r["id"]) in selected]
     rep = rewrite_report(recs)
     common.write_json(os.path.join(args.out, "rewrite.json"), rep)
     for s, v in rep.items():
@@ -889,9 +934,9 @@ def stage_pack(args, llm=None):
     """rich.jsonl, minimal.jsonl and pack.json; then stats.json with the sets filled in."""
     path = os.path.join(args.out, "rewrites.jsonl")
     if not os.path.exists(path):
-        raise SystemExit(f"curate_pretrain: {path} is missing; run --stage rewrite first")
-    selected = {(r["set"], r["id"]) for r in iter_jsonl(os.path.join(args.out, "selected.jsonl"))}
-    kept = sorted((r for r in common.read_jsonl_tolerant(path)
+        raise common.DataError(f"{path} is missing; run --stage rewrite first")
+    selected = {(r["set"], r["id"]) for r in iter_jsonl(os.path.join(args.out, "selected.jsonl"), SELECT_FIELDS)}
+    kept = sorted((r for r in read_log(path, REWRITE_FIELDS)
                    if r["kept"] and (r["set"], r["id"]) in selected), key=lambda r: r["pair"])
     tok = common.load_tokenizer(args.tokenizer)
     summary = {}
@@ -947,7 +992,8 @@ def parse_args(argv=None):
     a("--tokenizer", default=d["tokenizer"], help="tokenizer measuring the budget: alias, hub id, folder, tiny")
     a("--oversample", type=float, default=d["oversample"], help="select this many times the budget")
     a("--chars-per-token", type=float, default=d["chars_per_token"], help="select: characters per token estimate")
-    a("--bucket-width", type=float, default=d["bucket_width"], help="select: length bucket width in log2(chars)")
+    a("--length-tolerance", "--bucket-width", type=float, default=d["length_tolerance"],
+      help="select: largest length difference of a rich/minimal pair in log2(chars) (0.5: a factor of 1.41)")
     args = ap.parse_args(argv)
     args.stages = list(STAGES) if args.stage == "all" else [s.strip() for s in args.stage.split(",")]
     bad = [s for s in args.stages if s not in STAGES]
@@ -974,11 +1020,12 @@ def main(argv=None):
     try:
         for s in args.stages:
             run[s](args, llm)
-    except ApiError as e:
-        raise SystemExit(f"curate_pretrain: the API refused a request (not retried): {e}")
-    except common.DataError as e:
-        raise SystemExit(f"curate_pretrain: bad data: {e}")
+    except (ApiError, common.DataError) as e:  # one line, exit 2: a refused request, bad or missing data
+        why = "the API refused a request (not retried): " if isinstance(e, ApiError) else ""
+        print(f"curate_pretrain: error: {why}{e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -181,9 +181,18 @@ def load_tasks(args, n):
     if not args.tasks:
         return make_tasks(n, args.seed, args.sizes, (args.num_min, args.num_max),
                           (args.target_min, args.target_max))
-    recs = read_jsonl(args.tasks, required=("nums", "target"))
+    recs = read_jsonl(args.tasks, required=("nums", "target"), check=_task_problem)
+    if not recs:
+        raise DataError(f"{args.tasks}: no tasks (an empty file)")
     return [{"id": str(r.get("id", f"t{i:06d}")), "nums": [int(x) for x in r["nums"]],
              "target": int(r["target"])} for i, r in enumerate(recs[:n])]
+
+
+def _task_problem(r):
+    whole = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and x == int(x)
+    if not (isinstance(r["nums"], list) and r["nums"] and all(map(whole, r["nums"])) and whole(r["target"])):
+        return '"nums" must be a list of whole numbers and "target" a whole number'
+    return None
 
 
 def make_record(task, condition, completion, template, behaviors):
@@ -847,14 +856,13 @@ _SECRETS = set()  # API keys in use; blanked out of every message we print or ra
 
 
 def redact(text):
-    """Text with every key in use blanked out.
+    """Text with every key in use blanked out, and any 6 characters of one in a row (a key
+    cut short where a message was truncated, a fragment a server echoed).
 
-    >>> _SECRETS.add("sk-123"); redact("bad key sk-123"); _SECRETS.discard("sk-123")
-    'bad key [redacted]'
+    >>> _SECRETS.add("sk-123456"); redact("bad key sk-123456, sk-1234"); _SECRETS.discard("sk-123456")
+    'bad key [redacted], [redacted]'
     """
-    for s in _SECRETS:
-        text = text.replace(s, "[redacted]")
-    return text
+    return common.redact_keys(text, _SECRETS)
 
 
 Retryable, ApiError = common.Retryable, common.ApiError
@@ -973,14 +981,15 @@ class ApiBackend:
     def collect_batch(self, entry):
         """Poll until the batch has ended; then {task id: text} of its successes."""
         url = f"{self.base}/v1/messages/batches/{entry['batch_id']}"
-        while True:
-            status = self.with_retries("batch poll", lambda: http_call(
-                url, None, self.headers(), self.args.timeout, parse=json.loads))
-            if status["processing_status"] == "ended":
+        ended = lambda t: (json.loads(t)["processing_status"] == "ended", json.loads(t)["results_url"])
+        while True:  # a reply without these fields is unreadable: retried like a 5xx
+            done, results_url = self.with_retries("batch poll", lambda: http_call(
+                url, None, self.headers(), self.args.timeout, parse=ended))
+            if done:
                 break
             time.sleep(self.args.poll)
         results = self.with_retries("batch results", lambda: http_call(
-            status["results_url"], None, self.headers(), self.args.timeout, parse=lambda t: t))
+            results_url, None, self.headers(), self.args.timeout, parse=lambda t: t))
         out = {}
         for line in results.splitlines():
             try:
@@ -1061,9 +1070,19 @@ def check_stamp(args, prompts=None):
         write_json(path, stamp)
 
 
+def read_records(path):
+    """Whole records of a condition file: a torn last line (a killed run) is cut off; any other
+    bad line, or a record without the priming fields, is a DataError naming file and line."""
+    try:
+        read_jsonl_tolerant(path)  # cuts the torn tail
+    except ValueError:
+        pass  # a bad line before the last: read_jsonl names it
+    return read_jsonl(path, required=("id", "completion", "nums", "target", "correct")) if os.path.exists(path) else []
+
+
 def existing(path, tasks):
     """Records already in path (a torn last line is dropped), checked against the tasks."""
-    recs = read_jsonl_tolerant(path)
+    recs = read_records(path)
     by_id = {t["id"]: t for t in tasks}
     for r in recs:
         t = by_id.get(r.get("id"))
@@ -1141,7 +1160,7 @@ def summarize(out, count, settings):
         path = os.path.join(out, f"{c}.jsonl")
         if not os.path.exists(path):
             continue
-        recs = read_jsonl_tolerant(path)
+        recs = read_records(path)
         known = [r["behaviors"] for r in recs if isinstance(r.get("behaviors"), dict)]
         toks = count([r["completion"] for r in recs]) if recs else []
         conds[c] = {
@@ -1254,7 +1273,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         return run(args)
-    except (ApiError, DataError) as e:  # bad key, model id, request, prompts or out folder
+    except (ApiError, DataError, Retryable) as e:  # bad key, model id, request, prompts, out folder, data; a batch's retries spent
         log(f"error: {e}")
         return 2
 

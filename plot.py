@@ -247,8 +247,8 @@ def read_metrics(path):
             if i == len(lines) - 1:
                 break  # the last line, still being written
             raise DataError(f"{path}:{i + 1}: malformed JSON") from None
-        if not isinstance(rec, dict) or "step" not in rec:
-            raise DataError(f"{path}:{i + 1}: expected an object with a \"step\"")
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), (int, float)):
+            raise DataError(f"{path}:{i + 1}: expected an object with a numeric \"step\"")
         out.append(rec)
     return out
 
@@ -814,8 +814,10 @@ def main(argv=None):
     if written:
         print(f"wrote {len(written)} files to {args.out}: " +
               ", ".join(sorted({os.path.basename(p) for p in written})))
-    else:
-        note("nothing written: every input was missing or empty (see the notes above)")
+    else:  # results.md needs accuracy curves, so nothing written means no figure either
+        print(f"plot.py: error: no figure written to {args.out}: no input had data to draw "
+              "(see the notes above)", file=sys.stderr)
+        return 2
     return 0
 
 

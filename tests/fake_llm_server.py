@@ -1,5 +1,6 @@
 """
-A local stand-in for the APIs gen_priming.py talks to, for its tests (no network, no key).
+A local stand-in for the APIs gen_priming.py, classify.py (its judge) and curate_pretrain.py
+talk to, for their tests (no network, no key).
 
 It listens on 127.0.0.1 (a free port) in a thread and speaks the wire formats of:
 - Anthropic Messages:        POST /v1/messages
@@ -8,9 +9,21 @@ It listens on 127.0.0.1 (a free port) in a thread and speaks the wire formats of
 - OpenAI chat completions:   POST /v1/chat/completions
 Requests are checked the way the real services check them (key header, version header,
 required fields, cached system block) and rejected with the real error shapes. Scripted
-faults ("429", "500", "overloaded", "malformed") are served, in order, to the first
-requests; the 500 body echoes the caller's key so tests can check it is never printed.
-Answers are right for even targets and wrong for odd ones.
+faults are served, in order, to the first requests:
+    "429"          429 with Retry-After: 0
+    "500"          500 whose JSON error message echoes the caller's key
+    "overloaded"   Anthropic's 529 (503 on the OpenAI route)
+    "malformed"    200 whose JSON body is cut off
+    "hollow"       200 with valid JSON that lacks every expected field ({})
+    "drop"         the connection closes before any reply
+    "cut"          200 whose body stops short of its content-length, then the connection closes
+    "echo@N"       500 with a plain-text body that echoes the key from character N - 10 on, so a
+                   message cut at N would end with the key's first 10 characters
+    "malformed_echo@N"  the same in an unreadable 200 body
+so tests can check that no part of a key is ever printed. With echo_401 a wrong key is
+echoed back in the 401 message (as real APIs echo part of it). Answers are right for even
+targets and wrong for odd ones; classify's judge gets <count>1</count>; curate_pretrain's
+labelling and rewriting requests get the rules' labels and the document framed.
 
     srv = FakeLLM(key="sk-test", faults=["429", "500", "overloaded", "malformed"]).start()
     ... run gen_priming against srv.url ...
@@ -28,7 +41,18 @@ import countdown
 def answer_text(user):
     """What the fake model writes for a 'Numbers: [..]\\nTarget: N' user turn (or the study's
     'Using the numbers [..], create an equation that equals N.'). It opens with a redundant
-    <think>, as real models sometimes do (gen_priming strips it)."""
+    <think>, as real models sometimes do (gen_priming strips it). A judge's question (asking
+    for <count> tags) gets a count of 1; a curate_pretrain document its labels or rewrite."""
+    if "<count>" in user:
+        return "I see one instance. <count>1</count>"
+    doc = re.search(r"<document>\n(.*)\n</document>", user, re.S)
+    if doc:
+        import curate_pretrain as cp
+        if user.startswith("<document>"):  # labelling
+            labels, solves = cp.rule_labels(doc.group(1))
+            return json.dumps({**labels, "solves_problem": solves})
+        q, t, a = cp.frame_document(doc.group(1))
+        return f"<question>{q or '?'}</question>\n<think>{t or '...'}</think>\n<answer>{a or '?'}</answer>"
     nums = [int(x) for x in re.search(r"(?:Numbers:|Using the numbers) \[([^\]]*)\]", user).group(1).split(",")]
     target = int(re.search(r"(?:Target:|equals) (\d+)", user).group(1))
     expr = countdown.solve(nums, target) if target % 2 == 0 else " + ".join(map(str, nums))
@@ -75,8 +99,8 @@ def check_anthropic_params(p):
 
 class FakeLLM:
     def __init__(self, key, faults=(), delay=0.0, batch_polls=1, batch_errored=0,
-                 batch_faults=()):
-        self.key, self.delay = key, delay
+                 batch_faults=(), echo_401=False):
+        self.key, self.delay, self.echo_401 = key, delay, echo_401
         self.faults = list(faults)              # for completion requests, served in order
         self.batch_faults = list(batch_faults)  # for batch create/poll/results requests
         self.batch_polls = batch_polls          # polls before a batch reports "ended"
@@ -134,7 +158,7 @@ class FakeLLM:
             kind = queue.pop(0) if queue else None
             if kind:
                 self.served_faults.append(kind)
-        if kind is None:
+        if not kind:  # "" in a queue: this request is served normally
             return False
         err = openai_error if openai else anthropic_error
         if kind == "429":
@@ -146,6 +170,23 @@ class FakeLLM:
             self.send(h, 503 if openai else 529, err("overloaded_error", "Overloaded"))
         elif kind == "malformed":
             self.send(h, 200, raw='{"id": "msg_0001", "type": "message", "content": [{"ty')
+        elif kind == "hollow":
+            self.send(h, 200, {})
+        elif kind in ("drop", "cut"):
+            if kind == "cut":
+                h.send_response(200)
+                h.send_header("content-type", "application/json")
+                h.send_header("content-length", "4000")
+                h.end_headers()
+                h.wfile.write(b'{"id": "msg_0001", "type": "mess')
+            h.wfile.flush()
+            h.close_connection = True
+            with self.lock:
+                self.requests.append((h.command, h.path, kind))
+        elif "@" in kind:  # echo@N, malformed_echo@N: the key from character N - 10 on, in plain text
+            what, at = kind.split("@")
+            text = ("upstream said: " + "x" * 4000)[:int(at) - 10] + self.key + " (request rejected)"
+            self.send(h, 200 if what == "malformed_echo" else 500, raw=text)
         return True
 
     def handle(self, h, method):
@@ -157,7 +198,8 @@ class FakeLLM:
         if path == "/v1/chat/completions" and method == "POST":
             return self.chat(h, body)
         if h.headers.get("x-api-key") != self.key:
-            return self.send(h, 401, anthropic_error("authentication_error", "invalid x-api-key"))
+            echo = f": {h.headers.get('x-api-key')}" if self.echo_401 else ""
+            return self.send(h, 401, anthropic_error("authentication_error", "invalid x-api-key" + echo))
         if not h.headers.get("anthropic-version"):
             return self.send(h, 400, anthropic_error("invalid_request_error",
                                                      "anthropic-version header is required"))
@@ -186,7 +228,8 @@ class FakeLLM:
 
     def chat(self, h, body):
         if h.headers.get("authorization") != f"Bearer {self.key}":
-            return self.send(h, 401, openai_error("invalid_request_error", "Incorrect API key"))
+            echo = f" provided: {h.headers.get('authorization')}" if self.echo_401 else ""
+            return self.send(h, 401, openai_error("invalid_request_error", "Incorrect API key" + echo))
         if self.fault(h, self.faults, openai=True):
             return
         p = json.loads(body)

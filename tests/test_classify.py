@@ -196,6 +196,7 @@ def test_priming_file_and_plain_jsonl(tmp_path):
 
 @pytest.mark.parametrize("line,msg", [('{"nums": [1], "target": 2}', ":2: no \"response\""),
                                       ('{"response": "x", "target": 2}', ":2: needs \"nums\""),
+                                      ('{"response": "x", "nums": ["a", 2], "target": 2}', ":2: needs \"nums\""),
                                       ("{oops", ":2: malformed JSON")])
 def test_bad_input_names_file_and_line(tmp_path, capsys, line, msg):
     path = str(tmp_path / "bad.jsonl")
@@ -203,6 +204,24 @@ def test_bad_input_names_file_and_line(tmp_path, capsys, line, msg):
         f.write(json.dumps({"response": "x", "nums": [1], "target": 2}) + "\n" + line + "\n")
     assert classify.main(["--input", path]) == 2
     assert path + msg in capsys.readouterr().err
+
+
+def test_bad_run_config_and_bad_resume_file_are_one_line(tmp_path, capsys, monkeypatch, fake_api):
+    run = str(tmp_path / "run")
+    _rollouts(run)
+    with open(os.path.join(run, "config.json"), "w") as f:
+        f.write("{oops")
+    assert classify.main(["--input", run]) == 2
+    err = capsys.readouterr().err
+    assert "config.json: malformed JSON" in err and "Traceback" not in err
+    api = fake_api()
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "classified.jsonl").write_text('{"id": "a"}\n{oops\n{"id": "b"}\n')  # not just a torn tail
+    assert classify.main(["--backend", "openai", "--base-url", api.url + "/v1", "--input", _two_records(tmp_path),
+                          "--out", str(out)]) == 2
+    assert "classified.jsonl:2: malformed JSON" in capsys.readouterr().err
 
 
 def test_sampling_mode_with_tiny_model(tmp_path):
@@ -380,6 +399,34 @@ def test_openai_fatal_error_is_reported_without_key(tmp_path, capsys, monkeypatc
                           "--out", str(tmp_path / "o"), "--concurrency", "1"]) == 2
     err = capsys.readouterr().err
     assert "HTTP 401" in err and KEY not in err
+
+
+def test_malformed_replies_are_retried_then_recorded_missing_and_asked_again(tmp_path, capfd, monkeypatch):
+    """A 200 whose JSON is cut off, one that lacks its fields, one cut mid-read: retried like a 429;
+    once the retries are spent, that count is null and named, the run goes on and ends with exit 0
+    and one summary line; the same command again asks only what failed."""
+    from fake_llm_server import FakeLLM
+    srv = FakeLLM(KEY, faults=["malformed", "hollow", "cut", "malformed"]).start()
+    try:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        args = ["--backend", "openai", "--base-url", srv.url + "/v1", "--input", _two_records(tmp_path),
+                "--out", str(tmp_path / "o"), "--backoff", "0.001", "--max-retries", "2", "--concurrency", "1"]
+        assert classify.main(args) == 0
+        cap = capfd.readouterr()
+        a, b = classify.read_records(str(tmp_path / "o" / "classified.jsonl"))
+        assert a["verification"] is None and a["missing"] == a["failed"] == ["verification"]
+        assert a["backtracking"] == 1 and all(b[x] == 1 for x in classify.BEHAVIORS) and "missing" not in b
+        assert srv.served_faults == ["malformed", "hollow", "cut", "malformed"]   # 1 + 2 retries, then 1 more
+        summary = [l for l in cap.err.splitlines() if "records had requests that failed" in l]
+        assert len(summary) == 1 and summary[0].startswith("[classify] 1 of 2 records")
+        assert "Traceback" not in cap.err and "1 counts missing, 1 of them after failed requests" in cap.out
+        n = srv.completions
+        assert classify.main(args) == 0                                         # the rerun
+        assert srv.completions == n + 4 and "1 records already classified" in capfd.readouterr().out
+        a, b = classify.read_records(str(tmp_path / "o" / "classified.jsonl"))
+        assert all(a[x] == 1 for x in classify.BEHAVIORS) and "missing" not in a and "failed" not in a
+    finally:
+        srv.stop()
 
 
 def test_openai_batch_api(tmp_path, capsys, monkeypatch, fake_api):
