@@ -149,6 +149,9 @@ def atomic_save_dir(path, save_fn):
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-" + os.path.basename(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders; a checkpoint reads like any other
     try:
         save_fn(tmp)
         old = None
@@ -163,6 +166,77 @@ def atomic_save_dir(path, save_fn):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_orphans(parent):
+    """Undo what a kill during atomic_save_dir left in parent: `.tmp-*` folders are deleted;
+    `X.old` is renamed back to X if X is missing (killed between the two renames), else deleted."""
+    if not os.path.isdir(parent):
+        return
+    for name in os.listdir(parent):
+        p = os.path.join(parent, name)
+        if name.startswith(".tmp-") and os.path.isdir(p):
+            shutil.rmtree(p, ignore_errors=True)
+        elif name.endswith(".old") and os.path.isdir(p):
+            if os.path.exists(p[:-4]):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.replace(p, p[:-4])
+
+
+class UsageExit(SystemExit):
+    """SystemExit with status 2 whose str() is the message (already printed by die)."""
+
+    def __init__(self, msg):
+        super().__init__(2)
+        self.msg = msg
+
+    def __str__(self):
+        return self.msg
+
+
+def die(msg, prog=None):
+    """A one-line error on stderr and exit status 2 (argparse's convention), no traceback."""
+    prog = prog or os.path.basename(sys.argv[0] or "python")
+    print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+    raise UsageExit(msg)
+
+
+RUN_PARTS = ("ckpt", "final", "metrics.jsonl", "rollouts", "val")   # what a training run writes
+
+
+def claim_run_dir(out, resume, overwrite, parts=RUN_PARTS, mutate=True):
+    """Apply --resume / --overwrite to a run folder before anything is written. Without either
+    flag a folder holding a run is refused (a new run never splices into an old one); every
+    rank checks, so all stop together. With mutate (rank 0): clear what a kill left
+    half-written, and --overwrite deletes the old run's parts."""
+    found = [p for p in parts if os.path.exists(os.path.join(out, p))]
+    if found and not (resume or overwrite):
+        die(f"--out {out} already holds a run ({', '.join(found)}); pass --resume to continue it, "
+            "--overwrite to start afresh, or choose another --out")
+    if not mutate:
+        return
+    remove_orphans(out)
+    remove_orphans(os.path.join(out, "ckpt"))
+    for p in found if overwrite else []:
+        p = os.path.join(out, p)
+        shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+
+
+def check_same_settings(out, cfg, free=()):
+    """Refuse to --resume a run under other settings than it was started with: the two halves
+    would be one run's log from two configurations. cfg: this run's settings; free: names that
+    may change (length, logging, speed knobs)."""
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    diff = [k for k in cfg if k not in free and k in old and old[k] != cfg[k]]
+    if diff:
+        die(f"--resume: {path} was written with other settings ("
+            + ", ".join(f"--{k.replace('_', '-')} {old[k]!r} -> {cfg[k]!r}" for k in diff)
+            + "); resume with the same settings, or pass --overwrite")
 
 
 # ---------------------------------------------------------------------------------
@@ -237,6 +311,29 @@ def tiny_path():
 # ---------------------------------------------------------------------------------
 # model loading
 
+def model_name_problem(name):
+    """Why `name` cannot be a model (None if it can), decided before any hub call: an alias,
+    `tiny`, `random:<arch>`, an existing folder, or a hub id `org/name`.
+
+    >>> model_name_problem("qwen2.5-3b") is None and model_name_problem("Qwen/Qwen2.5-3B") is None
+    True
+    >>> model_name_problem("llama3").startswith("unknown model 'llama3'")
+    True
+    """
+    if name in ALIASES or name == "tiny" or os.path.isdir(name):
+        return None
+    if name.startswith("random:"):
+        arch = name.split(":", 1)[1]
+        return None if arch in ARCH_CONFIGS or arch == "tiny" else \
+            f"unknown architecture {arch!r} in {name!r}; known: {', '.join(sorted(ARCH_CONFIGS))}, tiny"
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name and name.count("/") != 1:
+        return f"model folder {name!r} does not exist"
+    if name.count("/") != 1:
+        return (f"unknown model {name!r}: not an alias ({', '.join(sorted(ALIASES))}, tiny, "
+                f"random:<{'|'.join(sorted(ARCH_CONFIGS))}|tiny>), a folder or a hub id org/name")
+    return None
+
+
 def resolve_model(name):
     """Alias, hub id or local folder -> what from_pretrained takes."""
     if name == "tiny":
@@ -245,8 +342,9 @@ def resolve_model(name):
         return name
     if name in ALIASES:
         return ALIASES[name]
-    if name.startswith((".", "/")) or name.count("/") > 1:
-        raise FileNotFoundError(f"model folder {name!r} does not exist")
+    problem = model_name_problem(name)
+    if problem:
+        raise FileNotFoundError(problem)
     return name  # a hub id
 
 
@@ -487,6 +585,25 @@ class ApiError(Exception):
     """A failure that retrying will not fix (bad key, unknown model, bad request)."""
 
 
+def redact_keys(text, keys, mark="[redacted]"):
+    """text with each key blanked, and with every run of 6 or more characters that also occurs
+    in a key (a key cut short, a fragment a server echoed): redact first, cut after.
+
+    >>> redact_keys("bad key sk-abc123XYZ; was sk-abc1", ["sk-abc123XYZ"])
+    'bad key [redacted]; was [redacted]'
+    """
+    text, keys = str(text), [k for k in keys if k]
+    for k in keys:
+        text = text.replace(k, mark)
+    grams = {k[i:i + 6] for k in keys for i in range(len(k) - 5)}
+    hit = [False] * len(text)
+    for i in range(len(text) - 5):
+        if text[i:i + 6] in grams:
+            hit[i:i + 6] = [True] * 6
+    out = [mark if h and not (i and hit[i - 1]) else "" if h else c for i, (c, h) in enumerate(zip(text, hit))]
+    return "".join(out)
+
+
 def _error_text(body, redact):
     """The API's own error message from a JSON error body, else the start of the body;
     redacted before it is cut."""
@@ -583,22 +700,3 @@ def _main():
 
 if __name__ == "__main__":
     _main()
-def redact_keys(text, keys, mark="[redacted]"):
-    """text with each key blanked, and with every run of 6 or more characters that also occurs
-    in a key (a key cut short, a fragment a server echoed): redact first, cut after.
-
-    >>> redact_keys("bad key sk-abc123XYZ; was sk-abc1", ["sk-abc123XYZ"])
-    'bad key [redacted]; was [redacted]'
-    """
-    text, keys = str(text), [k for k in keys if k]
-    for k in keys:
-        text = text.replace(k, mark)
-    grams = {k[i:i + 6] for k in keys for i in range(len(k) - 5)}
-    hit = [False] * len(text)
-    for i in range(len(text) - 5):
-        if text[i:i + 6] in grams:
-            hit[i:i + 6] = [True] * 6
-    out = [mark if h and not (i and hit[i - 1]) else "" if h else c for i, (c, h) in enumerate(zip(text, hit))]
-    return "".join(out)
-
-

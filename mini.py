@@ -57,7 +57,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import countdown
 from gen_priming import CONDITIONS, PHRASES, fmt_list
-from pipeline import run
+from pipeline import resume_or_overwrite, run, stop_children_on_signals
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 BEHAVIORS = {"verification": "avg_verifications", "backtracking": "avg_backtracking",
@@ -224,7 +224,7 @@ def prelude(s, force):
         "sft.py", "--model", os.path.join(p["base"], "init"), "--data", os.path.join(out, "data", "pretrain.jsonl"),
         "--out", p["base"], "--epochs", s["base_epochs"], "--pack", "--max-len", s["base_len"], "--batch-size", s["base_batch"],
         "--micro-batch", s["base_batch"], "--lr", s["base_lr"], "--eval-frac", 0.01, "--eval-every", 0,
-        "--save-every", 0, "--device", s["device"], *precision(s), *(["--overwrite"] if force else [])],
+        "--save-every", 0, "--device", s["device"], *precision(s), resume_or_overwrite(force)],
         os.path.join(p["base_final"], "config.json"), os.path.join(p["base"], "sft.log"))])]
     if conds:
         chains.append(("priming traces", [("gen_priming", [
@@ -249,7 +249,7 @@ def prime_stages(cond, s, p, force):
         "sft.py", "--model", p["base_final"], "--data", os.path.join(p["priming"], f"{cond}.jsonl"),
         "--out", os.path.join(d, "sft"), "--max-steps", s["sft_steps"], "--batch-size", s["sft_batch"],
         "--micro-batch", s["sft_batch"], "--lr", s["sft_lr"], "--max-len", s["sft_max_len"], "--overlong", "drop",
-        "--save-every", 0, *dev, *precision(s), *(["--overwrite"] if force else [])],
+        "--save-every", 0, *dev, *precision(s), resume_or_overwrite(force)],
         os.path.join(init, "config.json"), os.path.join(d, "sft.log"))]
     stages.append(("eval0", [
         "classify.py", "--model", init, "--data", os.path.join(p["data"], "test.jsonl"), "--samples", s["val_size"],
@@ -274,7 +274,7 @@ def ppo_stages(cond, seed, s, p, force):
         "--actor-lr", s["ppo_actor_lr"], "--critic-lr", s["ppo_critic_lr"],
         "--mini-batch-prompts", max(1, s["ppo_prompts"] // 2), "--micro-batch", s["ppo_micro"],
         "--eval-every", s["ppo_steps"], "--val-size", s["val_size"], "--val-samples", s["val_samples"],
-        "--log-rollouts-every", s["log_rollouts_every"], "--save-every", s["ppo_save_every"], "--resume", "--no-grad-ckpt",
+        "--log-rollouts-every", s["log_rollouts_every"], "--save-every", s["ppo_save_every"], resume_or_overwrite(force), "--no-grad-ckpt",
         "--device", s["device"], *(["--dtype", s["dtype"]] if s["device"].startswith("cuda") else []),
         *(["--engine", s["ppo_engine"]] if s["ppo_engine"] else [])],
         os.path.join(ppo, "final", "config.json"), os.path.join(d, "ppo.log")),
@@ -479,6 +479,7 @@ def filter_csv(path, conds, dest):
 
 def main(argv=None):
     a, s = parse_args(argv)
+    stop_children_on_signals()
     if a.make_base:
         return make_base(s)
     if s["device"] is None:

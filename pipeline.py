@@ -50,6 +50,54 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+# A child starts through this trampoline: it asks Linux to send it SIGTERM when its parent dies
+# (PR_SET_PDEATHSIG; kept across exec, so even a SIGKILLed pipeline takes its stages down),
+# gives up if the parent is already gone, then becomes the stage's command.
+_TRAMPOLINE = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+               "os.getppid() == 1 and sys.exit(143); os.execv(sys.argv[1], sys.argv[1:])")
+_CHILDREN = set()   # live stages (Popen); each leads its own process group
+
+
+def run_child(argv, **kw):
+    """subprocess.run for a stage: the child (and what it starts, e.g. torchrun's ranks) leads
+    its own process group, which goes down with the pipeline (stop_children, PR_SET_PDEATHSIG)."""
+    p = subprocess.Popen([sys.executable, "-c", _TRAMPOLINE, *argv], start_new_session=True, **kw)
+    _CHILDREN.add(p)
+    try:
+        p.wait()
+    except BaseException:            # Ctrl-C or SystemExit here: the stage must not run on
+        stop_children()
+        raise
+    finally:
+        _CHILDREN.discard(p)
+    return p
+
+
+def stop_children(signum=None, frame=None):
+    """SIGTERM every live stage's process group (SIGKILL after 10 s); as a signal handler it
+    then exits with 128 + the signal's number."""
+    import signal
+    for p in list(_CHILDREN):
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in list(_CHILDREN):
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+    if signum is not None:
+        os._exit(128 + signum)
+
+
+def stop_children_on_signals():
+    """Call once from the main thread: SIGTERM / SIGHUP take every running stage down first."""
+    import signal
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, stop_children)
+
+
 def run(cmd, done_marker, force, log=None):
     """Run one stage unless its output exists; print the command so it can be copied.
     log: a file that gets the stage's stdout and stderr instead of the console (stages that
@@ -67,9 +115,9 @@ def run(cmd, done_marker, force, log=None):
     if log:
         os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
         with open(log, "a") as f:
-            r = subprocess.run(argv, env=env, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+            r = run_child(argv, env=env, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
     else:
-        r = subprocess.run(argv, env=env, cwd=cwd)
+        r = run_child(argv, env=env, cwd=cwd)
     if r.returncode != 0:
         tail = "".join(open(log, errors="replace").readlines()[-15:]) if log else ""
         raise SystemExit(f"stage failed (exit {r.returncode}): {line}"
@@ -78,8 +126,14 @@ def run(cmd, done_marker, force, log=None):
     return True
 
 
+def resume_or_overwrite(force):
+    """A training stage killed half-way continues from its checkpoint; --force starts it afresh."""
+    return "--overwrite" if force else "--resume"
+
+
 def main(argv=None):
     args = parse_args(argv)
+    stop_children_on_signals()
     s = dict(SETTINGS, **(SMOKE if args.smoke else {}))
     out = os.path.abspath(args.out)
     data, priming = os.path.join(out, "data", "countdown"), os.path.join(out, "data", "priming")
@@ -94,7 +148,8 @@ def main(argv=None):
         run(["sft.py", "--model", args.model, "--data", os.path.join(priming, f"{c}.jsonl"),
              "--out", sft_out, "--epochs", s["sft_epochs"], "--batch-size", s["sft_batch"],
              "--lr", s["sft_lr"], "--min-lr-frac", 1.0, "--grad-clip", 0.5, "--max-len", s["sft_max_len"],
-             "--overlong", "drop", "--eval-frac", "0.1", *(["--overwrite"] if args.force else [])], os.path.join(sft_out, "final", "config.json"), args.force)
+             "--overlong", "drop", "--eval-frac", "0.1", resume_or_overwrite(args.force)],
+            os.path.join(sft_out, "final", "config.json"), args.force)
         ppo_out = os.path.join(out, f"ppo-{c}")
         run(["ppo.py", "--model", args.model, "--init", os.path.join(sft_out, "final"), "--data", data,
              "--out", ppo_out, "--condition", c, "--steps", s["ppo_steps"], "--prompts-per-step", s["ppo_prompts"],
@@ -102,7 +157,8 @@ def main(argv=None):
              "--actor-lr", s["ppo_actor_lr"], "--critic-lr", s["ppo_critic_lr"],
              "--mini-batch-prompts", s["ppo_prompts"], "--micro-batch", 16,
              "--eval-every", s["eval_every"], "--val-size", s["val_size"], "--log-rollouts-every", 1,
-             "--save-every", 0, "--device", "cpu"], os.path.join(ppo_out, "final", "config.json"), args.force)
+             "--save-every", 2, "--device", "cpu", resume_or_overwrite(args.force)],
+            os.path.join(ppo_out, "final", "config.json"), args.force)
         run(["classify.py", "--backend", "rules", "--input", ppo_out, "--out", os.path.join(ppo_out, "classify"),
              "--condition", c, "--split", "rollouts"], os.path.join(ppo_out, "classify", "steps.csv"), args.force)
     figs = os.path.join(out, "figures")

@@ -96,7 +96,8 @@ SETTINGS = [
     ("dtype", "auto", str, "weights: auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32"),
     ("save_final", True, bool, "save final/ and the last checkpoint (benchmarks turn it off)"),
     ("force_response_len", 0, int, "benchmarking: ignore EOS and always generate this many tokens"),
-    ("resume", False, bool, "continue from the newest checkpoint in --out"),
+    ("resume", False, bool, "continue the run in --out from its newest checkpoint (a fresh start if it has none)"),
+    ("overwrite", False, bool, "delete the run in --out (ckpt/, final/, metrics.jsonl, rollouts/, val/) and start afresh"),
     ("seed", 0, int, "random seed"),
     ("device", None, str, "cuda | cpu (default: cuda if available)"),
     ("wandb", None, str, "wandb project name (off by default)"),
@@ -122,6 +123,24 @@ def parse_args(argv=None):
         (min(a.steps, a.prompts_per_step, a.samples_per_prompt, a.max_response_len, a.micro_batch) > 0,
          "--steps, --prompts-per-step, --samples-per-prompt, --max-response-len, --micro-batch must be > 0"),
         (a.forward_micro_batch >= 0, "--forward-micro-batch must be >= 0 (0: twice --micro-batch)"),
+        (min(a.max_prompt_len, a.mini_batch_prompts, a.ppo_epochs, a.kl_horizon) > 0,
+         "--max-prompt-len, --mini-batch-prompts, --ppo-epochs, --kl-horizon must be > 0"),
+        (a.temperature > 0, "--temperature must be > 0 (rollouts sample; validation is also greedy)"),
+        (min(a.actor_lr, a.critic_lr, a.weight_decay, a.kl_coef, a.entropy_coef, a.clip, a.value_clip,
+             a.grad_clip, a.warmup_steps) >= 0,
+         "--actor-lr, --critic-lr, --weight-decay, --kl-coef, --entropy-coef, --clip, --value-clip, "
+         "--grad-clip, --warmup-steps must be >= 0"),
+        (0 <= a.gamma <= 1 and 0 <= a.lam <= 1, "--gamma and --lam must lie in [0, 1]"),
+        (a.kl_target is None or a.kl_target > 0, "--kl-target must be > 0"),
+        (0 < a.vllm_mem < 1, "--vllm-mem must lie in (0, 1)"),
+        (min(a.eval_every, a.val_size, a.val_samples, a.log_rollouts_every, a.save_every, a.keep_ckpts,
+             a.force_response_len) >= 0 and a.val_samples > 0 and a.max_bad_steps > 0,
+         "--eval-every, --val-size, --log-rollouts-every, --save-every, --keep-ckpts, --force-response-len "
+         "must be >= 0; --val-samples and --max-bad-steps > 0"),
+        (a.reward in countdown.REWARD_RULES, f"--reward must be one of {', '.join(countdown.REWARD_RULES)}"),
+        (not (a.resume and a.overwrite), "--resume and --overwrite exclude each other"),
+        *[(common.model_name_problem(m) is None, f"--{k}: {common.model_name_problem(m)}")
+          for k, m in (("model", a.model), ("init", a.init)) if m is not None],
     ]
     for ok, msg in checks:
         if not ok:
@@ -1007,6 +1026,24 @@ CONSOLE = ["score/mean", "acc", "val/acc", "kl", "losses/policy", "losses/value"
            "behavior/backward", "time/step", "tokens_per_s", "mem/peak_gb"]
 
 
+# settings that may differ between a run and its --resume (length, logging, speed, placement)
+RESUME_FREE = ("resume", "overwrite", "steps", "device", "wandb", "save_every", "keep_ckpts",
+               "log_rollouts_every", "max_bad_steps", "engine", "vllm_mem", "micro_batch",
+               "forward_micro_batch", "optim_device", "grad_ckpt", "save_final", "world_size")
+
+
+def load_tasks(args):
+    """Train tasks and the validation tasks (the first --val-size of test.jsonl); a missing,
+    empty or malformed file is a DataError naming it."""
+    def read(name):
+        path = os.path.join(args.data, name)
+        tasks = common.read_jsonl(path, required=("nums", "target"))
+        if not tasks:
+            raise common.DataError(f"{path}: no tasks (write them with countdown.py)")
+        return tasks
+    return read("train.jsonl"), read("test.jsonl")[:args.val_size] if args.eval_every else []
+
+
 def run_validation(step, models, test_tasks, args, dist, reward_fn):
     """Validate, write the samples to val/step_XXXXXX.jsonl (rank 0) and return the metrics."""
     tokenizer, policy = models[0], models[1]
@@ -1029,9 +1066,13 @@ def train(args, reward_fn=None):
               f"({dist['world_size']})", file=sys.stderr)
         raise SystemExit(2)
     random.seed(args.seed)
-    train_tasks = common.read_jsonl(os.path.join(args.data, "train.jsonl"), required=("nums", "target"))
-    test_tasks = common.read_jsonl(os.path.join(args.data, "test.jsonl"), required=("nums", "target"))[:args.val_size] \
-        if args.eval_every else []
+    train_tasks, test_tasks = load_tasks(args)          # checked before anything is written
+    common.claim_run_dir(args.out, args.resume, args.overwrite, mutate=dist["master"])
+    if args.resume:
+        common.check_same_settings(args.out, vars(args), free=RESUME_FREE)
+    if dist["ddp"]:
+        import torch.distributed as tdist
+        tdist.barrier()                                  # rank 0 has tidied the folder
     tokenizer, policy, ref, critic, opt_a, opt_c, state, ckpt = build(args, dist)
     models = (tokenizer, policy, ref, critic, opt_a, opt_c)
     kl_ctl = AdaptiveKL(state["kl_coef"], args.kl_target, args.kl_horizon)
@@ -1088,5 +1129,13 @@ def train(args, reward_fn=None):
     return state
 
 
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        train(args)
+    except common.DataError as e:      # bad input: one line naming the file and line, exit 2
+        common.die(str(e), "ppo.py")
+
+
 if __name__ == "__main__":
-    train(parse_args())
+    main()

@@ -537,18 +537,18 @@ def resolve(args, info):
     if args.precision == "auto":
         args.precision = "bf16-mixed" if info["device"].startswith("cuda") else "fp32"
     if args.precision != "fp32" and not info["device"].startswith("cuda"):
-        raise SystemExit(f"sft: --precision {args.precision} needs a GPU; use fp32 on the CPU")
+        common.die(f"--precision {args.precision} needs a GPU; use fp32 on the CPU")
     if args.model is None:
         args.model = args.init
     if args.model is None:
-        raise SystemExit("sft: give --model (architecture and tokenizer) and/or --init")
+        common.die("give --model (architecture and tokenizer) and/or --init")
     if args.data is None and not args.synthetic:
-        raise SystemExit("sft: give --data FILE.jsonl (or --synthetic LEN for a benchmark)")
+        common.die("give --data FILE.jsonl (or --synthetic LEN for a benchmark)")
     if args.fsdp and not info["ddp"]:
         print("sft: --fsdp has no effect without torchrun; training on one process", file=sys.stderr)
     per_step = args.micro_batch * info["world_size"]
     if args.batch_size % per_step:
-        raise SystemExit(f"sft: --batch-size {args.batch_size} must be a multiple of --micro-batch x "
+        common.die(f"--batch-size {args.batch_size} must be a multiple of --micro-batch x "
                          f"GPUs = {args.micro_batch} x {info['world_size']}")
     args.grad_accum = args.batch_size // per_step
     return args
@@ -557,26 +557,16 @@ def resolve(args, info):
 def prepare_out(args, info, log):
     """Apply --overwrite / --resume to the run folder: (start step, checkpoint folder or None)."""
     out = args.out
-    if args.overwrite and info["master"]:
-        for name in ("ckpt", "final", "metrics.jsonl"):
-            p = os.path.join(out, name)
-            if os.path.isdir(p):
-                shutil.rmtree(p)
-            elif os.path.exists(p):
-                os.remove(p)
-    if args.overwrite and info["ddp"]:
+    common.claim_run_dir(out, args.resume, args.overwrite, ("ckpt", "final", "metrics.jsonl"),
+                         mutate=info["master"])
+    if info["ddp"]:
         import torch.distributed as dist
-        dist.barrier()
+        dist.barrier()                    # rank 0 has tidied the folder
     start, ckpt = common.latest_ckpt(out)
-    if ckpt and not args.resume:
-        raise SystemExit(f"sft: {out} already holds checkpoints; pass --resume to continue it, "
-                         "--overwrite to start afresh, or choose another --out")
-    if not args.resume and not args.no_save and os.path.exists(os.path.join(out, "final")):
-        raise SystemExit(f"sft: {out}/final exists (a finished run); pass --overwrite or choose another --out")
     if args.resume and not ckpt:
         log(f"--resume: no checkpoint in {out}/ckpt; starting from the beginning")
-    if info["master"]:  # forget log lines of steps after the checkpoint (they will be redone)
-        path = os.path.join(out, "metrics.jsonl")
+    path = os.path.join(out, "metrics.jsonl")
+    if info["master"] and os.path.exists(path):  # forget log lines after the checkpoint (redone)
         keep = [r for r in common.read_jsonl_tolerant(path) if r.get("step", 0) <= start] if ckpt else []
         common.write_jsonl(path, keep)
     return start, ckpt
@@ -587,7 +577,7 @@ def restore(ckpt, model, opt, args, info, data_key):
     import torch
     state = torch.load(os.path.join(ckpt, "resume.pt"), map_location="cpu", weights_only=False)
     if state["data"] != data_key:
-        raise SystemExit(f"sft: {ckpt} was written with data/order {state['data']}, this run has "
+        common.die(f"{ckpt} was written with data/order {state['data']}, this run has "
                          f"{data_key}; resume with the same --data, --batch-size, --seed and steps")
     load_optimizer(model, opt, state["optimizer"], args.fsdp and info["ddp"])
     rngs = state["rng"]
@@ -614,7 +604,7 @@ def setup(args):
         log(common.init_report(args.init))
     model, raw, autocast = build_model(args, info, ckpt or args.init)
     if len(tok) > raw.config.vocab_size:
-        raise SystemExit(f"sft: tokenizer has {len(tok)} tokens, the model only {raw.config.vocab_size}")
+        common.die(f"tokenizer has {len(tok)} tokens, the model only {raw.config.vocab_size}")
     opt = make_optimizer(model, args, info["device"])
     data_key = dict(n_rows=len(rows), batch_size=args.batch_size, seed=args.seed, total=total)
     if ckpt:
@@ -756,7 +746,29 @@ def parse_args(argv=None):
     a("--device", default=d["device"], help="cpu or cuda (default: cuda if available)")
     a("--wandb", action="store_true", help="also log to Weights & Biases")
     a("--wandb-project", default=d["wandb_project"], help="wandb project")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    for ok, msg in checks(args):
+        if not ok:
+            ap.error(msg)
+    return args
+
+
+def checks(a):
+    """(condition, message) pairs every run must meet, checked at parse time."""
+    return [
+        (min(a.epochs, a.batch_size, a.micro_batch, a.max_len, a.eval_max, a.keep) > 0,
+         "--epochs, --batch-size, --micro-batch, --max-len, --eval-max, --keep must be > 0"),
+        (min(a.max_steps, a.eval_every, a.save_every, a.stop_after, a.synthetic) >= 0,
+         "--max-steps, --eval-every, --save-every, --stop-after, --synthetic must be >= 0"),
+        (a.lr > 0 and a.weight_decay >= 0 and a.grad_clip >= 0,
+         "--lr must be > 0, --weight-decay and --grad-clip >= 0"),
+        (0 <= a.min_lr_frac <= 1 and 0 <= a.warmup_frac <= 1 and 0 <= a.eval_frac < 1,
+         "--min-lr-frac and --warmup-frac must lie in [0, 1], --eval-frac in [0, 1)"),
+        (0 <= a.beta1 < 1 and 0 <= a.beta2 < 1, "--beta1 and --beta2 must lie in [0, 1)"),
+        (not (a.resume and a.overwrite), "--resume and --overwrite exclude each other"),
+        *[(common.model_name_problem(m) is None, f"--{k}: {common.model_name_problem(m)}")
+          for k, m in (("model", a.model), ("init", a.init)) if m is not None],
+    ]
 
 
 def main(argv=None):
@@ -765,8 +777,8 @@ def main(argv=None):
     hf_logging.disable_progress_bar()  # "Loading weights" bars would break the per-step lines
     try:
         train(args)
-    except common.DataError as e:
-        raise SystemExit(f"sft: bad data: {e}")
+    except common.DataError as e:      # one line naming the file and line, exit 2
+        common.die(f"bad data: {e}", "sft.py")
 
 
 if __name__ == "__main__":
