@@ -55,6 +55,11 @@ SETTINGS = [
 ]
 
 
+# on a CPU (a smoke run: under a minute), settings left at their GPU defaults take these
+CPU_SIZES = dict(batch_sizes="4,8", hf_batch_sizes="8", prompt_len=16, new_tokens=12,
+                 train_configs="nockpt:2", train_seq=32, ppo_prompts=2, ppo_samples=2, ppo_len=8, ppo_steps=1)
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -67,8 +72,21 @@ def parse_args(argv=None):
         ap.error(f"--parts: unknown {sorted(a.parts - known)}; known: {sorted(known)} or all")
     if a.device == "cpu" and a.model.startswith("random:") and a.model != "random:tiny":
         ap.error("--device cpu: use --model tiny (a 3B model on a CPU takes hours)")
-    a.batch_sizes = [int(x) for x in a.batch_sizes.split(",")]
-    a.hf_batch_sizes = [int(x) for x in a.hf_batch_sizes.split(",") if x]
+    if common.model_name_problem(a.model):
+        ap.error(f"--model: {common.model_name_problem(a.model)}")
+    if a.device == "cpu":   # the GPU sizes would take over 10 minutes here: a smoke run's sizes
+        d = {k: v for k, v, *_ in SETTINGS}
+        for k, v in CPU_SIZES.items():
+            if getattr(a, k) == d[k]:
+                setattr(a, k, v)
+    try:
+        a.batch_sizes = [int(x) for x in a.batch_sizes.split(",")]
+        a.hf_batch_sizes = [int(x) for x in a.hf_batch_sizes.split(",") if x]
+    except ValueError:
+        ap.error("--batch-sizes and --hf-batch-sizes take comma-separated integers")
+    if min(a.batch_sizes + a.hf_batch_sizes + [a.prompt_len, a.new_tokens, a.train_seq, a.ppo_prompts,
+                                               a.ppo_samples, a.ppo_len, a.ppo_steps, a.ngpu]) <= 0:
+        ap.error("sizes, lengths, steps and --ngpu must be > 0")
     return a
 
 
