@@ -1,6 +1,6 @@
 """
 Speed and memory of the pieces PPO spends its time in, measured in one run so that every
-figure is a ratio against ceilings taken on the same machine (DESIGN.md, "Speed and memory").
+figure is a ratio against ceilings taken on the same machine (README, "Speed").
 
     python bench.py                                   # GPU: Qwen2.5-3B shape, random weights
     python bench.py --parts ppo                       # only the PPO step (study shape)

@@ -7,8 +7,7 @@ PyTorch so that a decode step is a handful of large kernels replayed from a CUDA
     out = eng.generate(prompt_ids, prompt_mask, max_new=512, temperature=1.0)
     out.tokens, out.mask, out.logp          # [N, R] each: ids, 1 up to and incl. EOS, log-probs
 
-Why: transformers' `generate` spends most of a decode step in Python (DESIGN.md, "Speed and
-memory"). Here, per step, the GPU runs: embed -> per layer (RMSNorm, q/k/v, RoPE, write K/V
+Why: transformers' `generate` spends most of a decode step in Python (README, "Speed"). Here, per step, the GPU runs: embed -> per layer (RMSNorm, q/k/v, RoPE, write K/V
 into a preallocated cache, attention over the cache, o, RMSNorm, MLP) -> LM head -> sampling
 -> bookkeeping (EOS, stop sequences, output buffers, positions), all captured once per
 (batch size, cache-length bucket, sampling mode) in a CUDA graph and replayed.

@@ -28,7 +28,8 @@ Only response tokens up to and including the first EOS count anywhere (mask). Va
 `--adv-estimator grpo` (group-normalised scores, no critic; https://arxiv.org/abs/2402.03300),
 `--kl-in-loss` (k3 KL as a loss term instead of a reward penalty), `--kl-target` (adaptive
 KL coefficient). Outputs: out/RUN/{config.json, metrics.jsonl, rollouts/step_XXXXXX.jsonl,
-ckpt/step_XXXXXX/, final/}; see DESIGN.md.
+val/step_XXXXXX.jsonl, ckpt/step_XXXXXX/, final/}; README "Data formats" has the records.
+A used --out needs --resume (continue) or --overwrite (start afresh).
 """
 import argparse
 import json
