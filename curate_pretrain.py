@@ -492,13 +492,15 @@ def iter_labels(out, fields=None, desc=None):
     seen = set()
     bar = tqdm(desc=desc, unit="doc", disable=desc is None, leave=False, dynamic_ncols=True)
     required = ("id",) + tuple(fields or ("text", "n_chars", "labels", "solves_problem"))
-    for path in label_files(out):
-        for rec in iter_jsonl(path, required):
-            bar.update(1)
-            if rec["id"] not in seen:
-                seen.add(rec["id"])
-                yield {k: rec[k] for k in fields} if fields else rec
-    bar.close()
+    try:
+        for path in label_files(out):
+            for rec in iter_jsonl(path, required):
+                bar.update(1)
+                if rec["id"] not in seen:
+                    seen.add(rec["id"])
+                    yield {k: rec[k] for k in fields} if fields else rec
+    finally:  # also on a bad line: the error message then starts a clean line
+        bar.close()
 
 
 # ---------------------------------------------------------------------------------

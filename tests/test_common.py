@@ -109,6 +109,44 @@ def test_single_process_dist_and_log(tmp_path, capsys):
     assert common.read_jsonl(str(tmp_path / "metrics.jsonl"))[0]["lr"] == 1e-5
 
 
+KEY = "sk-Qz7vK2mWx9TpL4rNc8Hj3Bf6Yd"
+
+
+def no_key_run(text, key=KEY):
+    return not any(key[i:i + 6] in text for i in range(len(key) - 5))
+
+
+def test_redact_keys_blanks_the_key_and_any_six_of_its_characters():
+    text = f"got {KEY}, then {KEY[:12]}, then ...{KEY[9:20]}... and at the end {KEY[:7]}"
+    got = common.redact_keys(text, [KEY, ""])
+    assert no_key_run(got) and got.count("[redacted]") == 4 and got.startswith("got [redacted], then")
+    assert common.redact_keys(f"short {KEY[:5]} stays", [KEY]) == f"short {KEY[:5]} stays"  # 5 is not a run
+    assert common.redact_keys("nothing here", []) == "nothing here"
+
+
+@pytest.mark.parametrize("at", [80, 200, 300, 400])
+def test_error_text_is_redacted_before_it_is_cut(at):
+    """A server echoing the key where the message is cut must not leave its first characters."""
+    plain = "upstream said: " + "x" * (at - 25) + KEY + " (rejected)"
+    as_json = json.dumps({"error": {"message": plain}})
+    blank = lambda t: t.replace(KEY, "[key]")   # a redactor that knows only the whole key
+    for body in (plain, as_json):
+        assert no_key_run(common._error_text(body, blank))
+
+
+def test_http_call_unreadable_reply_is_redacted_before_it_is_cut():
+    from fake_llm_server import FakeLLM
+    srv = FakeLLM(KEY, faults=["malformed_echo@80", "echo@200"]).start()
+    try:
+        for _ in range(2):
+            with pytest.raises(common.Retryable) as e:
+                common.http_call(srv.url + "/v1/messages", {"x": 1}, {"x-api-key": KEY, "anthropic-version": "1"},
+                                 redact=lambda t: t.replace(KEY, "[key]"))
+            assert no_key_run(str(e.value)) and ("unreadable reply" in str(e.value) or "HTTP 500" in str(e.value))
+    finally:
+        srv.stop()
+
+
 def test_doctests():
     import doctest
     res = doctest.testmod(common)

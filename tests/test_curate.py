@@ -372,3 +372,100 @@ def test_sft_continues_pretraining_on_rich_set(offline, tmp_path):
     losses = [m["loss"] for m in common.read_jsonl(out / "metrics.jsonl") if "loss" in m]
     assert len(losses) == 8
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.3, losses
+
+
+# ---------------------------------------------------------------- select on small corpora, data problems
+
+FILL = "The sum of the numbers is computed term by term and written down. "  # no behavior
+RICH = "We verify the result by plugging it back in. "                      # verification
+
+
+def _docs(path, lengths):
+    """A corpus of (kind, n_chars) documents: kind "rich" or "plain"."""
+    with open(path, "w") as f:
+        for i, (kind, n) in enumerate(lengths):
+            text = ((RICH if kind == "rich" else "") + FILL * 200)[:n - 1] + "."
+            f.write(json.dumps({"id": f"d{i}", "text": text}) + "\n")
+    return str(path)
+
+
+def test_select_pairs_documents_across_length_bucket_edges(tmp_path, capsys):
+    """Each pair straddles an edge of the old fixed buckets (2^10.5, 2^11, 2^11.5 characters):
+    nearest-length matching pairs all three, where the buckets paired none and the run went on
+    to rewrite nothing and fail at pack."""
+    src = _docs(tmp_path / "docs.jsonl", [("rich", 1440), ("plain", 1460), ("rich", 2040), ("plain", 2060),
+                                          ("rich", 2890), ("plain", 2900)])
+    assert cp.main(["--source", src, "--out", str(tmp_path / "o"), "--tokenizer", "tiny", "--token-budget", "5000"]) == 0
+    sel = common.read_jsonl(tmp_path / "o" / "selected.jsonl")
+    assert sorted(r["n_chars"] for r in sel if r["set"] == "rich") == [1440, 2040, 2890]
+    assert all(cp.length_gap(a["n_chars"], b["n_chars"]) < 0.02 for a in sel for b in sel
+               if a["pair"] == b["pair"] and a["set"] != b["set"])
+    assert os.path.getsize(tmp_path / "o" / "rich.jsonl") > 0
+
+
+def test_select_without_pairs_stops_there_naming_the_setting(tmp_path, capsys):
+    src = _docs(tmp_path / "docs.jsonl", [("rich", 500), ("rich", 600), ("plain", 4000)])
+    out = tmp_path / "o"
+    assert cp.main(["--source", src, "--out", str(out), "--tokenizer", "tiny", "--token-budget", "200"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("curate_pretrain: error: select: no pairs") and "--length-tolerance 0.5" in err
+    assert "needs --length-tolerance 2.74" in err                       # log2(4000 / 600)
+    assert not (out / "selected.jsonl").exists() and not (out / "rewrites.jsonl").exists()
+    assert cp.main(["--source", src, "--out", str(out), "--tokenizer", "tiny", "--token-budget", "200",
+                    "--stage", "select,rewrite,pack", "--length-tolerance", "2.74"]) == 0  # loosened: a pair
+    assert len(common.read_jsonl(out / "selected.jsonl")) == 2
+    plain = _docs(tmp_path / "plain.jsonl", [("plain", 500), ("plain", 600)])
+    assert cp.main(["--source", plain, "--out", str(tmp_path / "p"), "--tokenizer", "tiny"]) == 2
+    assert "none of the 2 labelled documents shows a behavior" in capsys.readouterr().err
+
+
+def test_select_pairs_a_few_hundred_documents():
+    """300 documents of log-normal lengths, 40% behavior-free: nearly every behavior-free one
+    finds a rich partner within the tolerance."""
+    import math
+    import random
+    rng = random.Random(0)
+    no = dict.fromkeys(cp.BEHAVIORS, False)
+    docs = [dict(id=f"d{i}", n_chars=int(math.exp(rng.gauss(7, 1))),
+                 labels=no if rng.random() < 0.4 else dict(no, backtracking=True)) for i in range(300)]
+    pairs, unmatched = cp.select_pairs(docs, 1e12, 4.0, 0.5, 0)
+    n_min = sum(cp.rich_priority(d["labels"]) is None for d in docs)
+    n_chars = {d["id"]: d["n_chars"] for d in docs}
+    assert len(pairs) >= 0.95 * n_min and unmatched == len(docs) - n_min - len(pairs)
+    assert all(cp.length_gap(n_chars[r], n_chars[m]) <= 0.5 for r, m in pairs)
+    assert len({m for _, m in pairs}) == len(pairs)                      # each used once
+
+
+REW = json.dumps({"id": "a", "set": "rich", "pair": 0, "text": "t", "kept": True, "reason": "ok", "lost": [], "gained": []})
+
+
+@pytest.mark.parametrize("content, stage, msg", [
+    ("", "all", "no documents"),
+    ('{"text": "x = 1. We verify it."}\n{oops\n', "all", "docs.jsonl:2: malformed JSON"),
+    ('{"id": "a", "body": "x"}\n', "all", "docs.jsonl:1: record lacks text"),
+    ('{"id": "a", "n_chars": 3, "text": "x"}\n', "select", "labels.jsonl:1: record lacks labels"),
+    ('{"id": "a", "n_chars": 3, "text": "x", "labels": {"verification": true}, "solves_problem": false}\n',
+     "select", "labels.jsonl:1: record lacks labels of verification"),
+    ("", "pack", "rewrites.jsonl is missing; run --stage rewrite first"),
+    ('{"id": "a"}\n', "pack", "rewrites.jsonl:1: record lacks set, pair, text, kept"),
+    (REW + "\n{oops\n" + REW + "\n", "pack", "rewrites.jsonl:2: malformed JSON"),  # not a torn tail
+])
+def test_data_problems_are_one_line_with_file_and_line(tmp_path, capsys, content, stage, msg):
+    out = tmp_path / "o"
+    out.mkdir()
+    name = {"all": "docs.jsonl", "select": "labels.jsonl", "pack": "rewrites.jsonl"}[stage]
+    if content or stage != "pack":
+        (out if stage != "all" else tmp_path).joinpath(name).write_text(content)
+    (out / "selected.jsonl").write_text("")
+    assert cp.main(["--source", str(tmp_path / "docs.jsonl"), "--out", str(out), "--tokenizer", "tiny",
+                    "--stage", stage]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("curate_pretrain: error: ") and msg in last and "Traceback" not in err
+
+
+def test_parquet_without_the_text_column(tmp_path, capsys):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"body": ["x = 1"]}), str(tmp_path / "docs.parquet"))
+    assert cp.main(["--source", str(tmp_path / "docs.parquet"), "--out", str(tmp_path / "o"), "--stage", "label"]) == 2
+    assert "docs.parquet: no column 'text' (columns: body; --text-field?)" in capsys.readouterr().err

@@ -165,6 +165,33 @@ def test_tasks_file_and_template(tmp_path):
     assert all(r["prompt"].startswith("<|im_start|>system") for r in recs)
 
 
+@pytest.mark.parametrize("content, msg", [
+    ("", "tasks.jsonl: no tasks (an empty file)"),
+    ('{"nums": [1, 2, 3], "target": 6}\n{oops\n', "tasks.jsonl:2: malformed JSON"),
+    ('{"nums": [1, 2, 3]}\n', "tasks.jsonl:1: record lacks target"),
+    ('{"nums": ["a", 2, 3], "target": 6}\n', 'tasks.jsonl:1: "nums" must be a list of whole numbers'),
+])
+def test_bad_tasks_file_is_one_line(tmp_path, capfd, content, msg):
+    p = tmp_path / "tasks.jsonl"
+    p.write_text(content)
+    assert gp.main(["--tasks", str(p), "--n", "3", "--condition", "only_backtracking",
+                    "--out", str(tmp_path / "o")]) == 2
+    err = capfd.readouterr().err
+    assert msg in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_damaged_condition_file_is_named_not_a_traceback(tmp_path, capfd):
+    argv = ["--condition", "only_backtracking", "--n", "5", "--out", str(tmp_path)]
+    assert gp.main(argv) == 0
+    path = tmp_path / "only_backtracking.jsonl"
+    first, *rest = path.read_text().splitlines(True)
+    path.write_text(first + "{oops\n" + "".join(rest))  # not a torn last line: someone's edit
+    capfd.readouterr()
+    assert gp.main(argv) == 2
+    err = capfd.readouterr().err
+    assert "only_backtracking.jsonl:2: malformed JSON" in err and "Traceback" not in err
+
+
 def test_acceptance_n1000(tmp_path):
     out = str(tmp_path)
     t0 = time.process_time()  # CPU time: other jobs on a shared machine cannot make it flaky

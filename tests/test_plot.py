@@ -343,6 +343,31 @@ def test_bad_runs_and_json(tmp_path, capsys):
         plot.main(["--out", str(tmp_path / "o")])  # nothing to plot
 
 
+@pytest.mark.parametrize("what", ["missing priming", "csv without data columns", "base without behaviors"])
+def test_no_figure_written_is_exit_2_with_one_line(tmp_path, capsys, what):
+    """A run that drew nothing must not end like one that did."""
+    steps_only = tmp_path / "steps.csv"
+    steps_only.write_text("condition,step\nx,0\n")
+    argv = {"missing priming": ["--priming", str(tmp_path / "nope.json")],
+            "csv without data columns": ["--csv", str(steps_only)],
+            "base without behaviors": ["--base", str(steps_only)]}[what]
+    out = tmp_path / "figs"
+    assert plot.main(argv + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"plot.py: error: no figure written to {out}")
+    assert sum("error" in line for line in err) == 1
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_metrics_step_that_is_not_a_number(tmp_path, capsys):
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "metrics.jsonl").write_text('{"step": 0, "acc": 0.1}\n{"step": "ten", "acc": 0.2}\n')
+    assert plot.main(["--runs", str(d), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.jsonl:2: expected an object with a numeric \"step\"" in err and "Traceback" not in err
+
+
 def test_import_has_no_side_effects():
     import subprocess
     import sys
