@@ -460,6 +460,9 @@ def report(s, p, keys):
     priming = os.path.join(p["priming"], "summary.json")
     run(["plot.py", "--csv", *csvs, *(["--priming", priming] if os.path.exists(priming) else []),
          "--out", figs], "", True, log=os.path.join(figs, "plot.log"))
+    run(["report.py", "--runs", *[os.path.join(s["out"], "runs", f"{c}-s{seed}", "ppo") for c, seed in keys],  # the run report
+         *(["--reference", ref] if os.path.exists(ref) else []), "--title", "mini.py: the priming study in miniature",
+         "--out", os.path.join(s["out"], "report.html")], "", True, log=os.path.join(s["out"], "report.log"))
     table = results_markdown(summary, study, s)
     common.atomic_write_text(os.path.join(s["out"], "results.md"), table)
     return table
@@ -499,7 +502,7 @@ def main(argv=None):
          report=lambda name: progress(s, name.split()[0], int(name.split()[-1])))
     table = report(s, p, keys)
     print("\n" + table)
-    print(f"mini done in {time.time() - t0:.0f}s: {s['out']}/results.md, results.json, figures/")
+    print(f"mini done in {time.time() - t0:.0f}s: {s['out']}/results.md, results.json, figures/, report.html")
 
 
 def pool(chains, jobs, force, report=lambda name: "done"):

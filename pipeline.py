@@ -163,11 +163,13 @@ def main(argv=None):
              "--condition", c, "--split", "rollouts"], os.path.join(ppo_out, "classify", "steps.csv"), args.force)
     figs = os.path.join(out, "figures")
     run(["plot.py", "--runs", *[os.path.join(out, f"ppo-{c}") for c in conds],
-         "--priming", os.path.join(priming, "summary.json"), "--out", figs], "", True)
+         "--priming", os.path.join(priming, "summary.json"), "--out", figs,
+         "--html", os.path.join(figs, "report.html")], "", True)
     table = os.path.join(figs, "results.md")
     if os.path.exists(table):
         print("\n" + open(table).read())
-    print(f"pipeline done in {time.time() - t0:.0f}s; figures in {figs}")
+    print(f"pipeline done in {time.time() - t0:.0f}s; figures in {figs}, "
+          f"the run report (open it in a browser) in {os.path.join(figs, 'report.html')}")
 
 
 if __name__ == "__main__":

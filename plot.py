@@ -20,6 +20,8 @@ Writes into --out (each figure as .png and .svg):
     base_models          base models' behavior counts, side by side
     corpus               pretraining-corpus behavior frequencies
     results.md           final and best accuracy per condition (also printed)
+    --html PATH          the run report (report.py): curves, a browser of the runs' responses with
+                         each counted behavior highlighted, settings; one self-contained HTML file
 A figure whose data is missing is skipped with a one-line note. Every condition keeps one color
 in every figure (COLORS below; names not listed there get a fixed color from FALLBACK).
 
@@ -733,6 +735,7 @@ def _parse_args(argv=None):
     ap.add_argument("--base", nargs="+", default=[], help="steps CSVs of base models (first step per condition)")
     ap.add_argument("--stats", default=None, help="curate_pretrain.py stats.json (behavior frequency per set)")
     ap.add_argument("--out", default=OUT, help="output folder for the figures and results.md")
+    ap.add_argument("--html", default=None, help="also write the run report (report.py) of --runs to this HTML file")
     args = ap.parse_args(argv)
     if not (args.csv or args.runs or args.priming or args.base or args.stats):
         ap.error("nothing to plot: give --csv, --runs, --priming, --base or --stats")
@@ -811,6 +814,15 @@ def main(argv=None):
         atomic_write_text(path, table)
         written.append(path)
         print(table)
+    if args.html:  # the run report: curves, the runs' responses with their behaviors marked, settings
+        import report
+        try:
+            s = report.write_report(args.runs, args.html, reference=args.reference if ref else None, csvs=args.csv)
+        except (DataError, OSError) as e:
+            print(f"plot.py: error: {e}", file=sys.stderr)
+            return 2
+        written.append(args.html)
+        print(f"wrote {args.html}: {s['responses']} responses, {s['bytes'] / 2**20:.1f} MB")
     if written:
         print(f"wrote {len(written)} files to {args.out}: " +
               ", ".join(sorted({os.path.basename(p) for p in written})))
