@@ -20,7 +20,8 @@ chaining) in Countdown reasoning, per response and per logged step.
 
 Outputs: OUT/classified.jsonl (each input record plus "verification", "backtracking",
 "subgoal", "backward" and "classifier"; an LLM count that could not be read is null and
-named in "missing") and OUT/steps.csv with the columns of the study's CSVs, one row per
+named in "missing"; also in "failed" if its request failed after its retries: a rerun asks
+it again) and OUT/steps.csv with the columns of the study's CSVs, one row per
 (condition, step). Behavior columns average the classified records (--sample-per-step of
 them per step, 200 as the study); accuracy and response_length average every input record of
 that step. A run folder's records: rollouts/, or with --split val the test-set samples ppo.py
