@@ -15,4 +15,16 @@ if ! python -c "import torch" 2>/dev/null; then
   fi
 fi
 pip install -q -r requirements.txt
+# SETUP_BROWSER=1 (CI sets it): Chromium from the system's packages, for the run report's browser
+# test (tests/test_report.py); skipped when one is already installed. Debian/Ubuntu, as root or via sudo.
+if [ "${SETUP_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
+  log=$(mktemp)
+  echo "setup: installing chromium (apt-get)"
+  if ! { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+         && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-liberation; } >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"; echo "setup: error: could not install chromium" >&2; exit 1
+  fi
+  rm -f "$log"
+fi
 python -c "import torch, transformers; print(f'setup ok: torch {torch.__version__}, transformers {transformers.__version__}')"
