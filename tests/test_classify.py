@@ -113,6 +113,49 @@ def test_rules_on_small_cases(text, expected):
     assert classify.count_behaviors(text, [44, 19, 3, 1], 76) == expected
 
 
+# ---------------------------------------------------------------- spans (what the run report marks)
+def _check_spans(text, nums, target):
+    spans = classify.behavior_spans(text, nums, target)
+    counts = classify.count_behaviors(text, nums, target)
+    assert {b: sum(s[2] == b for s in spans) for b in classify.BEHAVIORS} == counts, text
+    assert all(0 <= a < z <= len(text) for a, z, _ in spans), (text, spans)
+    assert spans == sorted(spans, key=lambda s: (s[0], s[1], classify.BEHAVIORS.index(s[2])))
+    assert classify.normalize(text, []) == classify.normalize(text)   # tracking the edits changes nothing
+    return spans
+
+
+def test_spans_equal_counts_on_symbolic_and_hand_traces(writer_traces):
+    recs = writer_traces + classify.read_records(HAND)
+    n = sum(len(_check_spans(classify.response_of(r), r["nums"], r["target"])) for r in recs)
+    assert n > len(recs)
+
+
+@pytest.mark.parametrize("text,want", [
+    ("44 + 19 = 63. That's not 76. Let me try another way.",
+     [("not 76", "verification"), ("try another", "backtracking")]),
+    # verbal arithmetic and upper case: the span covers the words as written
+    ("Since 76 EQUALS 75 PLUS 1, I need 75 first.", [("76 EQUALS 75 PLUS 1", "backward")]),
+    ("Multiply 25 by 3, which is 75. Then add 1 to get 76. That works!", [("That works", "verification")]),
+    # unicode operators, dashes, markdown; "İ" lower-cases to two characters
+    ("İİ **Subgoal: 75.** 44 − 19 = 25, 25 × 3 = 75 — too low? No: 75 + 1 = 76.",
+     [("Subgoal: 75", "subgoal"), ("too low", "verification")]),
+    ("44 + 19 = 63 <answer>not 76</answer> Wait, go back: 44 - 19 = 25.", [("Wait", "backtracking")]),
+])
+def test_span_offsets_point_into_the_text_as_written(text, want):
+    spans = _check_spans(text, [44, 19, 3, 1], 76)
+    assert [(text[a:z], b) for a, z, b in spans] == want
+
+
+_SPAN_PIECES = _PIECES + ["İ", "×", "÷", "−", "—", "**", "- ", "1. ", "Multiply 3 by 9", ", which is ",
+                          "Twenty times three", " plus ", "THAT WORKS", "Aim for 12", "76 = 75 + 1"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.sampled_from(_SPAN_PIECES), max_size=80).map("".join))
+def test_spans_equal_counts_on_any_text(text):
+    _check_spans(text, [3, 9, 12, 1], 76)
+
+
 # ---------------------------------------------------------------- files and steps.csv
 def _write(path, recs):
     os.makedirs(os.path.dirname(path), exist_ok=True)
