@@ -112,3 +112,63 @@ def test_span_counts_equal_count_behaviors_on_a_run(run):
         assert spans == sorted(spans, key=lambda s: (s[0], s[1], classify.BEHAVIORS.index(s[2])))
         total += len(spans)
     assert total > 200
+
+
+DRIVER = '''
+import sys, torch, torch.distributed as tdist
+import countdown, ppo
+sys.path.insert(0, sys.argv[1])
+from test_live_behaviors import trace
+real, calls = ppo.rollout, [0]
+def rollout(policy, tokenizer, tasks, args, reward_fn, device, temperature=None, k=None):
+    b = real(policy, tokenizer, tasks, args, reward_fn, device, temperature, k)
+    rank = tdist.get_rank()
+    b["texts"] = [trace(t, calls[0] * 1000 + 100 * rank + i) for i, t in enumerate(b["tasks"])]
+    calls[0] += 1
+    b["score_list"] = [countdown.score(x, t["nums"], t["target"]) for x, t in zip(b["texts"], b["tasks"])]
+    b["scores"] = torch.tensor(b["score_list"])
+    return b
+ppo.rollout = rollout
+ppo.train(ppo.parse_args(sys.argv[2:]))
+'''
+
+
+def test_torchrun_two_ranks_log_the_global_means(tmp_path):
+    """Under torchrun each rank counts its own responses; the correct / incorrect splits differ
+    in size between ranks, so a mean of the ranks' means would be off. ppo.py all-reduces sums
+    and counts instead: the logged values are the means over every rank's responses (rank 0
+    logs the gathered rollouts, rank by rank)."""
+    import subprocess
+    import sys
+    from conftest import REPO
+    data = tmp_path / "data"
+    common.write_jsonl(str(data / "train.jsonl"), countdown.generate_tasks(64, seed=0, sizes=(3,)))
+    common.write_jsonl(str(data / "test.jsonl"), countdown.generate_tasks(4, seed=1, sizes=(3,)))
+    (tmp_path / "drive.py").write_text(DRIVER)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(tmp_path / "drive.py"), os.path.join(REPO, "tests"), "--model", "tiny", "--data", str(data),
+                        "--out", str(out), "--steps", "2", "--prompts-per-step", "8", "--samples-per-prompt", "4",
+                        "--mini-batch-prompts", "8", "--max-response-len", "8", "--micro-batch", "32",
+                        "--eval-every", "0", "--log-rollouts-every", "1", "--save-every", "0", "--no-save-final",
+                        "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    naive_differs = False
+    for m in common.read_jsonl(str(out / "metrics.jsonl")):
+        recs = common.read_jsonl(str(out / "rollouts" / f"step_{m['step']:06d}.jsonl"))
+        halves = (recs[:len(recs) // 2], recs[len(recs) // 2:])        # rank 0's, rank 1's
+        for split, keep in (("", lambda r: True), ("/correct", lambda r: r["correct"]),
+                            ("/incorrect", lambda r: not r["correct"])):
+            per_rank = [[classify.count_behaviors(r["response"], r["nums"], r["target"]) for r in h if keep(r)]
+                        for h in halves]
+            every = per_rank[0] + per_rank[1]
+            for b in classify.BEHAVIORS:
+                if not every:
+                    assert f"behavior/{b}{split}" not in m
+                    continue
+                assert m[f"behavior/{b}{split}"] == pytest.approx(sum(c[b] for c in every) / len(every), abs=1e-12)
+                if all(per_rank):
+                    naive = sum(sum(c[b] for c in p) / len(p) for p in per_rank) / 2
+                    naive_differs |= abs(naive - m[f"behavior/{b}{split}"]) > 1e-6
+    assert naive_differs    # the splits' sizes did differ by rank: the test tells the two apart
