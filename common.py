@@ -136,7 +136,14 @@ def read_jsonl_tolerant(path):
     if len(good) != len(data):
         with open(path, "r+b") as f:
             f.truncate(len(good))
-    return [json.loads(l) for l in good.decode("utf-8").splitlines() if l.strip()]
+    recs = []
+    for i, line in enumerate(good.decode("utf-8", errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                recs.append(json.loads(line))
+            except json.JSONDecodeError as e:   # damaged in the middle: not ours to guess
+                raise DataError(f"{path}:{i}: malformed JSON ({e.msg}); fix or delete the file") from None
+    return recs
 
 
 def atomic_save_dir(path, save_fn):

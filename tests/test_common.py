@@ -81,6 +81,9 @@ def test_atomic_writes_and_torn_log(tmp_path):
     assert common.read_jsonl_tolerant(str(log)) == [{"i": 0}, {"i": 1}]
     common.append_jsonl(str(log), [{"i": 2}])
     assert common.read_jsonl_tolerant(str(log)) == [{"i": 0}, {"i": 1}, {"i": 2}]
+    log.write_text('{"i": 0}\n{"i": 1\n{"i": 2}\n')     # damaged in the middle: named, not a traceback
+    with pytest.raises(common.DataError, match=r"log.jsonl:2: malformed JSON"):
+        common.read_jsonl_tolerant(str(log))
 
 
 def test_atomic_save_dir_keeps_old_on_failure(tmp_path):
