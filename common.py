@@ -247,6 +247,35 @@ def check_same_settings(out, cfg, free=()):
 
 
 # ---------------------------------------------------------------------------------
+# the study's published tables (per-step behaviors and accuracy, priming-set correctness)
+
+STUDY_REPO = "kanishkg/cognitive-behaviors"
+STUDY_COMMIT = "9c90d333c6e3b5eafe801cb4cadd5ee973cc8291"   # pinned: the figures never shift under us
+STUDY_TABLES = ("llama_results", "qwen_results", "claude_accs")
+
+
+def study_table(spec):
+    """`study:<table>` -> a local copy of the study's results/<table>.csv, downloaded once from
+    its public repository at STUDY_COMMIT into CACHE/study/; any other spec is a path, returned
+    as is. The tables are the study authors'; we fetch them, never ship them."""
+    if not spec or not spec.startswith("study:"):
+        return spec
+    name = spec.split(":", 1)[1].removesuffix(".csv")
+    if name not in STUDY_TABLES:
+        raise DataError(f"{spec}: unknown table; the study publishes {', '.join(STUDY_TABLES)}")
+    path = os.path.join(CACHE, "study", STUDY_COMMIT[:12], f"{name}.csv")
+    if not os.path.exists(path):
+        import urllib.request
+        url = f"https://raw.githubusercontent.com/{STUDY_REPO}/{STUDY_COMMIT}/results/{name}.csv"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                atomic_write_text(path, r.read().decode("utf-8"))
+        except OSError as e:
+            raise DataError(f"{spec}: could not download {url} ({e}); pass a local copy's path instead")
+    return path
+
+
+# ---------------------------------------------------------------------------------
 # the tiny model
 
 def _tiny_corpus():

@@ -2,14 +2,14 @@
 The study's figures, drawn from our run folders and from any CSV with the reference columns.
 
     # the study's own numbers: accuracy, behaviors and length for every condition, plus results.md
-    python plot.py --csv ../shared/reference/llama_results.csv ../shared/reference/qwen_results.csv \
+    python plot.py --csv study:llama_results study:qwen_results \
         --out out/figs/study
     # our PPO runs, with the study's Llama curves dashed behind them
-    python plot.py --runs out/ppo-* --reference ../shared/reference/llama_results.csv --out out/figs
+    python plot.py --runs out/ppo-* --reference study:llama_results --out out/figs
     # priming sets, base models (classify.py's sampling mode), pretraining corpus
     python plot.py --priming data/priming/summary.json --stats data/curated/stats.json \
         --base out/base-qwen/steps.csv out/base-llama/steps.csv --out out/figs
-    python plot.py --priming ../shared/reference/claude_accs.csv --out out/figs/study
+    python plot.py --priming study:claude_accs --out out/figs/study
 
 Writes into --out (each figure as .png and .svg):
     accuracy             accuracy vs PPO step; one panel per source, one line per condition
@@ -59,6 +59,7 @@ import sys
 
 import numpy as np
 
+import common
 from common import DataError, atomic_write_text
 
 # ---------------------------------------------------------------------------------
@@ -730,7 +731,8 @@ def _parse_args(argv=None):
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--csv", nargs="+", default=[], help="steps CSVs with the reference columns (one panel each)")
     ap.add_argument("--runs", nargs="+", default=[], help="run folders (metrics.jsonl, config.json, steps.csv)")
-    ap.add_argument("--reference", default=None, help="steps CSV whose accuracy curves are overlaid, dashed")
+    ap.add_argument("--reference", default=None, help="steps CSV whose accuracy curves are overlaid, dashed; "
+                    "study:llama_results or study:qwen_results for the study's own (any CSV flag takes study:<table>)")
     ap.add_argument("--priming", default=None, help="gen_priming.py summary.json, or a condition,average_score CSV")
     ap.add_argument("--base", nargs="+", default=[], help="steps CSVs of base models (first step per condition)")
     ap.add_argument("--stats", default=None, help="curate_pretrain.py stats.json (behavior frequency per set)")
@@ -739,6 +741,15 @@ def _parse_args(argv=None):
     args = ap.parse_args(argv)
     if not (args.csv or args.runs or args.priming or args.base or args.stats):
         ap.error("nothing to plot: give --csv, --runs, --priming, --base or --stats")
+    return args
+
+
+def resolve_study_tables(args):
+    """`study:<table>` in --csv, --reference, --priming, --base -> the study's published CSV
+    (downloaded once at a pinned commit, common.study_table); paths stay paths."""
+    args.csv = [common.study_table(p) for p in args.csv]
+    args.base = [common.study_table(p) for p in args.base]
+    args.reference, args.priming = common.study_table(args.reference), common.study_table(args.priming)
     return args
 
 
@@ -752,6 +763,7 @@ def _optional(path, what):
 
 def load_inputs(args):
     """Everything the figures need; bad input raises DataError, a missing optional file is noted."""
+    args = resolve_study_tables(args)
     sources = [load_csv_source(p) for p in args.csv]
     if args.runs:
         runs = load_runs_source(args.runs)

@@ -3,14 +3,14 @@ A run report: ONE self-contained HTML file per run or set of runs, to read in an
 (no server, no network: the data, the figures, the script and the style are all inline).
 
     python report.py --runs out/ppo-qwen --out out/ppo-qwen/report.html
-    python report.py --runs out/ppo-* --reference ../shared/reference/llama_results.csv --out out/report.html
+    python report.py --runs out/ppo-* --reference study:llama_results --out out/report.html
     python plot.py --runs out/ppo-* --out out/figs --html out/figs/report.html     # the same, beside the figures
     python report.py --bench /tmp/report-bench      # a synthetic study-scale set: file size and load time
     python report.py --screenshot docs/figures/report.png --input out/report.html  # headless Chromium
 
 What it holds:
   - accuracy, response length and behavior curves per run (the study's dashed beside them with
-    --reference, a steps CSV such as ../shared/reference/llama_results.csv); behaviors come from
+    --reference, a steps CSV such as study:llama_results); behaviors come from
     the run's classify/steps.csv, or from ppo.py's live metrics (behavior/<name> in
     metrics.jsonl) where it has none; the live split by correct / incorrect responses too;
   - a browser of sampled responses per step, from the runs' rollouts/ and val/ step files:
@@ -244,7 +244,7 @@ def fig_split(live, colors):
 def figures(curves, live, reference=None, csvs=()):
     """[(name, caption, svg)] of the report's figures."""
     import plot
-    ref = plot.load_csv_source(reference) if reference else None
+    ref = plot.load_csv_source(common.study_table(reference)) if reference else None
     extra = [plot.load_csv_source(p) for p in csvs]
     sources = ([{"name": "our runs", "slug": "runs", "curves": curves}] if curves else []) + extra
     names = [c for s in sources + ([ref] if ref else []) for c in s["curves"]]

@@ -373,3 +373,23 @@ def test_import_has_no_side_effects():
     import sys
     code = "import plot, sys; assert 'matplotlib.pyplot' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=plot.os.path.dirname(plot.__file__), check=True)
+
+
+def test_study_tables_resolve_to_a_pinned_cached_copy(tmp_path, monkeypatch):
+    """`study:<table>` names the study's published CSV; it is fetched once at a pinned commit
+    into the cache (here pre-filled, so no network) and plot reads it like a path."""
+    import shutil
+    import common
+    ref = os.path.join(SHARED, "reference", "llama_results.csv")
+    if not os.path.exists(ref):
+        pytest.skip("no local copy of the study's table")
+    monkeypatch.setattr(common, "CACHE", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "study" / common.STUDY_COMMIT[:12] / "llama_results.csv"
+    cached.parent.mkdir(parents=True)
+    shutil.copy(ref, cached)
+    assert common.study_table("study:llama_results") == str(cached)
+    assert common.study_table("some/path.csv") == "some/path.csv"
+    with pytest.raises(common.DataError, match="unknown table"):
+        common.study_table("study:gpt5_results")
+    assert plot.main(["--csv", "study:llama_results", "--out", str(tmp_path / "figs")]) in (0, None)
+    assert (tmp_path / "figs" / "accuracy.png").exists()
