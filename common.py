@@ -175,6 +175,19 @@ def atomic_save_dir(path, save_fn):
         raise
 
 
+def prune_checkpoints(out_dir, keep):
+    """Delete all but the newest `keep` checkpoints of out_dir/ckpt (keep <= 0: delete none).
+    Each leaves in one rename to a `.tmp-` name first, so a kill mid-delete never leaves half a
+    checkpoint under a step's name; remove_orphans clears the rest at the next start."""
+    root = os.path.join(out_dir, "ckpt")
+    steps = sorted(d for d in os.listdir(root) if d.startswith("step_") and d[5:].isdigit()) \
+        if os.path.isdir(root) else []
+    for d in steps[:len(steps) - keep] if keep > 0 else []:
+        gone = os.path.join(root, ".tmp-deleted-" + d)
+        os.replace(os.path.join(root, d), gone)
+        shutil.rmtree(gone, ignore_errors=True)
+
+
 def remove_orphans(parent):
     """Undo what a kill during atomic_save_dir left in parent: `.tmp-*` folders are deleted;
     `X.old` is renamed back to X if X is missing (killed between the two renames), else deleted."""
@@ -184,6 +197,8 @@ def remove_orphans(parent):
         p = os.path.join(parent, name)
         if name.startswith(".tmp-") and os.path.isdir(p):
             shutil.rmtree(p, ignore_errors=True)
+        elif name.startswith(".tmp-"):          # a file atomic_write_text did not get to rename
+            os.remove(p)
         elif name.endswith(".old") and os.path.isdir(p):
             if os.path.exists(p[:-4]):
                 shutil.rmtree(p, ignore_errors=True)

@@ -1013,6 +1013,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    common.remove_orphans(args.out)   # temporary files a kill left before their rename
     common.write_json(os.path.join(args.out, "config.json"), vars(args))  # no keys in here
     llm = None
     if args.backend != "rules":

@@ -851,6 +851,7 @@ def validate(policy, tokenizer, tasks, args, dist, device, reward_fn, step):
     mine = tasks[dist["rank"]::dist["world_size"]]
     chunk = max(1, args.prompts_per_step // dist["world_size"])
     recs, greedy = [], []
+    torch.manual_seed(args.seed * 1_000_003 + 999_983 * (step + 1) + dist["rank"])   # the same samples on a re-run
     for i in range(0, len(mine), chunk):
         part = mine[i:i + chunk]
         s = rollout(policy, tokenizer, part, args, reward_fn, device, temperature=1.0, k=args.val_samples)
@@ -910,14 +911,6 @@ def save_checkpoint(path, policy, critic, opt_a, opt_c, tokenizer, state, args):
                     "torch_rng": torch.get_rng_state()}, os.path.join(tmp, "trainer_state.pt"))
         common.write_json(os.path.join(tmp, "trainer_state.json"), state)
     common.save_hf(unwrap(policy), tokenizer, path, extra=extra, cfg={"stage": "ppo", **vars(args)})
-
-
-def prune_checkpoints(out, keep):
-    root = os.path.join(out, "ckpt")
-    steps = sorted(d for d in os.listdir(root) if d.startswith("step_"))
-    import shutil
-    for d in steps[:-keep] if keep > 0 else []:
-        shutil.rmtree(os.path.join(root, d), ignore_errors=True)
 
 
 def truncate_metrics(out, step):
@@ -1059,7 +1052,6 @@ def train(args, reward_fn=None):
     reward (default: countdown.score with --reward's rules)."""
     reward_fn = reward_fn or make_reward(args.reward)
     dist = common.setup_dist(args.device)
-    device = dist["device"]
     if args.prompts_per_step % dist["world_size"] or args.mini_batch_prompts % dist["world_size"]:
         common.cleanup_dist(dist)   # every rank fails here, before any collective could hang
         print(f"ppo.py: error: --prompts-per-step ({args.prompts_per_step}) and --mini-batch-prompts "
@@ -1080,7 +1072,7 @@ def train(args, reward_fn=None):
     if dist["master"]:
         os.makedirs(args.out, exist_ok=True)
         common.save_config(args.out, {"stage": "ppo", **vars(args), "world_size": dist["world_size"]})
-        truncate_metrics(args.out, state["step"])  # a fresh run starts a fresh log
+        truncate_metrics(args.out, state["step"] if ckpt else -1)  # a fresh start: a fresh log
         if ckpt:
             print(f"resuming from {ckpt} at step {state['step'] + 1}")
         report = common.init_report(args.init)
@@ -1117,13 +1109,14 @@ def train(args, reward_fn=None):
             check_in_sync((policy, critic), (opt_a, opt_c), dist)
             if dist["master"]:
                 save_checkpoint(common.ckpt_dir(args.out, step), policy, critic, opt_a, opt_c, tokenizer, state, args)
-                prune_checkpoints(args.out, args.keep_ckpts)
+                common.prune_checkpoints(args.out, args.keep_ckpts)
     if first <= args.steps and args.save_final:
         check_in_sync((policy, critic), (opt_a, opt_c), dist)
     if dist["master"] and first <= args.steps and args.save_final:
-        save_checkpoint(os.path.join(args.out, "final"), policy, critic, opt_a, opt_c, tokenizer, state, args)
+        # the last checkpoint first: final/ is what marks the run done (pipeline.py skips it then)
         save_checkpoint(common.ckpt_dir(args.out, args.steps), policy, critic, opt_a, opt_c, tokenizer, state, args)
-        prune_checkpoints(args.out, args.keep_ckpts)
+        save_checkpoint(os.path.join(args.out, "final"), policy, critic, opt_a, opt_c, tokenizer, state, args)
+        common.prune_checkpoints(args.out, args.keep_ckpts)
         print(f"done: {args.steps} steps in {common.fmt_time(time.time() - t_start)}; policy in {args.out}/final")
     wait_for(opt_a, opt_c)
     common.cleanup_dist(dist)

@@ -50,7 +50,6 @@ import contextlib
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from functools import lru_cache
@@ -442,19 +441,6 @@ def save_checkpoint(path, model, raw, opt, tok, info, args, run_cfg, state):
         dist.barrier()
 
 
-def prune_checkpoints(out, keep):
-    """Delete all but the newest `keep` checkpoints (and leftovers of killed saves)."""
-    root = os.path.join(out, "ckpt")
-    if not os.path.isdir(root):
-        return
-    for d in os.listdir(root):
-        if d.startswith(".tmp-") or d.endswith(".old"):
-            shutil.rmtree(os.path.join(root, d), ignore_errors=True)
-    steps = sorted(d for d in os.listdir(root) if d.startswith("step_"))
-    for d in steps[:max(0, len(steps) - keep)]:
-        shutil.rmtree(os.path.join(root, d), ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------------
 # training
 
@@ -645,7 +631,7 @@ def save_step(R, done):
     save_checkpoint(common.ckpt_dir(R.args.out, done), R.model, R.raw, R.opt, R.tok, R.info, R.args,
                     dict(R.cfg, steps=done), state)
     if R.info["master"]:
-        prune_checkpoints(R.args.out, R.args.keep)
+        common.prune_checkpoints(R.args.out, R.args.keep)
 
 
 def train(args):

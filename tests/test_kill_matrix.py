@@ -205,15 +205,9 @@ def in_bug_window(stage, point, state):
 
 
 def known_bug(stage, point):
-    """The reason a kill point hits a known bug for certain, or None."""
-    if stage == "ppo" and point == ("lines", "metrics.jsonl", 1):
-        return PPO_BUG   # step 0 logged, the first checkpoint not yet written
-    if stage == "pipeline" and point[0] == "lines" and "ppo-" in point[1]:
-        return PPO_BUG + " (the pipeline's PPO saves no checkpoint before final/, so any kill there)"
-    if stage == "pipeline" and point == ("exists", "ppo-all_strategies/final/config.json"):
-        return ("pipeline.py treats PPO as done when final/config.json exists, but ppo.py saves final/ "
-                "before ckpt/step_N: a kill between the two leaves the PPO folder without its last "
-                "checkpoint for good (the re-run skips the stage)")
+    """The reason a kill point hits a known bug for certain, or None. Fixed since the matrix
+    found them: `ppo.py --resume` logged step 0 twice after a kill before its first
+    checkpoint; ppo.py wrote final/ (the pipeline's done marker) before its last checkpoint."""
     return None
 
 
