@@ -49,7 +49,7 @@ import countdown
 # settings: the flags and their defaults (the study's PPO run); `--help` lists them all
 SETTINGS = [
     # (flag, default, type, help)
-    ("model", "tiny", str, "architecture + tokenizer: alias, hub id or local folder"),
+    ("model", None, str, "architecture + tokenizer: alias, hub id or local folder (default: --init, else tiny)"),
     ("init", None, str, "checkpoint whose weights start policy, critic trunk and reference (default: --model)"),
     ("data", "data/countdown", str, "folder with train.jsonl and test.jsonl (countdown.py)"),
     ("out", "out/ppo", str, "run folder"),
@@ -110,6 +110,7 @@ def parse_args(argv=None):
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     common.add_settings(ap, SETTINGS)
     a = ap.parse_args(argv)
+    a.model = a.model or a.init or "tiny"   # --init alone: its own tokenizer, never tiny's with its weights
     checks = [
         (a.template in countdown.TEMPLATES, f"--template must be one of {sorted(countdown.TEMPLATES)}"),
         (a.kl_kind in ("k1", "abs", "mse", "k3"), "--kl-kind must be k1, abs, mse or k3"),

@@ -251,3 +251,10 @@ def test_priming_tasks_and_curation_rewrites_are_the_studys():
     assert (g.num_min, g.num_max, g.target_min, g.target_max, g.n) == (1, 24, 10, 25, 1000)
     c = curate_pretrain.parse_args([])
     assert (c.temperature, c.max_tokens) == (0.0, 5120)
+
+
+def test_init_alone_names_the_model_too():
+    """`ppo.py --init out/sft-llama/final` alone must not pair the tiny tokenizer with its weights."""
+    assert ppo.parse_args(["--init", REPO]).model == REPO
+    assert ppo.parse_args([]).model == "tiny"
+    assert ppo.parse_args(["--model", "tiny", "--init", REPO]).model == "tiny"
