@@ -356,7 +356,7 @@ def bench_ppo(args, ceil, res):
     flags = ["--model", args.model, "--data", data, "--out", out, "--steps", args.ppo_steps,
              "--prompts-per-step", args.ppo_prompts, "--samples-per-prompt", args.ppo_samples,
              "--max-response-len", args.ppo_len, "--force-response-len", args.ppo_len,
-             "--eval-every", 0, "--log-rollouts-every", 0, "--save-every", 0, "--no-save-final",
+             "--eval-every", 0, "--log-rollouts-every", 0, "--save-every", 0, "--no-save-final", "--overwrite",
              "--device", args.device.split(":")[0], *args.ppo_args.split()]
     launch = [sys.executable] if args.ngpu == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.ngpu}"]

@@ -11,9 +11,9 @@ python countdown.py --out data/gpu-cd --n-train 2000 --n-test 64 >/dev/null 2>&1
 python common.py --make-tiny >/dev/null 2>&1   # the tokenizer random:* models borrow
 PPO="ppo.py --model random:qwen2.5-3b --data data/gpu-cd --steps 1 --prompts-per-step 256 --samples-per-prompt 4
      --max-response-len 512 --force-response-len 512 --micro-batch 16 --eval-every 0
-     --log-rollouts-every 0 --save-every 0 --no-save-final --out $out/ppo_${ngpu}gpu"
+     --log-rollouts-every 0 --save-every 0 --no-save-final --overwrite --out $out/ppo_${ngpu}gpu"
 SFT="sft.py --model random:qwen2.5-3b --synthetic 1024 --max-steps 6 --batch-size 64 --micro-batch 8
-     --grad-ckpt --no-save --out $out/sft_${ngpu}gpu"
+     --grad-ckpt --no-save --overwrite --out $out/sft_${ngpu}gpu"
 if [ "$ngpu" = 1 ]; then
   run="env CUDA_VISIBLE_DEVICES=0 CBM_GPU_MEM_GB=${CBM_GPU_MEM_GB:-78} python"
 else
