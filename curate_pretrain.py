@@ -415,7 +415,12 @@ def iter_source(name, n, field, shuffle_buffer, seed):
     else:
         datasets = _need_datasets()
         hub, config = SOURCES.get(name, (name, None))
-        ds = datasets.load_dataset(hub, config, split="train", streaming=True)
+        try:
+            ds = datasets.load_dataset(hub, config, split="train", streaming=True)
+        except Exception as e:   # offline, unknown name, no access: one line, not the hub's traceback
+            raise common.DataError(f"--source {name}: could not open {hub}"
+                                   f"{' (' + config + ')' if config else ''} on the hub: "
+                                   f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
         if shuffle_buffer:
             ds = ds.shuffle(seed=seed, buffer_size=shuffle_buffer)
         prefix = name.split("/")[-1]
@@ -1007,6 +1012,18 @@ def parse_args(argv=None):
         ap.error(str(e))
     if shard[1] > 1 and args.stages != ["label"]:
         ap.error("--shard is for --stage label only; run the other stages once, after every shard")
+    a = args
+    for ok, msg in [
+        (min(a.n_docs, a.concurrency, a.max_doc_chars, a.max_tokens, a.token_budget) > 0,
+         "--n-docs, --concurrency, --max-doc-chars, --max-tokens, --token-budget must be > 0"),
+        (min(a.shuffle_buffer, a.max_retries, a.limit) >= 0, "--shuffle-buffer, --max-retries, --limit must be >= 0"),
+        (a.retry_base >= 0 and a.timeout > 0 and a.temperature >= 0,
+         "--retry-base and --temperature must be >= 0, --timeout > 0"),
+        (a.oversample >= 1 and a.chars_per_token > 0 and a.length_tolerance >= 0,
+         "--oversample must be >= 1, --chars-per-token > 0, --length-tolerance >= 0"),
+    ]:
+        if not ok:
+            ap.error(msg)
     return args
 
 

@@ -155,3 +155,12 @@ def test_pipeline_resumes_a_stage_killed_after_its_checkpoint(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "sft: resumed from" in r.stdout and "step_000002" in r.stdout
     assert os.path.exists(os.path.join(out, "ppo-all_strategies", "final", "config.json"))
+
+
+def test_curate_flags_and_an_unreachable_hub_are_one_line():
+    for flags, words in ((["--n-docs", "-5"], ["--n-docs"]), (["--oversample", "0.5"], ["--oversample"]),
+                         (["--source", "no-such-org/no-such-set", "--stage", "label"], ["no-such-org/no-such-set"])):
+        r = subprocess.run([sys.executable, "curate_pretrain.py", *flags, "--out", "/tmp/curate-never"],
+                           cwd=REPO, capture_output=True, text=True, timeout=120, env={**ENV, "HF_HUB_OFFLINE": "1"})
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert all(w in r.stderr.strip().splitlines()[-1] for w in words), r.stderr
