@@ -580,26 +580,44 @@ def fig_lines(sources, column, ylabel, title, colors, reference=None):
     return fig
 
 
-def fig_behaviors(src, colors):
-    """2x2 panels, one per behavior: mean count per response vs step, one line per condition."""
+def behavior_panels():
+    """A 2x2 figure, one panel per behavior (BEHAVIORS order), titled and labelled; call inside
+    rc_context(RC). Returns (fig, [(ax, steps.csv column), ...])."""
+    fig = _figure(2 * PANEL_W, 2 * PANEL_H + 0.5)
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    for ax, (col, name) in zip(axes, BEHAVIORS.values()):
+        ax.set_title(name)
+    for ax in axes[::2]:
+        ax.set_ylabel("mean count per response")
+    for ax in axes[2:]:
+        ax.set_xlabel("PPO step")
+    return fig, [(ax, col) for ax, (col, _) in zip(axes, BEHAVIORS.values())]
+
+
+def fig_behaviors(src, colors, ref=None, title=None):
+    """2x2 panels, one per behavior: mean count per response vs step, one line per condition;
+    ref: a reference source whose curves are dashed beside the conditions drawn."""
     import matplotlib
+    from matplotlib.lines import Line2D
     curves = src["curves"]
     if not any(col in cv for cv in curves.values() for col, _ in BEHAVIORS.values()):
         return None
     with matplotlib.rc_context(RC):
-        fig = _figure(2 * PANEL_W, 2 * PANEL_H + 0.5)
-        axes = fig.subplots(2, 2, sharex=True).ravel()
-        for ax, (b, (col, name)) in zip(axes, BEHAVIORS.items()):
-            if not draw_curves(ax, curves, col, colors):
+        fig, panels = behavior_panels()
+        overlaid = 0
+        for ax, col in panels:
+            drawn = draw_curves(ax, curves, col, colors)
+            if ref is not None:
+                overlaid += overlay_reference(ax, ref, col, drawn, colors)
+            if not drawn:
                 ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="gray")
-            ax.set_title(name)
             ax.set_ylim(bottom=0)
-        for ax in axes[::2]:
-            ax.set_ylabel("mean count per response")
-        for ax in axes[2:]:
-            ax.set_xlabel("PPO step")
-        add_legend(fig, *_collect_handles(axes))
-        fig.suptitle(f"Behaviors during PPO: {src['name']}")
+        handles, labels = _collect_handles([ax for ax, _ in panels])
+        if overlaid:
+            handles += [Line2D([], [], color="gray"), Line2D([], [], color="gray", linestyle="--")]
+            labels += ["solid: our runs", f"dashed: {ref['name']}"]
+        add_legend(fig, handles, labels)
+        fig.suptitle(title or f"Behaviors during PPO: {src['name']}")
     return fig
 
 

@@ -179,35 +179,9 @@ def svg_of(fig):
 
 def fig_behaviors(curves, colors, ref=None, title="Behaviors during PPO"):
     """2x2 panels (one per behavior): mean count per response vs step, one line per run, the
-    reference's dashed beside the runs of its conditions."""
-    import matplotlib
-    from matplotlib.lines import Line2D
+    reference's dashed beside the runs of its conditions (plot.fig_behaviors)."""
     import plot
-    if not any(col in cv for cv in curves.values() for col, _ in plot.BEHAVIORS.values()):
-        return None
-    with matplotlib.rc_context(plot.RC):
-        fig = plot._figure(2 * plot.PANEL_W, 2 * plot.PANEL_H + 0.5)
-        axes = fig.subplots(2, 2, sharex=True).ravel()
-        overlaid = 0
-        for ax, (b, (col, name)) in zip(axes, plot.BEHAVIORS.items()):
-            drawn = plot.draw_curves(ax, curves, col, colors)
-            if ref is not None:
-                overlaid += plot.overlay_reference(ax, ref, col, drawn, colors)
-            if not drawn:
-                ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="gray")
-            ax.set_title(name)
-            ax.set_ylim(bottom=0)
-        for ax in axes[::2]:
-            ax.set_ylabel("mean count per response")
-        for ax in axes[2:]:
-            ax.set_xlabel("PPO step")
-        handles, labels = plot._collect_handles(axes)
-        if overlaid:
-            handles += [Line2D([], [], color="gray"), Line2D([], [], color="gray", linestyle="--")]
-            labels += ["solid: our runs", f"dashed: {ref['name']}"]
-        plot.add_legend(fig, handles, labels)
-        fig.suptitle(title)
-    return fig
+    return plot.fig_behaviors({"curves": curves, "name": ""}, colors, ref, title)
 
 
 def fig_split(live, colors):
@@ -218,22 +192,16 @@ def fig_split(live, colors):
     if not live:
         return None
     with matplotlib.rc_context(plot.RC):
-        fig = plot._figure(2 * plot.PANEL_W, 2 * plot.PANEL_H + 0.5)
-        axes = fig.subplots(2, 2, sharex=True).ravel()
-        for ax, (b, (col, name)) in zip(axes, plot.BEHAVIORS.items()):
+        fig, panels = plot.behavior_panels()
+        for ax, col in panels:
             for run in sorted(live, key=plot.order_key):
                 for split, style in (("correct", "-"), ("incorrect", ":")):
                     xy = live[run].get(split, {}).get(col)
                     if xy is not None:
                         ax.plot(*xy, color=colors[run], linestyle=style, label=run,
                                 marker="o" if len(xy[0]) <= 2 else None, markersize=4)
-            ax.set_title(name)
             ax.set_ylim(bottom=0)
-        for ax in axes[::2]:
-            ax.set_ylabel("mean count per response")
-        for ax in axes[2:]:
-            ax.set_xlabel("PPO step")
-        handles, labels = plot._collect_handles(axes)
+        handles, labels = plot._collect_handles([ax for ax, _ in panels])
         handles += [Line2D([], [], color="gray"), Line2D([], [], color="gray", linestyle=":")]
         labels += ["solid: correct responses", "dotted: incorrect responses"]
         plot.add_legend(fig, handles, labels)
