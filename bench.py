@@ -155,7 +155,7 @@ def random_prompts(B, P, vocab, device, seed=0):
 
 def bench_generate(model, tok, args, ceil, res):
     from engine import Engine
-    import ppo
+    import sampler
     facts = model_facts(model)
     P, R = args.prompt_len, args.new_tokens
     variants = args.engine_variants.split(",")
@@ -177,7 +177,7 @@ def bench_generate(model, tok, args, ceil, res):
         best = max(variants, key=lambda v: row[f"engine_tok_s/{v}"])
         row.update(best_variant=best, engine_tok_s=row[f"engine_tok_s/{best}"], engine_s=B * R / row[f"engine_tok_s/{best}"])
         if B in args.hf_batch_sizes:
-            fn = lambda: ppo.hf_generate(model, tok, ids, mask, R, 1.0, force_len=R)
+            fn = lambda: sampler.hf_generate(model, tok, ids, mask, R, 1.0, force_len=R)
             th = timed(fn, args.device, warmup=args.device == "cpu")   # a GPU warm-up would cost a minute
             row.update(hf_tok_s=B * R / th, hf_s=th, speedup_vs_hf=th / row["engine_s"])
         row["frac_of_floor"] = row["engine_tok_s"] / row["floor_tok_s"]
@@ -194,29 +194,29 @@ def bench_correct(model, tok, args, res):
     In bf16 both sides round differently, so on the GPU an fp32 copy of the model is the
     referee: how often does transformers-bf16 itself agree with fp32?"""
     from engine import Engine
-    import ppo
+    import sampler
     n, P, R = 64, 64, 64 if args.device.startswith("cuda") else 16
     ids, mask = random_prompts(n, P, model.config.vocab_size, args.device, seed=1)
     mask[: n // 2, : P // 4] = 0                                  # some left padding
     ids = torch.where(mask > 0, ids, torch.full_like(ids, tok.pad_token_id))
     eng = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
     got = eng.generate(ids, mask, R, temperature=0, force_len=R).tokens
-    want, _ = ppo.hf_generate(model, tok, ids, mask, R, 0.0, force_len=R)
+    want, _ = sampler.hf_generate(model, tok, ids, mask, R, 0.0, force_len=R)
     torch.manual_seed(0)
     out = eng.generate(ids, mask, R, temperature=1.0, force_len=R)
     eng.release()
     seq, attn = torch.cat([ids, out.tokens], 1), torch.cat([mask, out.mask.long()], 1)
     with torch.no_grad():
-        lp = ppo.token_logprobs(model, seq, attn, R, 16)
+        lp = sampler.token_logprobs(model, seq, attn, R, 16)
     r = {"prompts": n, "new_tokens": R, **greedy_agreement(got, want, "engine_vs_hf"),
          "logp_mean_abs_diff": (lp - out.logp).abs().mean().item(),
          "logp_max_abs_diff": (lp - out.logp).abs().max().item()}
     if model.dtype != torch.float32:
         ref = common.load_model(args.model, torch.float32, args.device)
         ref.load_state_dict(model.state_dict())
-        want32, _ = ppo.hf_generate(ref, tok, ids, mask, R, 0.0, force_len=R)
+        want32, _ = sampler.hf_generate(ref, tok, ids, mask, R, 0.0, force_len=R)
         with torch.no_grad():
-            lp32 = ppo.token_logprobs(ref, seq, attn, R, 16)
+            lp32 = sampler.token_logprobs(ref, seq, attn, R, 16)
         r.update(greedy_agreement(got, want32, "engine_vs_fp32"), **greedy_agreement(want, want32, "hf_vs_fp32"),
                  logp_engine_vs_fp32=(out.logp - lp32).abs().mean().item(),
                  logp_hf_bf16_vs_fp32=(lp - lp32).abs().mean().item())
@@ -280,7 +280,7 @@ def profile_decode(model, tok, args, B=512, L=384, steps=4):
 # training passes and the optimizer step
 
 def bench_train(model, args, ceil, res):
-    import ppo
+    import sampler
     n_params = sum(p.numel() for p in model.parameters())
     L, rows = args.train_seq, []
     R = L // 2
@@ -295,7 +295,7 @@ def bench_train(model, args, ceil, res):
         ids, mask = random_prompts(micro, L, model.config.vocab_size, args.device, seed=2)
 
         def step():
-            logp = ppo.token_logprobs(model, ids, mask, R, micro)
+            logp = sampler.token_logprobs(model, ids, mask, R, micro)
             logp.mean().backward()
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -320,7 +320,7 @@ def bench_train(model, args, ceil, res):
 def bench_optimizer(model, args):
     """Seconds per MasterAdamW step: fp32 master + Adam states on the CPU (for-each or
     fused loop) or on the GPU (fused kernel)."""
-    import ppo
+    import optim
     out = {}
     if any(p.dtype == torch.float32 for p in model.parameters()):
         return out                                                # fp32 models use plain AdamW
@@ -328,7 +328,7 @@ def bench_optimizer(model, args):
     if args.device.startswith("cuda"):
         variants.append(("cuda_fused", args.device, True))
     for name, dev, fused in variants:
-        opt = ppo.MasterAdamW(model.parameters(), device=dev, fused=fused, lr=1e-6)
+        opt = optim.MasterAdamW(model.parameters(), device=dev, fused=fused, lr=1e-6)
 
         def step():
             for p in model.parameters():

@@ -40,10 +40,12 @@ import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import common
 import countdown
+from optim import MasterAdamW, accumulate_fp32, all_reduce_mean_, clip_fp32_, make_optimizer, set_lr  # noqa: F401
+from sampler import (encode_prompts, generate, hf_generate, logprobs_from_logits, position_ids,  # noqa: F401
+                     response_mask, token_logprobs)
 
 # ---------------------------------------------------------------------------------
 # settings: the flags and their defaults (the study's PPO run); `--help` lists them all
@@ -289,130 +291,6 @@ class Critic(nn.Module):
         return self.head(h[:, -n_resp - 1:-1].float()).squeeze(-1)      # [B, n_resp]
 
 
-class MasterAdamW:
-    """AdamW over fp32 master copies of low-precision parameters.
-
-    Updates of lr 1e-6 vanish when added to bf16 weights (8-bit mantissa), so the step
-    happens on fp32 copies, which may live on the CPU (`device="cpu"`) to fit a 3B policy,
-    a 3B critic and a reference on one 80GB GPU; the result is copied back into the model.
-
-    background=True (CPU master, GPU model): step() copies the gradients out and returns;
-    the CPU AdamW and the copy back run in a thread while the GPU works on the other model
-    (a 3B step is ~7 s of CPU). Call wait() before this model's weights are used again.
-    At most one step runs in the background at a time: they would share the same cores.
-    """
-    _running = None   # the MasterAdamW whose step is in flight
-
-    def __init__(self, params, device, fused=True, background=False, **kw):
-        self.params = [p for p in params if p.requires_grad]
-        self.master = [p.detach().to(device=device, dtype=torch.float32, copy=True)
-                       for p in self.params]
-        pin = device == "cpu" and self.params[0].is_cuda
-        self.master = [m.pin_memory() if pin else m for m in self.master]
-        for m in self.master:
-            m.requires_grad_(True)
-        # pinned low-precision staging: gradients come down and weights go up through it by
-        # DMA, without a pageable bounce (2 bytes/param of host memory)
-        self.stage = [torch.empty(p.shape, dtype=p.dtype, pin_memory=True) if pin else None
-                      for p in self.params]
-        # fused: one kernel (GPU) or one vectorised loop (CPU) over all parameters; measured
-        # with bench.py against the default for-each implementation
-        self.opt = torch.optim.AdamW(self.master, fused=fused or None, **kw)
-        self.param_groups = self.opt.param_groups
-        self.background, self.thread, self.error = background, None, None
-
-    def zero_grad(self, set_to_none=True):
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self, grads=None):
-        """grads: fp32 gradients, one per parameter (accumulate_fp32); default: the .grad fields."""
-        MasterAdamW.wait_all()
-        src = grads if grads is not None else [p.grad for p in self.params]
-        stage = self.stage
-        if grads is not None and stage[0] is not None:   # fp32 gradients come down through fp32 pinned
-            stage = MasterAdamW.fp32_staging(self.params)
-        grads = []
-        for g, m, s in zip(src, self.master, stage):
-            if g is None:
-                grads.append(None)
-            elif s is not None:
-                grads.append(s.copy_(g, non_blocking=True))
-            else:
-                grads.append(g.to(m.device))
-        if self.params[0].is_cuda:
-            torch.cuda.synchronize()   # gradients are down; the caller may free or reuse them
-        if not self.background:
-            return self._apply(grads)
-        import threading
-        self.thread = threading.Thread(target=self._apply, args=(grads,), daemon=True)
-        MasterAdamW._running = self
-        self.thread.start()
-
-    @torch.no_grad()
-    def _apply(self, grads):
-        try:
-            for m, g in zip(self.master, grads):
-                m.grad = None if g is None else g.float()
-            self.opt.step()
-            side = torch.cuda.Stream(self.params[0].device) if self.stage[0] is not None else None
-            for p, m, s in zip(self.params, self.master, self.stage):
-                m.grad = None  # 4 bytes/param of host memory we need not keep between steps
-                if s is None:
-                    p.copy_(m)
-                else:          # through the staging buffer, then DMA it up (rounded on the CPU if bf16)
-                    s.copy_(m)
-                    with torch.cuda.stream(side):
-                        p.copy_(s, non_blocking=True)
-            if side is not None:
-                side.synchronize()
-        except BaseException as e:   # re-raised by wait() in the main thread
-            self.error = e
-
-    def wait(self):
-        """Block until this optimiser's background step (if any) has written the weights."""
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
-            if MasterAdamW._running is self:
-                MasterAdamW._running = None
-        if self.error is not None:
-            e, self.error = self.error, None
-            raise RuntimeError("background optimizer step failed") from e
-
-    _gflat = None   # fp32 pinned staging for fp32 gradients, shared by every MasterAdamW
-
-    @staticmethod
-    def fp32_staging(params):
-        """Views of one pinned fp32 buffer shaped like params. One buffer serves the actor and the
-        critic: only one step is in flight at a time (wait_all), and 4 bytes/param of pinned host
-        memory per model would not fit a 3B actor + critic on a 128 GB host (measured: killed)."""
-        need = sum(p.numel() for p in params)
-        if MasterAdamW._gflat is None or MasterAdamW._gflat.numel() < need:
-            MasterAdamW._gflat = None
-            MasterAdamW._gflat = torch.empty(need, dtype=torch.float32, pin_memory=True)
-        return [v.view(p.shape) for v, p in
-                zip(MasterAdamW._gflat[:need].split([p.numel() for p in params]), params)]
-
-    @staticmethod
-    def wait_all():
-        if MasterAdamW._running is not None:
-            MasterAdamW._running.wait()
-
-    def state_dict(self):
-        self.wait()
-        return {"opt": self.opt.state_dict(), "master": [m.detach() for m in self.master]}
-
-    def load_state_dict(self, sd):
-        self.wait()
-        self.opt.load_state_dict(sd["opt"])
-        with torch.no_grad():
-            for p, m, saved in zip(self.params, self.master, sd["master"]):
-                m.copy_(saved)
-                p.copy_(saved)
-
-
 def wait_for(*opts, timings=None):
     """Wait for the background optimizer steps of these optimisers (no-op for others);
     the time blocked adds to timings["time/optim_wait"] if timings is given."""
@@ -424,171 +302,8 @@ def wait_for(*opts, timings=None):
         sync_time(timings, "optim_wait", t)
 
 
-def make_optimizer(module, lr, args, device):
-    """Plain AdamW for fp32 models; MasterAdamW (fp32 master, maybe on CPU) for bf16 ones."""
-    kw = dict(lr=lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
-    params = list(module.parameters())
-    if all(p.dtype == torch.float32 for p in params):
-        return torch.optim.AdamW([p for p in params if p.requires_grad], **kw)
-    where = args.optim_device
-    if where == "auto" and not str(device).startswith("cuda"):
-        where = "cpu"
-    if where == "auto":
-        # fp32 master + 2 Adam states = 12 bytes/param for the actor and the critic
-        n = sum(p.numel() for p in params)
-        total = torch.cuda.get_device_properties(device).total_memory
-        where = "cuda" if 2 * 12 * n < 0.45 * total else "cpu"
-    if where == "cpu":  # torchrun sets OMP_NUM_THREADS=1; the CPU Adam step needs the cores
-        torch.set_num_threads(max(torch.get_num_threads(),
-                                  (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    # on the CPU the step runs in the background, hidden behind the other model's GPU work
-    return MasterAdamW(params, device=device if where == "cuda" else "cpu",
-                       background=where == "cpu" and str(device).startswith("cuda"), **kw)
-
-
-def set_lr(opt, base_lr, step, warmup):
-    lr = base_lr * min(1.0, (step + 1) / warmup) if warmup else base_lr
-    for g in opt.param_groups:
-        g["lr"] = lr
-    return lr
-
-
 # ---------------------------------------------------------------------------------
-# rollouts: prompts -> sequences, generation, log-probs
-
-def encode_prompts(tokenizer, prompts, max_len):
-    """Left-padded prompt ids [N, P] and mask [N, P]; an over-long prompt is an error."""
-    # no BOS or other special tokens: the study tokenizes prompts with add_special_tokens=False
-    # (verl/utils/torch_functional.py, tokenize_and_postprocess_data)
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    if enc.input_ids.shape[1] > max_len:
-        raise ValueError(f"a prompt has {enc.input_ids.shape[1]} tokens > --max-prompt-len {max_len}")
-    return enc.input_ids, enc.attention_mask
-
-
-def response_mask(resp, eos_id, pad_id):
-    """1 on response tokens up to and including the first EOS, 0 after. resp: [N, R]."""
-    is_eos = resp == eos_id
-    after = (is_eos.cumsum(1) - is_eos.long()) > 0        # strictly after the first EOS
-    return (~after).float()
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompt_ids, prompt_mask, max_new, args, temperature=1.0):
-    """Responses [N, R], their mask [N, R] (1 up to and including EOS) and the sampler's
-    log-probs [N, R] (None from transformers), from the engine that args.engine names."""
-    force = args.force_response_len
-    eng = get_engine(model, tokenizer, args) if args.engine != "hf" else None
-    if eng is None:
-        resp, mask = hf_generate(model, tokenizer, prompt_ids, prompt_mask, max_new, temperature, force)
-        return resp, mask, None
-    stops = [tokenizer.encode(args.stop, add_special_tokens=False)] if args.stop else []
-    out = eng.generate(prompt_ids, prompt_mask, max_new, temperature=temperature, force_len=force,
-                       stop_seqs=stops)
-    if getattr(eng, "release_after", False):  # a 3B model's cache is wanted back by training
-        eng.release()
-    return out.tokens, out.mask, out.logp
-
-
-def get_engine(model, tokenizer, args):
-    """The model's engine, made on first use and kept on the model (it holds no weights);
-    None (use transformers) for an architecture engine.py does not run."""
-    eng = getattr(model, "_rollout_engine", None)
-    if eng is None:
-        import engine
-        if args.engine == "vllm":
-            eng = engine.VLLMEngine(model, tokenizer, args)
-        else:
-            try:
-                eng = engine.Engine(model, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
-            except engine.Unsupported as e:
-                print(f"engine.py does not run this model ({e}): rollouts use transformers generate")
-                args.engine = "hf"
-                return None
-            if eng.device.type == "cuda":   # keep cache + graphs only if they are cheap
-                need = eng.cache_bytes(args.prompts_per_step * args.samples_per_prompt,
-                                       args.max_prompt_len + args.max_response_len)
-                eng.release_after = need > 0.1 * torch.cuda.get_device_properties(eng.device).total_memory
-        model._rollout_engine = eng
-    return eng
-
-
-@torch.no_grad()
-def hf_generate(model, tokenizer, prompt_ids, prompt_mask, max_new, temperature=1.0, force_len=0):
-    """Sample (temperature > 0) or greedy-decode responses with the HF KV-cache generator.
-
-    Returns resp [N, R] (R = max_new; padded with pad id after EOS) and its mask [N, R].
-    force_len > 0 ignores EOS (benchmarks need fixed lengths).
-    """
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    # Every sampling knob is set explicitly: transformers otherwise applies top_k=50 and
-    # whatever a checkpoint's generation_config.json says (Qwen-instruct: top_k 20,
-    # top_p 0.8, repetition penalty), and PPO needs samples from the policy itself.
-    kw = dict(do_sample=temperature > 0, max_new_tokens=max_new, pad_token_id=pad,
-              eos_token_id=None if force_len else eos, repetition_penalty=1.0)
-    if force_len:
-        kw.update(min_new_tokens=max_new)
-    if temperature > 0:
-        kw.update(temperature=temperature, top_k=0, top_p=1.0)
-    was_training = model.training
-    model.eval()
-    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kw)
-    model.train(was_training)
-    resp = out[:, prompt_ids.shape[1]:]
-    if resp.shape[1] < max_new:
-        resp = F.pad(resp, (0, max_new - resp.shape[1]), value=pad)
-    mask = torch.ones_like(resp, dtype=torch.float) if force_len else response_mask(resp, eos, pad)
-    resp = torch.where(mask > 0, resp, torch.full_like(resp, pad))
-    return resp, mask
-
-
-def position_ids(attn):
-    return (attn.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def logprobs_from_logits(logits, targets, temperature=1.0, entropy=False, entropy_grad=False):
-    """log p(targets) [b, n] from logits [b, n, V] (any float dtype), in fp32, with
-    z = logits / temperature: z_t - logsumexp(z). entropy=True adds H = logsumexp(z) -
-    sum_i p_i z_i [b, n], differentiable if entropy_grad (the entropy bonus), else detached
-    (logged only). On a GPU token_logprobs runs this compiled: the fp32 copy of [b, n, V] is
-    never written, forward or backward (eager: ~6 passes over 2.5 GB per micro-batch of
-    8 x 512 tokens at a 152k vocabulary)."""
-    z = logits.float() / temperature
-    lse = torch.logsumexp(z, -1)
-    logp = z.gather(-1, targets[..., None]).squeeze(-1) - lse
-    if not entropy:
-        return logp, None
-    if entropy_grad:
-        return logp, lse - (torch.softmax(z, -1) * z).sum(-1)
-    zd = z.detach()
-    return logp, lse.detach() - (torch.softmax(zd, -1) * zd).sum(-1)
-
-
-_compiled = {}
-
-
-def compiled(fn):
-    """fn through torch.compile (dynamic shapes), made once per function."""
-    if fn not in _compiled:
-        _compiled[fn] = torch.compile(fn, dynamic=True)
-    return _compiled[fn]
-
-
-def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=False, entropy_grad=False):
-    """Log-probs of the last n_resp tokens of seq [N, L] under model, in micro-batches.
-    Returns logp [N, n_resp] (and entropy [N, n_resp] if asked). Grad flows if enabled."""
-    outs, ents = [], []
-    for i in range(0, seq.shape[0], micro):
-        s, a = seq[i:i + micro], attn[i:i + micro]
-        logits = model(input_ids=s, attention_mask=a, position_ids=position_ids(a),
-                       logits_to_keep=n_resp + 1).logits[:, :-1]           # [b, n_resp, V]
-        fn = compiled(logprobs_from_logits) if logits.is_cuda else logprobs_from_logits
-        lp, ent = fn(logits, s[:, -n_resp:], temperature, entropy, entropy_grad)
-        outs.append(lp)
-        ents.append(ent)
-    logp = torch.cat(outs)
-    return (logp, torch.cat(ents)) if entropy else logp
-
+# the critic's pass (the policy's log-probs and the sampler live in sampler.py)
 
 def critic_values(critic, seq, attn, n_resp, micro):
     return torch.cat([critic(seq[i:i + micro], attn[i:i + micro], position_ids(attn[i:i + micro]),
@@ -713,40 +428,6 @@ def update(learners, b, args, dist, gen, timings):
             bad += not minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats[name])
             sync_time(timings, f"{name}_update", t)
     return {name: {k: v / max(1, n_mb) for k, v in st.items()} for name, st in stats.items()}, bad
-
-
-def accumulate_fp32(params, acc):
-    """acc[i] += params[i].grad in fp32, then drop .grad: the sum over micro-batches of bf16
-    weights' gradients is kept in fp32 (a bf16 .grad would round at every micro-batch).
-    acc: None on the first micro-batch. Returns the list of fp32 sums."""
-    if acc is None:
-        acc = [None if p.grad is None else p.grad.float() for p in params]
-    else:
-        for i, p in enumerate(params):
-            if p.grad is not None:
-                acc[i] = p.grad.float() if acc[i] is None else acc[i].add_(p.grad)
-    for p in params:
-        p.grad = None
-    return acc
-
-
-def all_reduce_mean_(tensors, dist):
-    """Average fp32 tensors over the ranks in place (one flat buffer: one collective)."""
-    import torch.distributed as tdist
-    live = [t for t in tensors if t is not None]
-    flat = torch.cat([t.reshape(-1) for t in live])
-    tdist.all_reduce(flat)
-    flat /= dist["world_size"]
-    for t, v in zip(live, torch.split(flat, [t.numel() for t in live])):
-        t.copy_(v.view_as(t))
-
-
-def clip_fp32_(grads, max_norm):
-    """Scale grads in place to a total L2 norm <= max_norm (as clip_grad_norm_); returns the norm."""
-    live = [g for g in grads if g is not None]
-    norm = torch.nn.utils.get_total_norm(live, 2.0)
-    torch._foreach_mul_(live, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
-    return norm
 
 
 def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats):
