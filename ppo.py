@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import random
-import sys
 import time
 
 import torch
@@ -43,9 +42,8 @@ import torch.nn as nn
 
 import common
 import countdown
-from optim import MasterAdamW, accumulate_fp32, all_reduce_mean_, clip_fp32_, make_optimizer, set_lr  # noqa: F401
-from sampler import (encode_prompts, generate, hf_generate, logprobs_from_logits, position_ids,  # noqa: F401
-                     response_mask, token_logprobs)
+from optim import MasterAdamW, accumulate_fp32, all_reduce_mean_, clip_fp32_, make_optimizer, set_lr
+from sampler import encode_prompts, generate, position_ids, token_logprobs
 
 # ---------------------------------------------------------------------------------
 # settings: the flags and their defaults (the study's PPO run); `--help` lists them all
@@ -736,10 +734,9 @@ def train(args, reward_fn=None):
     dist = common.setup_dist(args.device)
     if args.prompts_per_step % dist["world_size"] or args.mini_batch_prompts % dist["world_size"]:
         common.cleanup_dist(dist)   # every rank fails here, before any collective could hang
-        print(f"ppo.py: error: --prompts-per-step ({args.prompts_per_step}) and --mini-batch-prompts "
-              f"({args.mini_batch_prompts}) must be multiples of the number of ranks "
-              f"({dist['world_size']})", file=sys.stderr)
-        raise SystemExit(2)
+        common.die(f"--prompts-per-step ({args.prompts_per_step}) and --mini-batch-prompts "
+                   f"({args.mini_batch_prompts}) must be multiples of the number of ranks "
+                   f"({dist['world_size']})", "ppo.py")
     random.seed(args.seed)
     train_tasks, test_tasks = load_tasks(args)          # checked before anything is written
     common.claim_run_dir(args.out, args.resume, args.overwrite, mutate=dist["master"])

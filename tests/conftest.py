@@ -9,3 +9,21 @@ SHARED = os.path.join(os.path.dirname(REPO), "shared")
 # One thread per process: on a small shared CPU, PyTorch's default of one thread per core
 # oversubscribes as soon as a test starts a subprocess (measured ~10x slower on 2 cores).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def server(request):
+    """make(**faults) -> a started fake LLM server (tests/fake_llm_server.py) that accepts the
+    test module's KEY; every server made is stopped after the test."""
+    from fake_llm_server import FakeLLM
+    made = []
+
+    def make(**kw):
+        made.append(FakeLLM(request.module.KEY, **kw).start())
+        return made[-1]
+    yield make
+    for s in made:
+        s.stop()

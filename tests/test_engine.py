@@ -9,7 +9,7 @@ import torch
 
 import common
 import countdown
-import ppo
+import sampler
 from engine import Engine, sample
 
 
@@ -33,7 +33,7 @@ def prompts(tok, n, seed=0):
     rng = random.Random(seed)
     texts = [countdown.make_prompt([rng.randint(1, 99) for _ in range(rng.choice([3, 4]))],
                                    rng.randint(10, 99), "base") for _ in range(n)]
-    return ppo.encode_prompts(tok, texts, 512)
+    return sampler.encode_prompts(tok, texts, 512)
 
 
 def hf_greedy(model, ids, mask, n, eos, pad=2):
@@ -51,7 +51,7 @@ def test_greedy_equals_transformers_on_64_prompts(model, tok, attn):
     assert out.tokens.shape == (64, 40)
     assert len(set(want[:, 10].tolist())) > 5           # the model does not just repeat itself
     assert torch.equal(out.tokens, want)
-    assert torch.equal(out.mask, ppo.response_mask(want, tok.eos_token_id, tok.pad_token_id))
+    assert torch.equal(out.mask, sampler.response_mask(want, tok.eos_token_id, tok.pad_token_id))
     assert out.mask.sum() > 64 * 30                      # most rows run the full 40 tokens
 
 
@@ -92,7 +92,7 @@ def test_logprobs_match_training_forward(model, tok):
     seq = torch.cat([ids, out.tokens], 1)
     attn = torch.cat([mask, out.mask.long()], 1)
     with torch.no_grad():
-        lp = ppo.token_logprobs(model, seq, attn, 24, 8)
+        lp = sampler.token_logprobs(model, seq, attn, 24, 8)
     diff = ((lp - out.logp).abs() * out.mask).sum() / out.mask.sum()
     assert diff < 1e-4                                      # fp32: rounding only
     assert (out.logp[out.mask > 0] < 0).all()

@@ -13,7 +13,6 @@ import classify
 import curate_pretrain as cp
 import gen_priming as gp
 from conftest import REPO
-from fake_llm_server import FakeLLM
 
 KEY = "sk-Qz7vK2mWx9TpL4rNc8Hj3Bf6Yd"
 WRONG = "sk-Wm4Rt8Yp2Kx6Vb9Nq3Lz7Hc5Jf"
@@ -36,18 +35,6 @@ def scan(tmp_path, cap, keys=(KEY, WRONG)):
     for where, text in texts.items():
         leaked = sorted(r for k in keys for r in key_runs(k) if r in text)
         assert not leaked, f"{where} holds key characters {leaked[:3]}"
-
-
-@pytest.fixture
-def server():
-    made = []
-
-    def make(**kw):
-        made.append(FakeLLM(KEY, **kw).start())
-        return made[-1]
-    yield make
-    for s in made:
-        s.stop()
 
 
 @pytest.mark.parametrize("backend", ["anthropic", "openai"])

@@ -10,7 +10,9 @@ import torch
 
 import common
 import countdown
+import optim
 import ppo
+import sampler
 import sft
 from conftest import REPO
 
@@ -63,7 +65,7 @@ def test_no_bos_on_prompts_in_ppo_and_sft():
     """The study tokenizes with add_special_tokens=False (rl_dataset, sft_dataset)."""
     tok = bos_tokenizer()
     prompt = countdown.make_prompt([1, 2, 3], 6)
-    ids, mask = ppo.encode_prompts(tok, [prompt, prompt + " x"], 256)
+    ids, mask = sampler.encode_prompts(tok, [prompt, prompt + " x"], 256)
     assert tok.bos_token_id not in ids[mask > 0].tolist()
     assert ids[1, -len(tok(prompt, add_special_tokens=False).input_ids) - 2:].tolist() != []
     exs, _ = sft.tokenize_records([{"prompt": prompt, "completion": " 1+2+3"}], "pc", tok, 2048)
@@ -149,7 +151,7 @@ def test_bf16_gradients_accumulate_in_fp32():
     (a bf16 .grad would round at every micro-batch)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(64, 64).to(torch.bfloat16)
-    opt = ppo.MasterAdamW(model.parameters(), device="cpu", lr=0.0)
+    opt = optim.MasterAdamW(model.parameters(), device="cpu", lr=0.0)
     seen = {}
     opt.step = lambda grads=None: seen.update(grads=grads)
     xs = torch.randn(16, 64) * torch.logspace(-3, 3, 16)[:, None]   # gradients of mixed magnitudes

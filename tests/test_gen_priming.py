@@ -14,7 +14,6 @@ import pytest
 import countdown
 import gen_priming as gp
 from common import read_jsonl
-from fake_llm_server import FakeLLM
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "sk-test-NEVER-PRINT-ME-0123456789"
@@ -257,18 +256,6 @@ def test_doctests():
 # API backends against the local fake server
 
 FAULTS = ["429", "500", "overloaded", "malformed"]
-
-
-@pytest.fixture
-def server():
-    made = []
-
-    def make(**kw):
-        made.append(FakeLLM(KEY, **kw).start())
-        return made[-1]
-    yield make
-    for s in made:
-        s.stop()
 
 
 def check_api_records(out, cond, n):

@@ -9,7 +9,9 @@ import torch
 
 import common
 import countdown
+import optim
 import ppo
+import sampler
 from conftest import REPO
 
 
@@ -101,7 +103,7 @@ def test_grpo_and_whiten():
 
 def test_response_mask_stops_after_first_eos():
     resp = torch.tensor([[5, 6, 1, 7, 1], [5, 5, 5, 5, 5], [1, 4, 4, 4, 4]])
-    assert ppo.response_mask(resp, eos_id=1, pad_id=2).tolist() == [
+    assert sampler.response_mask(resp, eos_id=1, pad_id=2).tolist() == [
         [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
 
 
@@ -144,7 +146,7 @@ def test_logprobs_from_logits_match_log_softmax_and_trace():
     ref_lsm = torch.log_softmax(logits.float() / 0.7, -1)
     want = ref_lsm.gather(-1, tgt[..., None]).squeeze(-1)
     (g_want,) = torch.autograd.grad(want.sum(), logits)
-    for fn in (ppo.logprobs_from_logits, torch.compile(ppo.logprobs_from_logits, backend="aot_eager",
+    for fn in (sampler.logprobs_from_logits, torch.compile(sampler.logprobs_from_logits, backend="aot_eager",
                                                        dynamic=True, fullgraph=True)):
         lp, ent = fn(logits, tgt, 0.7, True)
         assert torch.allclose(lp, want, atol=1e-5)
@@ -158,13 +160,13 @@ def test_token_logprobs_ignore_post_eos_tokens():
     """The real model path: tokens after EOS (pad, attention 0) do not move earlier log-probs."""
     model = common.load_model("tiny")
     tok = common.load_tokenizer("tiny")
-    p_ids, p_mask = ppo.encode_prompts(tok, [countdown.make_prompt([1, 2, 3], 6)] * 2, 256)
+    p_ids, p_mask = sampler.encode_prompts(tok, [countdown.make_prompt([1, 2, 3], 6)] * 2, 256)
     resp = torch.tensor([[40, 41, tok.eos_token_id, tok.pad_token_id],
                          [40, 41, tok.eos_token_id, 77]])
-    mask = ppo.response_mask(resp, tok.eos_token_id, tok.pad_token_id)
+    mask = sampler.response_mask(resp, tok.eos_token_id, tok.pad_token_id)
     attn = torch.cat([p_mask, mask.long()], 1)
     with torch.no_grad():
-        lp = ppo.token_logprobs(model, torch.cat([p_ids, resp], 1), attn, 4, 8)
+        lp = sampler.token_logprobs(model, torch.cat([p_ids, resp], 1), attn, 4, 8)
     assert torch.allclose(lp[0, :3], lp[1, :3], atol=1e-5)
 
 
@@ -176,7 +178,7 @@ def test_master_adamw_keeps_small_updates_that_bf16_loses():
     p_plain = torch.nn.Parameter(w32.clone().bfloat16())
     p_master = torch.nn.Parameter(w32.clone().bfloat16())
     plain = torch.optim.AdamW([p_plain], lr=1e-6, weight_decay=0.0)
-    master = ppo.MasterAdamW([p_master], device="cpu", lr=1e-6, weight_decay=0.0)
+    master = optim.MasterAdamW([p_master], device="cpu", lr=1e-6, weight_decay=0.0)
     for _ in range(300):
         for p, opt in ((p_plain, plain), (p_master, master)):
             p.grad = torch.ones_like(p)
@@ -186,7 +188,7 @@ def test_master_adamw_keeps_small_updates_that_bf16_loses():
     assert drift(p_plain) == 0.0           # every update was lost to rounding
     assert drift(p_master) > 1e-4          # 300 steps of 1e-6 moved the weights by ~3e-4
     sd = master.state_dict()
-    fresh = ppo.MasterAdamW([torch.nn.Parameter(w32.clone().bfloat16())], device="cpu", lr=1e-6)
+    fresh = optim.MasterAdamW([torch.nn.Parameter(w32.clone().bfloat16())], device="cpu", lr=1e-6)
     fresh.load_state_dict(sd)
     assert torch.equal(fresh.master[0], master.master[0])
 
@@ -211,7 +213,7 @@ def test_background_optimizer_steps_match_synchronous_ones():
         torch.manual_seed(1)
         nets = [torch.nn.Linear(32, 8).bfloat16() for _ in range(2)]
         init = [p.detach().clone() for n in nets for p in n.parameters()]
-        opts = [ppo.MasterAdamW(n.parameters(), device="cpu", background=background, lr=1e-2) for n in nets]
+        opts = [optim.MasterAdamW(n.parameters(), device="cpu", background=background, lr=1e-2) for n in nets]
         learners = [(f"m{i}", n, o, loss_fn) for i, (n, o) in enumerate(zip(nets, opts))]
         timings = {}
         for step in range(3):
