@@ -41,7 +41,7 @@ under --tokenizer) and no_positive (all_strategies traces whose answer is wrong;
 are solved, into <out>/extra/, until n wrong ones exist) are derived from all_strategies,
 which is written first whenever one of them is asked for. --budget sets how often the
 symbolic search gives up: the default 3 gives about 50% correct traces (the study's Claude
-traces were right 19-44% of the time, ../shared/reference/claude_accs.csv).
+traces were right 19-44% of the time: `plot.py --priming study:claude_accs`).
 
 What each behavior looks like in the symbolic writer's text. One sentence is one instance;
 no sentence shows two behaviors; PHRASES below lists every wording under the behavior it
@@ -196,7 +196,7 @@ def _task_problem(r):
 
 
 def make_record(task, condition, completion, template, behaviors):
-    """A priming record in DESIGN.md's format; `correct` is judged from the answer tag."""
+    """A priming record in the format of docs/DESIGN.md; `correct` is judged from the answer tag."""
     expr = countdown.extract_answer(completion)
     return {"id": task["id"], "prompt": countdown.make_prompt(task["nums"], task["target"], template),
             "completion": completion, "nums": list(task["nums"]), "target": task["target"],

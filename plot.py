@@ -8,7 +8,7 @@ The study's figures, drawn from our run folders and from any CSV with the refere
     python plot.py --runs out/ppo-* --reference study:llama_results --out out/figs
     # priming sets, base models (classify.py's sampling mode), pretraining corpus
     python plot.py --priming data/priming/summary.json --stats data/curated/stats.json \
-        --base out/base-qwen/steps.csv out/base-llama/steps.csv --out out/figs
+        --base out/base-qwen/classify/steps.csv out/base-llama/classify/steps.csv --out out/figs
     python plot.py --priming study:claude_accs --out out/figs/study
 
 Writes into --out (each figure as .png and .svg):

@@ -2,7 +2,7 @@
 PPO from scratch on Countdown, as the study ran it (TinyZero / veRL defaults).
 
     # CPU, tiny model (seconds a step)
-    python ppo.py --model tiny --init out/sft-tiny/final --data data/countdown --out out/ppo-tiny \
+    python ppo.py --model tiny --init out/sft_tiny/final --data data/countdown --out out/ppo-tiny \
         --steps 20 --prompts-per-step 8 --samples-per-prompt 4 --max-response-len 128
     # one GPU, the study's settings (256 prompts x 4 samples, 1024-token responses, 250 steps)
     python ppo.py --model qwen2.5-3b --data data/countdown --out out/ppo-qwen

@@ -23,6 +23,8 @@ order; 200, as the study classified). Each file's responses are one gzip-compres
 (base64) that the page unpacks only when it is shown (DecompressionStream: any browser from
 2023 on), so a study-scale report (25 logged steps x 200 responses x 9 conditions) opens in
 about a second; `--bench` measures it. The numbers are in README "The run report".
+The page itself (its HTML, style and script) is report_page.html beside this file, filled in
+by render().
 """
 import argparse
 import base64
@@ -55,6 +57,7 @@ SVG_RC = {"svg.fonttype": "none"}   # figures keep their text as text: smaller, 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 LIVE_KEY = "behavior/{}"      # ppo.py's live metric of a behavior's mean count per response
 STEP_FILE = re.compile(r"step_(\d+)\.jsonl$")
+PAGE_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report_page.html")  # page, style, script
 
 
 def note(msg):
@@ -352,175 +355,15 @@ def render(meta, figs, rows, blocks, reference):
         + "</details>" for r in meta["runs"]) or "<p class=muted>No run folders.</p>"
     legend = "".join(f'<span class="chip" style="--c:{meta["colors"][b]}">{e(meta["names"][b])}</span>' for b in beh)
     ref_note = f" Dashed: the study ({e(os.path.basename(reference))})." if reference else ""
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="icon" href="data:,">
-<title>{e(meta["title"])}</title>
-<style>{CSS}</style></head>
-<body>
-<header><h1>{e(meta["title"])}</h1><p class=muted>Written {e(meta["generated"])} by report.py.{ref_note}</p></header>
-<nav><a href="#curves">Curves</a> · <a href="#browser">Responses</a> · <a href="#config">Settings</a></nav>
-<section id="curves"><h2>Curves</h2>{table}<div class="figs">{fig_html}</div></section>
-<section id="browser"><h2>Responses</h2>
-<p class="legend">Highlighted, as the rules classifier (classify.py) counted them: {legend}</p>
-<div class="filters">
-<label>run <select id="f-run"></select></label>
-<label>split <select id="f-split"></select></label>
-<label>step <select id="f-step"></select></label>
-<label>answer <select id="f-correct"><option value="">all</option><option value="1">correct</option><option value="0">incorrect</option></select></label>
-<label>behavior <select id="f-beh"><option value="">any or none</option><option value="some">at least one</option><option value="none">none</option>{"".join(f'<option value="{b}">{e(meta["names"][b])}</option>' for b in beh)}</select></label>
-<label>text <input id="f-text" type="search" placeholder="contains..."></label>
-</div>
-<div class="pager"><button id="prev">← previous</button> <span id="status">loading…</span> <button id="next">next →</button></div>
-<div id="cards"></div>
-<div class="pager"><button id="prev2">← previous</button> <button id="next2">next →</button></div>
-</section>
-<section id="config"><h2>Settings</h2>{configs}</section>
-<script id="meta" type="application/json">{_json_for_script(meta)}</script>
-{"".join(blocks)}
-<script>{JS}</script>
-</body></html>
-"""
-
-
-CSS = """
-body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:0 16px 40px;color:#222}
-h1{font-size:22px;margin:16px 0 4px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
-.muted{color:#777}nav{margin:4px 0 8px}a{color:#2a5db0}
-.figs{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;flex:1 1 520px;max-width:100%}
-figure img{width:100%;height:auto;border:1px solid #eee}figcaption{font-size:13px;color:#555}
-table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 7px;text-align:left;vertical-align:top}
-table.config td:first-child{font-family:ui-monospace,monospace;white-space:nowrap}
-.filters{display:flex;flex-wrap:wrap;gap:10px 16px;margin:8px 0}.filters select,.filters input{font:inherit}
-.pager{margin:8px 0;display:flex;gap:12px;align-items:center}
-.chip{display:inline-block;padding:0 7px;border-radius:9px;margin:0 3px;background:color-mix(in srgb,var(--c) 28%,white);border:1px solid var(--c);font-size:13px}
-.chip.zero{opacity:.35}
-.card{border:1px solid #ddd;border-radius:6px;margin:10px 0;padding:6px 10px}
-.card header{font-size:13px;color:#444;display:flex;flex-wrap:wrap;gap:4px 12px;align-items:center}
-.ok{color:#137333;font-weight:600}.bad{color:#b3261e;font-weight:600}
-pre{white-space:pre-wrap;word-break:break-word;font:13px/1.5 ui-monospace,SFMono-Regular,Menlo,monospace;margin:6px 0}
-pre.prompt{background:#f6f6f6;padding:6px}
-mark{background:var(--bg);border-radius:2px;padding:0;color:inherit}
-"""
-
-JS = r"""
-"use strict";
-const M = JSON.parse(document.getElementById("meta").textContent);
-const B = M.behaviors, $ = id => document.getElementById(id);
-const cache = new Map();
-let page = 0, rows = [], token = 0;
-
-function decode(id) {            // base64 -> gunzip -> JSON rows, once per block
-  if (!cache.has(id)) cache.set(id, (async () => {
-    const bin = atob($(id).textContent), bytes = new Uint8Array(bin.length);
-    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-    return JSON.parse(await new Response(stream).text());
-  })());
-  return cache.get(id);
-}
-function opt(sel, items) {
-  const keep = sel.value;
-  sel.replaceChildren(...items.map(([v, t]) => { const o = document.createElement("option"); o.value = v; o.textContent = t; return o; }));
-  if (items.some(([v]) => v === keep)) sel.value = keep;
-}
-function runs() { const v = $("f-run").value; return v === "" ? M.runs.map((r, i) => i) : [+v]; }
-function chunks() {
-  const split = $("f-split").value, step = $("f-step").value, out = [];
-  for (const i of runs()) for (const c of M.runs[i].chunks)
-    if (c.split === split && (step === "" || c.step === +step)) out.push([i, c]);
-  return out;
-}
-function fillSteps(first) {
-  const split = $("f-split").value, seen = new Map();
-  for (const i of runs()) for (const c of M.runs[i].chunks) if (c.split === split) seen.set(c.step, (seen.get(c.step) || 0) + c.n);
-  const steps = [...seen.keys()].sort((a, b) => a - b);
-  opt($("f-step"), [["", `all steps (${steps.length})`], ...steps.map(s => [String(s), `step ${s} (${seen.get(s)})`])]);
-  if (first && steps.length) $("f-step").value = String(steps[0]);
-}
-function fillSplits(first) {
-  const have = new Set(); for (const i of runs()) for (const c of M.runs[i].chunks) have.add(c.split);
-  opt($("f-split"), [...have].map(s => [s, s]));
-  fillSteps(first);
-}
-function counts(spans) { const n = B.map(() => 0); for (let k = 2; k < spans.length; k += 3) n[spans[k]]++; return n; }
-async function update() {
-  const my = ++token;
-  $("status").textContent = "loading…";
-  const cs = chunks(), parts = await Promise.all(cs.map(([i, c]) => decode(c.id)));
-  if (my !== token) return;
-  const corr = $("f-correct").value, beh = $("f-beh").value, text = $("f-text").value.toLowerCase();
-  rows = [];
-  cs.forEach(([i, c], k) => { for (const r of parts[k]) {
-    if (corr !== "" && r[4] !== +corr) continue;
-    const n = counts(r[7]), any = n.some(x => x > 0);
-    if (beh === "some" && !any || beh === "none" && any || B.includes(beh) && !n[B.indexOf(beh)]) continue;
-    if (text && !r[6].toLowerCase().includes(text)) continue;
-    rows.push([i, c, r, n]);
-  } });
-  page = Math.min(page, Math.max(0, Math.ceil(rows.length / M.page) - 1));
-  render();
-}
-function highlight(pre, text, spans) {
-  const cuts = new Set([0, text.length]);
-  for (let k = 0; k < spans.length; k += 3) { cuts.add(spans[k]); cuts.add(spans[k + 1]); }
-  const pts = [...cuts].sort((a, b) => a - b);
-  for (let j = 0; j + 1 < pts.length; j++) {
-    const a = pts[j], z = pts[j + 1], on = [];
-    for (let k = 0; k < spans.length; k += 3) if (spans[k] <= a && z <= spans[k + 1]) on.push(k / 3);
-    const piece = text.slice(a, z);
-    if (!on.length) { pre.append(piece); continue; }
-    const m = document.createElement("mark"), bs = on.map(s => B[spans[3 * s + 2]]);
-    m.textContent = piece;
-    m.dataset.i = on.join(" "); m.dataset.b = bs.join(" ");
-    m.title = [...new Set(bs)].map(b => M.names[b]).join(" + ");
-    m.style.setProperty("--bg", `color-mix(in srgb, ${M.colors[bs[0]]} 30%, white)`);
-    const under = [...new Set(bs)].slice(1).map((b, u) => `inset 0 ${-3 * (u + 1)}px 0 ${M.colors[b]}`);
-    m.style.boxShadow = [`inset 0 -2px 0 ${M.colors[bs[0]]}`, ...under].join(",");
-    pre.append(m);
-  }
-}
-function card([i, c, r, n]) {
-  const el = document.createElement("article"), h = document.createElement("header"), pre = document.createElement("pre");
-  el.className = "card"; el.dataset.run = i; el.dataset.step = c.step; el.dataset.split = c.split;
-  el.dataset.nums = JSON.stringify(r[1]); el.dataset.target = r[2];
-  const bits = [["b", M.runs.length > 1 ? M.runs[i].name : ""], ["span", `${c.split} step ${c.step}`],
-    ["span", r[0] == null ? "" : `#${r[0]}`], ["span", `[${r[1].join(", ")}] → ${r[2]}`],
-    ["span", `reward ${r[3]}`], ["span", r[4] ? "correct" : "incorrect"], ["span", r[5] == null ? "" : `${r[5]} tokens`]];
-  for (const [tag, t] of bits) if (t) { const s = document.createElement(tag); s.textContent = t; if (t === "correct") s.className = "ok"; if (t === "incorrect") s.className = "bad"; h.append(s); }
-  const chips = document.createElement("span");
-  B.forEach((b, k) => { const s = document.createElement("span"); s.className = "chip" + (n[k] ? "" : " zero");
-    s.style.setProperty("--c", M.colors[b]); s.textContent = `${M.names[b]} ${n[k]}`; s.dataset.b = b; s.dataset.n = n[k]; chips.append(s); });
-  h.append(chips);
-  pre.className = "resp"; highlight(pre, r[6], r[7]);
-  el.append(h, pre);
-  return el;
-}
-function render() {
-  const pages = Math.max(1, Math.ceil(rows.length / M.page)), from = page * M.page, shown = rows.slice(from, from + M.page);
-  $("cards").replaceChildren(...shown.map(card));
-  const of = chunks().reduce((s, [i, c]) => s + c.n, 0);
-  $("status").textContent = rows.length ? `${from + 1}–${from + shown.length} of ${rows.length} responses (of ${of} kept), page ${page + 1} of ${pages}` : `no response matches (of ${of} kept)`;
-  for (const id of ["prev", "prev2"]) $(id).disabled = page === 0;
-  for (const id of ["next", "next2"]) $(id).disabled = page >= pages - 1;
-  document.body.dataset.ready = String(++render.n);
-}
-render.n = 0;
-function go(d, top) { page += d; render(); if (top) $("browser").scrollIntoView(); }
-if (!("DecompressionStream" in window)) {
-  $("status").textContent = "This browser cannot unpack the responses (it lacks DecompressionStream; any browser from 2023 on has it).";
-} else {
-  opt($("f-run"), [...(M.runs.length > 1 ? [["", "all runs"]] : []), ...M.runs.map((r, i) => [String(i), r.name])]);
-  if (M.runs.length) $("f-run").value = "0";
-  fillSplits(true);
-  $("f-run").onchange = () => { page = 0; fillSplits(); update(); };
-  $("f-split").onchange = () => { page = 0; fillSteps(); update(); };
-  for (const id of ["f-step", "f-correct", "f-beh"]) $(id).onchange = () => { page = 0; update(); };
-  $("f-text").oninput = () => { page = 0; update(); };
-  for (const [id, d, top] of [["prev", -1], ["next", 1], ["prev2", -1, 1], ["next2", 1, 1]]) $(id).onclick = () => go(d, top);
-  update();
-}
-"""
+    options = "".join(f'<option value="{b}">{e(meta["names"][b])}</option>' for b in beh)
+    values = {"title": e(meta["title"]), "generated": e(meta["generated"]), "ref_note": ref_note, "table": table,
+              "figures": fig_html, "legend": legend, "behavior_options": options, "configs": configs,
+              "meta": _json_for_script(meta), "blocks": "".join(blocks)}
+    with open(PAGE_TEMPLATE, encoding="utf-8") as f:
+        tmpl = f.read()
+    tmpl = tmpl[tmpl.index("<!DOCTYPE html>"):]
+    # one pass: the filled-in text (responses, settings) is never scanned for {{...}} again
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], tmpl)
 
 
 # ---------------------------------------------------------------------------------

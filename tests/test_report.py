@@ -87,6 +87,23 @@ def test_report_is_one_self_contained_file(page, runs):
     assert meta["runs"][0]["config"]["condition"] == "all_strategies"
 
 
+
+def test_page_template_is_filled_once_and_completely():
+    """report_page.html's {{name}} slots are all filled, and text that looks like a slot in the
+    data (a setting, a prompt) is shown as written, never filled in turn."""
+    meta = {"title": "t {{meta}}", "generated": "now", "page": 20, "per_step": 1, "behaviors": ["verification"],
+            "names": {"verification": "Verification"}, "colors": {"verification": "#123456"},
+            "runs": [{"name": "r", "config": {"note": "{{js}}"}, "prompt": "{{blocks}}", "chunks": []}]}
+    text = report.render(meta, [], [["r", "0.5", "1 -> 2"]], ['<script id="c0">QQ==</script>'], None)
+    with open(report.PAGE_TEMPLATE, encoding="utf-8") as f:
+        slots = set(re.findall(r"\{\{(\w+)\}\}", f.read()))
+    assert slots >= {"meta", "blocks", "configs", "title"}
+    # each as written: the title in <title>, <h1> and the meta JSON; the note and prompt in Settings and the JSON
+    left = re.findall(r"\{\{\w+\}\}", text)
+    assert {k: left.count(k) for k in set(left)} == {"{{meta}}": 3, "{{js}}": 2, "{{blocks}}": 2}
+    assert text.startswith("<!DOCTYPE html>") and text.count('<script id="c0">QQ==</script>') == 1
+    assert "DecompressionStream" in text and "--c:#123456" in text
+
 needs_browser = pytest.mark.skipif(
     not report.find_browser() and not os.environ.get("REPORT_BROWSER_REQUIRED"),
     reason="no Chromium here (apt-get install chromium; .ci/run installs it and sets REPORT_BROWSER_REQUIRED)")
