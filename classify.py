@@ -55,18 +55,16 @@ import os
 import random
 import re
 import sys
-import threading
 import time
-import uuid
 from bisect import bisect_right
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from fractions import Fraction
 
 from tqdm import tqdm
 
 import common
 import countdown
+import llm
 from common import DataError
 
 # ---------------------------------------------------------------------------------
@@ -114,7 +112,6 @@ DEFAULT_JUDGE = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-2024102
 PRICES = {"gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00), "gpt-4.1-mini": (0.40, 1.60),
           "gpt-4.1-nano": (0.10, 0.40), "claude-3-5-haiku-20241022": (0.80, 4.00),
           "claude-3-5-sonnet-20241022": (3.00, 15.00), "claude-sonnet-4-20250514": (3.00, 15.00)}
-ANTHROPIC_VERSION = "2023-06-01"
 
 
 # =================================================================================
@@ -945,19 +942,12 @@ def parse_count(text):
     return int(found[-1]) if found else None
 
 
-class JudgeError(RuntimeError):
-    """A judge that cannot run (no key, --batch with anthropic)."""
-
-
 class Usage:
-    """Thread-safe tally of requests, tokens and outcomes; `report` prints the cost."""
+    """Tally of the judge's requests, retries and tokens (its llm.Client counts them) and of
+    the outcomes judge_counts adds; `report` prints the cost."""
 
-    def __init__(self, model, batch=False):
-        self.model, self.batch, self.lock, self.n = model, batch, threading.Lock(), Counter()
-
-    def add(self, **kw):
-        with self.lock:
-            self.n.update(kw)
+    def __init__(self, model, client, batch=False):
+        self.model, self.batch, self.add, self.n = model, batch, client.count, client.usage
 
     def report(self):
         """The tally, with the cost estimated from list prices (Batch API: half)."""
@@ -971,93 +961,28 @@ class Usage:
                 f"{' (Batch API, half price)' if self.batch else ''}")
 
 
-def redact(text, secrets=()):
-    """Remove API keys (given ones, any 6 characters of them in a row, anything shaped like one).
-    >>> redact("bad key sk-abc123XYZ for sk-abc123", ["sk-abc123XYZ"])
-    'bad key [key] for [key]'"""
-    text = common.redact_keys(text, secrets, "[key]")
-    return re.sub(r"\b(?:sk|sk-ant|sk-proj)-[A-Za-z0-9_\-*]{6,}", "[key]", text)
-
-
 class Judge:
-    """An LLM judge over plain HTTP: OpenAI-compatible chat completions (and the Batch API)
-    or Anthropic's Messages API. The key comes from the environment and goes only into
-    request headers."""
+    """An LLM judge through llm.Client: OpenAI-compatible chat completions (and the Batch API)
+    or Anthropic's Messages API; its key comes from the environment there."""
 
-    def __init__(self, backend, model, base_url, api_key, cfg, usage=None, batch=False, study=None):
-        self.backend, self.model, self.key, self.cfg = backend, model, api_key, cfg
+    def __init__(self, backend, model, cfg, study=None):
+        self.backend, self.model, self.cfg = backend, model, cfg
         self.system, self.study = study or (SYSTEM, None)  # study: study_judge()
         self.name = f"{backend}:{model}" + ("+study-prompts" if self.study else "")
-        self.base, self.usage = base_url.rstrip("/"), usage or Usage(model, batch)
-        self.rng = random.Random()   # backoff jitter only
+        self.llm = llm.Client(backend, model, cfg.base_url, cfg.max_retries, cfg.backoff, cfg.timeout,
+                              log=lambda m: print(f"[classify] {m}", file=sys.stderr, flush=True))
+        self.usage = Usage(model, self.llm, cfg.batch)
 
     @classmethod
     def from_args(cls, args):
-        """Model, URL and key per backend; a missing key is an error where one is needed."""
-        if args.backend == "openai":
-            base = args.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-            key = os.environ.get("OPENAI_API_KEY")
-            if not key and "api.openai.com" in base:
-                raise JudgeError("set OPENAI_API_KEY in the environment (or --base-url for a local server)")
-        else:
-            base = args.base_url or os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
-            key = os.environ.get("ANTHROPIC_API_KEY")
-            if not key:
-                raise JudgeError("set ANTHROPIC_API_KEY in the environment")
-        model = args.judge_model or DEFAULT_JUDGE[args.backend]
+        """The judge of --backend, --judge-model and --prompts."""
         study = study_judge(args.prompts[len("study:"):]) if args.prompts != "ours" else None
-        return cls(args.backend, model, base, key, args, batch=args.batch, study=study)
+        return cls(args.backend, args.judge_model or DEFAULT_JUDGE[args.backend], args, study)
 
-    def headers(self, content_type="application/json"):
-        h = {"Content-Type": content_type} if content_type else {}
-        if self.backend == "anthropic":
-            h.update({"x-api-key": self.key or "", "anthropic-version": ANTHROPIC_VERSION})
-        elif self.key:
-            h["Authorization"] = f"Bearer {self.key}"
-        return h
-
-    def body(self, prompt):
-        """The JSON body of one request (also a Batch API line's body)."""
-        body = {"model": self.model, "max_tokens": self.cfg.max_tokens, "temperature": 0,
-                "messages": [{"role": "user", "content": prompt}]}
-        if self.system and self.backend == "anthropic":
-            body["system"] = self.system
-        elif self.system:
-            body["messages"].insert(0, {"role": "system", "content": self.system})
-        return body
-
-    def read(self, data):
-        """(text, input tokens, output tokens) of a response body; raises on a malformed one."""
-        u = data.get("usage") or {}
-        if self.backend == "anthropic":
-            text = "".join(b["text"] for b in data["content"] if b.get("type") == "text")
-        else:
-            text = data["choices"][0]["message"]["content"]
-        if not isinstance(text, str):
-            raise TypeError("no text in the reply")
-        return text, u.get("input_tokens", u.get("prompt_tokens", 0)), u.get("output_tokens", u.get("completion_tokens", 0))
-
-    def send(self, url, body=None, parse=json.loads, content_type="application/json"):
-        """parse(reply text) of one API call (GET without a body, else POST of JSON or bytes) by
-        common.http_call, retried by common.with_retries on 429 / 5xx / network errors and on
-        replies parse() cannot read (backoff with jitter; Retry-After wins). Retries spent:
-        common.Retryable; a refusal (bad key, bad request): common.ApiError."""
-        red = lambda text: redact(text, [self.key])
-        headers = self.headers(content_type if body is not None else None)
-
-        def once():
-            self.usage.add(requests=1)
-            return common.http_call(url, body, headers, self.cfg.timeout, parse, redact=red)
-        return common.with_retries(once, f"{'GET' if body is None else 'POST'} {url}", self.cfg.max_retries,
-                                   self.cfg.backoff, self.rng, log=lambda m: print(f"[classify] {m}", file=sys.stderr),
-                                   on_retry=lambda: self.usage.add(retries=1), redact=red)
-
-    def ask(self, prompt):
-        """The judge's answer text to one prompt."""
-        url = self.base + ("/v1/messages" if self.backend == "anthropic" else "/chat/completions")
-        text, n_in, n_out = self.send(url, self.body(prompt), lambda t: self.read(json.loads(t)))
-        self.usage.add(input_tokens=n_in, output_tokens=n_out)
-        return text
+    def request(self, behavior, rec):
+        """(system, user, max tokens, temperature) of the question about one behavior of rec."""
+        prompt = judge_prompt(behavior, response_of(rec), rec["nums"], rec["target"], self.cfg.max_chars, self.study)
+        return self.system, prompt, self.cfg.max_tokens, 0
 
 
 def judge_counts(judge, rec, first_answers=None):
@@ -1065,15 +990,15 @@ def judge_counts(judge, rec, first_answers=None):
     count tag is asked again up to --tag-retries times, then the count is None and named in
     missing; so is one whose request failed after its retries (also named in failed: a rerun
     asks it again). first_answers: {behavior: answer text} already in hand (Batch API)."""
-    response, counts, missing, failed = response_of(rec), {}, [], []
+    counts, missing, failed = {}, [], []
     for b in BEHAVIORS:
-        prompt = judge_prompt(b, response, rec["nums"], rec["target"], judge.cfg.max_chars, judge.study)
+        req = judge.request(b, rec)
         given = [first_answers[b]] if first_answers and first_answers.get(b) is not None else []
         n, answers = None, 0
         while given or answers < 1 + judge.cfg.tag_retries:
             try:
-                text = given.pop() if given else judge.ask(prompt)
-            except common.Retryable as e:
+                text = given.pop() if given else judge.llm.chat(*req)
+            except llm.Retryable as e:
                 print(f"[classify] {e}: {b} of record {rec.get('id', record_key(rec))} recorded as missing", file=sys.stderr)
                 judge.usage.add(failed=1)
                 failed.append(b)
@@ -1090,58 +1015,11 @@ def judge_counts(judge, rec, first_answers=None):
     return counts, missing, failed
 
 
-def _multipart(fields, name, filename, data):
-    """(body, content type) of a multipart/form-data upload with one file."""
-    boundary = "----classify" + uuid.uuid4().hex
-    out = io.BytesIO()
-    for k, v in fields.items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
-    out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-              f"Content-Type: application/jsonl\r\n\r\n".encode())
-    out.write(data + f"\r\n--{boundary}--\r\n".encode())
-    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
-
-
-def batch_submit(judge, records):
-    """Upload one request per (record, behavior) and create a batch; returns its id."""
-    lines = []
-    for rec in records:
-        for b in BEHAVIORS:
-            prompt = judge_prompt(b, response_of(rec), rec["nums"], rec["target"], judge.cfg.max_chars, judge.study)
-            lines.append(json.dumps({"custom_id": f"{record_key(rec)}:{b}", "method": "POST",
-                                     "url": "/v1/chat/completions", "body": judge.body(prompt)}))
-    body, ctype = _multipart({"purpose": "batch"}, "file", "classify_batch.jsonl", "\n".join(lines).encode() + b"\n")
-    file_id = judge.send(judge.base + "/files", body, lambda t: json.loads(t)["id"], ctype)
-    req = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
-    return judge.send(judge.base + "/batches", req, lambda t: json.loads(t)["id"])
-
-
-def batch_wait(judge, batch_id):
-    """Poll a batch until it ends; returns its final object."""
-    while True:
-        batch = judge.send(f"{judge.base}/batches/{batch_id}", parse=lambda t: {**json.loads(t)})  # an object, else retried
-        counts = batch.get("request_counts") or {}
-        print(f"batch {batch_id}: {batch.get('status')} ({counts.get('completed', 0)}/{counts.get('total', '?')} done)", flush=True)
-        if batch.get("status") in ("completed", "failed", "expired", "cancelled"):
-            return batch
-        time.sleep(judge.cfg.poll)
-
-
-def batch_answers(judge, batch):
-    """{custom_id: answer text} of a finished batch (failed requests and unreadable lines are
-    left out: they are asked again one by one)."""
-    out = {}
-    fid = batch.get("output_file_id")
-    for line in (judge.send(f"{judge.base}/files/{fid}/content", parse=str) if fid else "").splitlines():
-        try:
-            item = json.loads(line)
-            if item["response"]["status_code"] == 200:
-                text, n_in, n_out = judge.read(item["response"]["body"])
-                judge.usage.add(input_tokens=n_in, output_tokens=n_out)
-                out[item["custom_id"]] = text
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            continue
-    return out
+def batch_run(judge, todo, out_dir):
+    """{"<record key>:<behavior>": answer text} of todo's questions through the batch API;
+    OUT/batch.json keeps the batch id until the run ends, so a killed run resumes polling it."""
+    reqs = {f"{record_key(rec)}:{b}": judge.request(b, rec) for rec in todo for b in BEHAVIORS}
+    return dict(judge.llm.batch(reqs, os.path.join(out_dir, "batch.json"), judge.cfg.poll))
 
 
 # =================================================================================
@@ -1313,20 +1191,15 @@ def classify_rules(items, progress=True):
             for rec, cond, step in tqdm(items, desc="rules", unit="resp", disable=not progress, mininterval=1.0)]
 
 
-def _run_pool(judge, todo, out_path, done, work):
-    """Run work(rec) -> classified record over todo with --concurrency threads, appending
-    each result to out_path as it arrives; a fatal error stops the run (resume later)."""
-    with ThreadPoolExecutor(max_workers=max(1, judge.cfg.concurrency)) as pool:
-        futures = [pool.submit(work, rec) for rec in todo]
-        try:
-            for fut in tqdm(as_completed(futures), total=len(futures), desc=judge.model, unit="resp"):
-                rec = fut.result()
-                common.append_jsonl(out_path, [rec])
-                done[record_key(rec)] = rec
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+def _classified(path, name):
+    """{record key: record} of what judge `name` wrote to OUT/classified.jsonl, a later line
+    replacing an earlier one (a record asked again); a torn last line (a killed run) is cut off."""
+    try:
+        common.read_jsonl_tolerant(path)
+    except ValueError:
+        pass  # a bad line before the last: read_jsonl names it
+    recs = common.read_jsonl(path) if os.path.exists(path) else []
+    return {record_key(r): r for r in recs if r.get("classifier") == name}
 
 
 def classify_llm(items, judge, out_dir):
@@ -1335,12 +1208,7 @@ def classify_llm(items, judge, out_dir):
     failed; each new one is appended as soon as it is done."""
     name = judge.name
     out_path = os.path.join(out_dir, "classified.jsonl")
-    try:
-        common.read_jsonl_tolerant(out_path)  # cuts a torn last line (a killed run)
-    except ValueError:
-        pass  # a bad line before the last: read_jsonl names it
-    done = {record_key(r): r for r in (common.read_jsonl(out_path) if os.path.exists(out_path) else [])
-            if r.get("classifier") == name and not r.get("failed")}  # resume
+    done = {k: r for k, r in _classified(out_path, name).items() if not r.get("failed")}  # resume
     todo = list({record_key(r): r for r, _, _ in items if record_key(r) not in done}.values())
     print(f"{len(done)} records already classified by {name}, {len(todo)} to go", flush=True)
     answers = batch_run(judge, todo, out_dir) if judge.cfg.batch and todo else {}
@@ -1352,7 +1220,9 @@ def classify_llm(items, judge, out_dir):
         return {**_labelled(rec, counts, name, missing), **({"failed": failed} if failed else {})}
 
     if todo:
-        _run_pool(judge, todo, out_path, done, work)
+        llm.run_jobs(todo, work, out_path, max(1, judge.cfg.concurrency), desc=judge.model, total=len(todo),
+                     stop=judge.llm.stop)
+        done = _classified(out_path, name)
     state = os.path.join(out_dir, "batch.json")
     if os.path.exists(state):
         os.remove(state)
@@ -1362,26 +1232,6 @@ def classify_llm(items, judge, out_dir):
         print(f"[classify] {failed} of {len(todo)} records had requests that failed after retries: those counts "
               'are null, named in "missing" and "failed"; run the same command again to ask them again', file=sys.stderr)
     return [(done[record_key(r)], cond, step) for r, cond, step in items]
-
-
-def batch_run(judge, todo, out_dir):
-    """Submit (or, after a restart, find again via OUT/batch.json) one batch for todo, wait
-    for it, and return its answers."""
-    if judge.backend != "openai":
-        raise JudgeError("--batch is implemented for the OpenAI Batch API (--backend openai)")
-    state = os.path.join(out_dir, "batch.json")
-    batch_id = None
-    if os.path.exists(state):
-        with open(state) as f:
-            batch_id = json.load(f).get("batch_id")
-        print(f"resuming batch {batch_id}", flush=True)
-    if not batch_id:
-        batch_id = batch_submit(judge, todo)
-        common.write_json(state, {"batch_id": batch_id, "requests": 4 * len(todo)})
-    batch = batch_wait(judge, batch_id)
-    if batch.get("status") != "completed":
-        print(f"batch {batch_id} ended {batch.get('status')}: its answers are asked again one by one", flush=True)
-    return batch_answers(judge, batch)
 
 
 def classify(args, items):
@@ -1567,7 +1417,7 @@ def main(argv=None):
         if not items:
             raise DataError(f"{args.input}: no records")
         classify(args, items)
-    except (DataError, JudgeError, common.ApiError, common.Retryable) as e:  # Retryable: a batch's retries spent
+    except (DataError, llm.ApiError, llm.Retryable) as e:  # Retryable: a batch's retries spent
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

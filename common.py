@@ -1,7 +1,7 @@
 """
 What several stages share, and nothing else: model/tokenizer loading and aliases, the
 tiny offline model, random-initialised models of real shapes, distributed setup, JSONL
-and checkpoint I/O, the one-line-per-step log, and HTTP with retries for the LLM APIs.
+and checkpoint I/O, the one-line-per-step log, and the redaction of API keys.
 
     python common.py --make-tiny      # build the tiny model now (normally done on first use)
     python common.py --count qwen2.5-3b llama-3.2-3b   # parameter counts of the 3B shapes
@@ -280,12 +280,13 @@ def study_table(spec):
         raise DataError(f"{spec}: unknown table; the study publishes {', '.join(STUDY_TABLES)}")
     path = os.path.join(CACHE, "study", STUDY_COMMIT[:12], f"{name}.csv")
     if not os.path.exists(path):
-        import urllib.request
+        import httpx2   # the HTTP client of the LLM SDKs (requirements.txt)
         url = f"https://raw.githubusercontent.com/{STUDY_REPO}/{STUDY_COMMIT}/results/{name}.csv"
         try:
-            with urllib.request.urlopen(url, timeout=60) as r:
-                atomic_write_text(path, r.read().decode("utf-8"))
-        except OSError as e:
+            r = httpx2.get(url, timeout=60, follow_redirects=True)
+            r.raise_for_status()
+            atomic_write_text(path, r.text)
+        except httpx2.HTTPError as e:
             raise DataError(f"{spec}: could not download {url} ({e}); pass a local copy's path instead")
     return path
 
@@ -621,20 +622,7 @@ def mfu(flops_per_s, device):
 
 
 # ---------------------------------------------------------------------------------
-# HTTP for LLM APIs (gen_priming, curate_pretrain; classify shares the retry policy): stdlib only
-
-class Retryable(Exception):
-    """A failure worth retrying: 408/409/429, 5xx (529 overloaded included), a network
-    error, an unreadable reply. retry_after: the server's Retry-After in seconds, if any."""
-
-    def __init__(self, msg, retry_after=None):
-        super().__init__(msg)
-        self.retry_after = retry_after
-
-
-class ApiError(Exception):
-    """A failure that retrying will not fix (bad key, unknown model, bad request)."""
-
+# keys: blanked out of everything the LLM clients (llm.py) print or raise
 
 def redact_keys(text, keys, mark="[redacted]"):
     """text with each key blanked, and with every run of 6 or more characters that also occurs
@@ -653,87 +641,6 @@ def redact_keys(text, keys, mark="[redacted]"):
             hit[i:i + 6] = [True] * 6
     out = [mark if h and not (i and hit[i - 1]) else "" if h else c for i, (c, h) in enumerate(zip(text, hit))]
     return "".join(out)
-
-
-def _error_text(body, redact):
-    """The API's own error message from a JSON error body, else the start of the body;
-    redacted before it is cut."""
-    try:
-        err = json.loads(body).get("error")
-        msg = err.get("message") if isinstance(err, dict) else err
-        return redact(str(msg)[:20000])[:300]
-    except (ValueError, AttributeError):
-        return redact(body[:20000])[:200]
-
-
-def retry_after_s(headers):
-    """The Retry-After header in seconds when it is a plain number, else None.
-    >>> retry_after_s({"retry-after": "2.5"}), retry_after_s({"retry-after": "Wed, 21 Oct"}), retry_after_s(None)
-    (2.5, None, None)"""
-    ra = headers.get("retry-after") if headers else None
-    return float(ra) if ra and ra.replace(".", "", 1).isdigit() else None
-
-
-def http_call(url, body=None, headers=None, timeout=60.0, parse=json.loads, redact=str):
-    """One HTTP request (GET when body is None, else POST of JSON, or of bytes as they are) ->
-    parse(response text). Non-2xx replies and bodies parse() rejects (a 200 cut short or
-    garbled) raise Retryable or ApiError; redact(text) blanks secrets in their messages before
-    anything is cut. The loopback (a local server, the tests) never goes through an
-    environment proxy."""
-    import http.client
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-    data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
-    req = urllib.request.Request(url, data=data, headers=headers or {},
-                                 method="GET" if data is None else "POST")
-    local = (urllib.parse.urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
-    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
-    try:
-        with opener.open(req, timeout=timeout) as r:
-            status, hdrs, text = r.status, r.headers, r.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as e:
-        status, hdrs, text = e.code, e.headers, e.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
-        raise Retryable(f"network error: {redact(str(e))}") from None   # refused, reset, timed out
-    if 200 <= status < 300:
-        try:
-            return parse(text)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-            raise Retryable(f"unreadable reply ({type(e).__name__}): {redact(text[:20000])[:80]!r}") from None
-    if status in (408, 409, 429) or status >= 500:
-        raise Retryable(f"HTTP {status}: {_error_text(text, redact)}", retry_after_s(hdrs))
-    raise ApiError(f"HTTP {status} from {url}: {_error_text(text, redact)}")
-
-
-def backoff_s(attempt, base, rng, retry_after=None, cap=60.0):
-    """Seconds to wait before retry number attempt + 1: the server's Retry-After if it sent
-    one, else base * 2^attempt with jitter in [0.5, 1.5); never more than cap.
-
-    >>> import random; r = random.Random(0)
-    >>> round(backoff_s(0, 1.0, r), 3), round(backoff_s(3, 1.0, r), 3), backoff_s(9, 1.0, r)
-    (1.344, 10.064, 60.0)
-    >>> backoff_s(5, 1.0, r, retry_after=2.5)
-    2.5
-    """
-    wait = retry_after if retry_after is not None else base * 2 ** attempt * (0.5 + rng.random())
-    return min(wait, cap)
-
-
-def with_retries(fn, what, max_retries, base, rng, log=print, on_retry=None, redact=str):
-    """fn() retried on Retryable with backoff_s waits, at most max_retries times; then a
-    Retryable saying so. on_retry() is called before each wait (a retry counter)."""
-    for attempt in range(max_retries + 1):
-        try:
-            return fn()
-        except Retryable as e:
-            if attempt == max_retries:
-                raise Retryable(redact(f"{what}: gave up after {attempt} retries ({e})")) from None
-            wait = backoff_s(attempt, base, rng, e.retry_after)
-            if on_retry:
-                on_retry()
-            log(redact(f"{what}: {e}; retry {attempt + 1}/{max_retries} in {wait:.2f}s"))
-            time.sleep(wait)
 
 
 def _main():

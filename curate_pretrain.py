@@ -61,13 +61,11 @@ import hashlib
 import json
 import math
 import os
-import random
 import re
 import sys
-import threading
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import common
+from llm import ApiError, Client, run_jobs
 
 # ---------------------------------------------------------------------------------
 # settings (the CLI flags)
@@ -106,7 +104,6 @@ SOURCES = {  # --source short names -> (hub dataset, config)
     "finemath": ("HuggingFaceTB/finemath", "finemath-4plus"),
 }
 DEFAULT_MODEL = {"openai": "Qwen/Qwen2.5-32B-Instruct", "anthropic": "claude-sonnet-4-5"}
-ANTHROPIC_VERSION = "2023-06-01"
 BEHAVIORS = ("verification", "backtracking", "subgoal", "backward")
 STAGES = ("label", "stats", "select", "rewrite", "pack")
 
@@ -291,71 +288,6 @@ def rewrite_messages(text, set_name, labels, max_chars):
 
 
 # ---------------------------------------------------------------------------------
-# HTTP: chat completions (OpenAI-compatible) and the Anthropic Messages API, stdlib only
-
-Retryable, ApiError = common.Retryable, common.ApiError
-
-
-class LLM:
-    """One chat turn (system + user -> text) against an OpenAI-compatible server or the
-    Anthropic Messages API, with exponential backoff. Keys come from the environment."""
-
-    def __init__(self, kind, model=None, base_url=None, max_retries=6, retry_base=1.0, timeout=300.0):
-        self.kind, self.model = kind, model or DEFAULT_MODEL[kind]
-        env = "ANTHROPIC" if kind == "anthropic" else "OPENAI"
-        public = "https://api.anthropic.com" if kind == "anthropic" else "https://api.openai.com/v1"
-        self._key = os.environ.get(f"{env}_API_KEY", "")
-        self.base = (base_url or os.environ.get(f"{env}_BASE_URL") or public).rstrip("/")
-        self.max_retries, self.retry_base, self.timeout = max_retries, retry_base, timeout
-        self.retries, self.lock, self.rng = 0, threading.Lock(), random.Random()
-
-    def redact(self, text):
-        """text without the key, or any 6 of its characters in a row (common.redact_keys)."""
-        return common.redact_keys(text, [self._key], "[key]")
-
-    def request(self, system, user, max_tokens, temperature):
-        """(url, headers, body) in the backend's wire format."""
-        if self.kind == "anthropic":
-            headers = {"x-api-key": self._key, "anthropic-version": ANTHROPIC_VERSION,
-                       "content-type": "application/json"}
-            body = {"model": self.model, "max_tokens": max_tokens, "temperature": temperature,
-                    "system": system, "messages": [{"role": "user", "content": user}]}
-            return self.base + "/v1/messages", headers, body
-        headers = {"content-type": "application/json"}
-        if self._key:  # a local vllm server needs none
-            headers["authorization"] = f"Bearer {self._key}"
-        body = {"model": self.model, "max_tokens": max_tokens, "temperature": temperature,
-                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
-        return self.base + "/chat/completions", headers, body
-
-    def reply_text(self, raw):
-        """The assistant's text in a response body (raises on a malformed one)."""
-        obj = json.loads(raw)
-        if self.kind == "anthropic":
-            return "".join(b.get("text", "") for b in obj["content"] if b.get("type") == "text")
-        content = obj["choices"][0]["message"]["content"]
-        if not isinstance(content, str):
-            raise TypeError("no text content")
-        return content
-
-    def chat(self, system, user, max_tokens=1024, temperature=0.0, parse=None):
-        """Reply text (or parse(text)); retries 429/5xx/network/unreadable with backoff."""
-        url, headers, body = self.request(system, user, max_tokens, temperature)
-        read = (lambda raw: parse(self.reply_text(raw))) if parse else self.reply_text
-
-        def count():
-            with self.lock:
-                self.retries += 1
-        try:
-            return common.with_retries(
-                lambda: common.http_call(url, body, headers, self.timeout, read, redact=self.redact),
-                "request", self.max_retries, self.retry_base, self.rng, log=log, on_retry=count,
-                redact=self.redact)
-        except ApiError as e:
-            raise ApiError(self.redact(str(e))) from None
-
-
-# ---------------------------------------------------------------------------------
 # reading documents and our own append-only logs
 
 def log(msg):
@@ -508,53 +440,6 @@ def iter_labels(out, fields=None, desc=None):
         bar.close()
 
 
-# ---------------------------------------------------------------------------------
-# running many documents through a labeller or rewriter, resumably
-
-def run_jobs(items, work, path, concurrency, desc, total=None, flush_every=1):
-    """Apply work(item) -> record to items and append each record to path as it finishes.
-    `concurrency` > 1 runs that many in threads (with a bounded queue). A Retryable failure
-    skips the item (a rerun retries it); ApiError stops the run. Returns (done, failed)."""
-    from tqdm import tqdm
-    buf, done, failed = [], 0, 0
-    bar = tqdm(total=total, desc=desc, unit="doc", dynamic_ncols=True)
-
-    def finish(item, fn):
-        nonlocal done, failed
-        try:
-            rec = fn()
-        except Retryable as e:
-            failed += 1
-            log(f"skipped {item.get('id')} (a rerun retries it): {e}")
-            return
-        buf.append(rec)
-        done += 1
-        bar.update(1)
-        if len(buf) >= flush_every:
-            common.append_jsonl(path, buf)
-            buf.clear()
-    try:
-        if concurrency <= 1:
-            for item in items:
-                finish(item, lambda: work(item))
-        else:
-            with ThreadPoolExecutor(max_workers=concurrency) as pool:
-                pending = {}
-                for item in items:
-                    pending[pool.submit(work, item)] = item
-                    while len(pending) >= 2 * concurrency:
-                        ready, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        for f in ready:
-                            finish(pending.pop(f), f.result)
-                for f in list(pending):
-                    finish(pending.pop(f), f.result)
-    finally:
-        if buf:
-            common.append_jsonl(path, buf)
-        bar.close()
-    return done, failed
-
-
 def make_labeller(args, llm=None):
     """text -> ({behavior: bool}, solves_problem), and the labeller's name for records."""
     if args.backend == "rules":
@@ -604,8 +489,8 @@ def stage_label(args, llm):
     if args.limit:
         total = min(total or args.limit, args.limit)
     conc = 1 if args.backend == "rules" else args.concurrency
-    new, failed = run_jobs(todo(), work, path, conc, "label", total=total,
-                           flush_every=256 if conc == 1 else 1)
+    new, failed = run_jobs(todo(), work, path, conc, desc="label", total=total,
+                           flush_every=256 if conc == 1 else 1, log=log, stop=llm and llm.stop)
     if not done:
         raise common.DataError(f"--source {args.source}: no documents (no non-empty {args.text_field!r} field)")
     log(f"label: {new} new documents in {path}, {len(done) - failed} labelled in all"
@@ -884,8 +769,9 @@ def stage_rewrite(args, llm):
     labeller, _ = make_labeller(args, llm)
     rewriter, name = make_rewriter(args, llm)
     conc = 1 if (rewriter is None or args.rewrite_model) else args.concurrency
-    run_jobs(iter(todo), lambda it: rewrite_one(it, rewriter, name, labeller, args.max_doc_chars),
-             path, conc, "rewrite", total=len(todo), flush_every=64 if conc == 1 else 1)
+    run_jobs(todo, lambda it: rewrite_one(it, rewriter, name, labeller, args.max_doc_chars),
+             path, conc, desc="rewrite", total=len(todo), flush_every=64 if conc == 1 else 1, log=log,
+             stop=llm and llm.stop)
     selected = {(r["set"], r["id"]) for r in iter_jsonl(sel_path)}
     recs = [r for r in read_log(path, REWRITE_FIELDS) if (r["set"], r["id"]) in selected]
     rep = rewrite_report(recs)
@@ -1032,12 +918,12 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     common.remove_orphans(args.out)   # temporary files a kill left before their rename
     common.write_json(os.path.join(args.out, "config.json"), vars(args))  # no keys in here
-    llm = None
-    if args.backend != "rules":
-        llm = LLM(args.backend, args.model, args.base_url, args.max_retries, args.retry_base, args.timeout)
     run = {"label": stage_label, "stats": stage_stats, "select": stage_select,
            "rewrite": stage_rewrite, "pack": stage_pack}
     try:
+        llm = None if args.backend == "rules" else Client(
+            args.backend, args.model or DEFAULT_MODEL[args.backend], args.base_url, args.max_retries,
+            args.retry_base, args.timeout, log=log)
         for s in args.stages:
             run[s](args, llm)
     except (ApiError, common.DataError) as e:  # one line, exit 2: a refused request, bad or missing data

@@ -78,17 +78,15 @@ import math
 import os
 import random
 import sys
-import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from fractions import Fraction
 from functools import lru_cache
 from itertools import combinations
 
 import countdown
-import common
-from common import DataError, append_jsonl, read_jsonl, read_jsonl_tolerant, write_json, write_jsonl
+import llm
+from common import DataError, read_jsonl, read_jsonl_tolerant, write_json, write_jsonl
 
 # ---------------------------------------------------------------------------------
 # settings (the CLI flags; defaults follow the study's priming sets)
@@ -122,8 +120,6 @@ DEFAULTS = dict(
 )
 DEFAULT_MODEL = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4o"}  # the study (api_gen.py:181):
 # claude-3-5-sonnet-20241022, which Anthropic has retired; pass it with --model where it still answers
-ANTHROPIC_VERSION = "2023-06-01"
-BATCH_MAX = 10000              # requests per Message Batch (the API allows 100k)
 MAX_EXTRA = 20                 # no_positive: give up after solving this many x n extra tasks
 TASK_CHUNK = 256               # generated tasks come in seeded chunks so the stream is prefix-stable
 MAX_NEED = 200                 # symbolic: largest intermediate number a subgoal or chain may need
@@ -146,9 +142,9 @@ BASE = "all_strategies"
 
 
 def log(msg):
-    """Progress-bar-safe message on stderr, with any API key blanked out."""
+    """Progress-bar-safe message on stderr (llm.py has blanked any API key in it)."""
     from tqdm import tqdm
-    tqdm.write(redact(str(msg)), file=sys.stderr)
+    tqdm.write(str(msg), file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------
@@ -852,185 +848,55 @@ def normalize_completion(text):
     return "\n" + text
 
 
-_SECRETS = set()  # API keys in use; blanked out of every message we print or raise
-
-
-def redact(text):
-    """Text with every key in use blanked out, and any 6 characters of one in a row (a key
-    cut short where a message was truncated, a fragment a server echoed).
-
-    >>> _SECRETS.add("sk-123456"); redact("bad key sk-123456, sk-1234"); _SECRETS.discard("sk-123456")
-    'bad key [redacted], [redacted]'
-    """
-    return common.redact_keys(text, _SECRETS)
-
-
-Retryable, ApiError = common.Retryable, common.ApiError
-
-
-def http_call(url, body=None, headers=None, timeout=60.0, parse=json.loads):
-    """common.http_call with this script's secrets blanked in its error messages."""
-    return common.http_call(url, body, headers, timeout, parse, redact=redact)
-
-
-def anthropic_text(text):
-    """Assistant text of a Messages API response body (raises on a malformed one)."""
-    msg = json.loads(text)
-    return "".join(b["text"] for b in msg["content"] if b["type"] == "text")
-
-
-def openai_text(text):
-    """Assistant text of a chat-completions response body (raises on a malformed one)."""
-    content = json.loads(text)["choices"][0]["message"]["content"]
-    if not isinstance(content, str):
-        raise TypeError("no text content")
-    return content
-
-
 class ApiBackend:
-    """Claude (Messages API, Message Batches) or any OpenAI-compatible chat server."""
+    """Claude (Messages API, Message Batches) or any OpenAI-compatible chat server (llm.py)."""
 
     def __init__(self, args, prompts=None):
-        self.args, self.kind, self.prompts = args, args.backend, prompts  # prompts: the study's, or None
-        self.model = args.model or DEFAULT_MODEL[self.kind]
-        if self.kind == "anthropic":
-            self.key = os.environ.get("ANTHROPIC_API_KEY", "")
-            base = args.base_url or os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
-        else:
-            self.key = os.environ.get("OPENAI_API_KEY", "")
-            base = args.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        if self.key:
-            _SECRETS.add(self.key)
-        self.base = base.rstrip("/")
-        self.retries, self.failed, self.lock = 0, 0, threading.Lock()
+        self.args, self.prompts = args, prompts  # prompts: the study's, or None (ours)
+        self.llm = llm.Client(args.backend, args.model or DEFAULT_MODEL[args.backend], args.base_url,
+                              args.max_retries, args.retry_base, args.timeout, log=log)
+        self.failed = 0
         self.flush_every = 1  # a paid-for record goes to disk the moment it arrives
-        self.rng = random.Random()  # backoff jitter only
 
-    def headers(self):
-        if self.kind == "anthropic":
-            return {"x-api-key": self.key, "anthropic-version": ANTHROPIC_VERSION,
-                    "content-type": "application/json"}
-        h = {"content-type": "application/json"}
-        if self.key:  # a local server often needs none
-            h["authorization"] = f"Bearer {self.key}"
-        return h
+    @property
+    def retries(self):
+        return self.llm.usage["retries"]
 
-    def params(self, condition, task):
-        """Request body of one completion (Messages API or chat completions)."""
-        a = self.args
+    def stop(self):
+        self.llm.stop()
+
+    def request(self, condition, task):
+        """(system, user, max tokens, temperature) of one task."""
         system, user = ((self.prompts[condition], study_user_message(task)) if self.prompts
                         else (system_prompt(condition), user_message(task)))
-        if self.kind == "anthropic":  # the system prompt is the cached prefix of every request
-            return {"model": self.model, "max_tokens": a.max_tokens, "temperature": a.temperature,
-                    "system": [{"type": "text", "text": system,
-                                "cache_control": {"type": "ephemeral"}}],
-                    "messages": [{"role": "user", "content": user}]}
-        return {"model": self.model, "max_tokens": a.max_tokens, "temperature": a.temperature,
-                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+        return system, user, self.args.max_tokens, self.args.temperature
 
-    def with_retries(self, what, fn):
-        """fn() with exponential backoff (plus jitter, or the server's retry-after)."""
-        def count():
-            with self.lock:
-                self.retries += 1
-        return common.with_retries(fn, what, self.args.max_retries, self.args.retry_base, self.rng,
-                                   log=log, on_retry=count)
+    def record(self, task, condition, text):
+        return make_record(task, condition, normalize_completion(text), self.args.template, None)
 
-    def complete(self, condition, task):
-        """Completion text of one task, retried as needed."""
-        if self.kind == "anthropic":
-            url, parse = self.base + "/v1/messages", anthropic_text
-        else:
-            url, parse = self.base + "/chat/completions", openai_text
-        body = self.params(condition, task)
-        return self.with_retries(f"task {task['id']}", lambda: http_call(
-            url, body, self.headers(), self.args.timeout, parse=parse))
-
-    def generate(self, condition, tasks, path):
-        """Yield records as requests finish; `concurrency` requests in flight."""
+    def jobs(self, condition, tasks, path):
+        """(items, work, concurrency) for llm.run_jobs: one request per task, or, with --batch,
+        the records batch_records collects."""
         if self.args.batch:
-            yield from self.generate_batch(condition, tasks, path)
-            return
-        pool = ThreadPoolExecutor(max_workers=self.args.concurrency)
-        futures = {pool.submit(self.complete, condition, t): t for t in tasks}
-        try:
-            for f in as_completed(futures):
-                task = futures[f]
-                try:
-                    text = f.result()
-                except Retryable as e:
-                    self.failed += 1
-                    log(f"skipping task {task['id']} for now (a rerun retries it): {e}")
-                    continue
-                yield make_record(task, condition, normalize_completion(text),
-                                  self.args.template, None)
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            return self.batch_records(condition, tasks, path), (lambda rec: rec), 1
+        return tasks, (lambda t: self.record(t, condition, self.llm.chat(*self.request(condition, t)))), \
+            self.args.concurrency
 
-    # -- Message Batches: submit, remember the batch id on disk, poll, collect ----------
-
-    def submit_batch(self, condition, tasks):
-        reqs = [{"custom_id": f"r{i}", "params": self.params(condition, t)}
-                for i, t in enumerate(tasks)]
-        batch = self.with_retries("batch create", lambda: http_call(
-            self.base + "/v1/messages/batches", {"requests": reqs}, self.headers(),
-            self.args.timeout, parse=lambda t: json.loads(t)["id"]))
-        log(f"submitted batch {batch} ({len(tasks)} requests)")
-        return {"batch_id": batch, "ids": {f"r{i}": t["id"] for i, t in enumerate(tasks)}}
-
-    def collect_batch(self, entry):
-        """Poll until the batch has ended; then {task id: text} of its successes."""
-        url = f"{self.base}/v1/messages/batches/{entry['batch_id']}"
-        ended = lambda t: (json.loads(t)["processing_status"] == "ended", json.loads(t)["results_url"])
-        while True:  # a reply without these fields is unreadable: retried like a 5xx
-            done, results_url = self.with_retries("batch poll", lambda: http_call(
-                url, None, self.headers(), self.args.timeout, parse=ended))
-            if done:
-                break
-            time.sleep(self.args.poll)
-        results = self.with_retries("batch results", lambda: http_call(
-            results_url, None, self.headers(), self.args.timeout, parse=lambda t: t))
-        out = {}
-        for line in results.splitlines():
-            try:
-                r = json.loads(line)
-                if r["result"]["type"] == "succeeded":
-                    out[entry["ids"][r["custom_id"]]] = anthropic_text(json.dumps(r["result"]["message"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn or unknown line: that request is simply asked again
-        if len(out) < len(entry["ids"]):
-            log(f"batch {entry['batch_id']}: {len(entry['ids']) - len(out)} requests did not "
-                "succeed; they go into the next batch")
-        return out
-
-    def generate_batch(self, condition, tasks, path):
-        """Yield records from Message Batches. Batch ids live in <file>.pending.json until
-        collected, so a killed run resumes polling instead of paying for the same work."""
-        state = path + ".pending.json"
-        pending = []
-        if os.path.exists(state):
-            with open(state) as f:
-                pending = json.load(f)
-        by_id, written = {t["id"]: t for t in tasks}, set()
+    def batch_records(self, condition, tasks, path):
+        """Records from Message Batches; what a batch did not answer goes into the next one (at
+        most --max-retries more). Batch ids live in <file>.pending.json until their records are
+        on disk, so a killed run resumes polling instead of paying for the same work."""
+        state, by_id, got = path + ".pending.json", {t["id"]: t for t in tasks}, set()
         for _ in range(self.args.max_retries + 1):
-            todo = [t for t in tasks if t["id"] not in written]
-            if not pending and todo:
-                pending = [self.submit_batch(condition, todo[i:i + BATCH_MAX])
-                           for i in range(0, len(todo), BATCH_MAX)]
-                write_json(state, pending)
-            if not pending:
+            todo = {t["id"]: self.request(condition, t) for t in tasks if t["id"] not in got}
+            if not todo and not os.path.exists(state):
                 break
-            while pending:
-                for tid, text in self.collect_batch(pending[0]).items():
-                    if tid in by_id and tid not in written:
-                        written.add(tid)
-                        yield make_record(by_id[tid], condition, normalize_completion(text),
-                                          self.args.template, None)
-                pending = pending[1:]
-                write_json(state, pending)
-        if os.path.exists(state) and not pending:
-            os.remove(state)
-        self.failed += len(tasks) - len(written)
+            for tid, text in self.llm.batch(todo, state, self.args.poll):
+                if tid in by_id and tid not in got:
+                    got.add(tid)
+                    yield self.record(by_id[tid], condition, text)
+            os.remove(state)  # what it answered was appended as it was yielded
+        self.failed += len(tasks) - len(got)
 
 
 class SymbolicBackend:
@@ -1038,10 +904,9 @@ class SymbolicBackend:
         self.args, self.failed, self.retries = args, 0, 0
         self.flush_every = 64  # cheap to redo, so appends are grouped (fsync is the cost)
 
-    def generate(self, condition, tasks, path):
+    def jobs(self, condition, tasks, path):
         a = self.args
-        for t in tasks:
-            yield write_symbolic(t, condition, a.seed, a.budget, a.width, a.template)
+        return tasks, (lambda t: write_symbolic(t, condition, a.seed, a.budget, a.width, a.template)), 1
 
 
 # ---------------------------------------------------------------------------------
@@ -1094,24 +959,13 @@ def existing(path, tasks):
 
 def run_condition(backend, condition, tasks, path):
     """Write records for every task not yet in path; returns the records in task order."""
-    from tqdm import tqdm
     done = {r["id"] for r in existing(path, tasks)}
     todo = [t for t in tasks if t["id"] not in done]
-    buf = []  # whole records not yet on disk (API backends flush each one at once)
-    with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=condition, unit="rec",
-              file=sys.stderr, leave=False, disable=None) as bar:
-        try:
-            for rec in backend.generate(condition, todo, path):
-                if rec["id"] not in done:  # never twice, whatever a backend yields
-                    buf.append(rec)
-                    done.add(rec["id"])
-                    bar.update(1)
-                if len(buf) >= backend.flush_every:
-                    append_jsonl(path, buf)  # whole lines, one write, flushed to disk
-                    buf = []
-        finally:  # Ctrl-C or an error: what was made is still kept
-            if buf:
-                append_jsonl(path, buf)
+    items, work, concurrency = backend.jobs(condition, todo, path)
+    _, failed = llm.run_jobs(items, work, path, concurrency, key=lambda x: x["id"], done=done, desc=condition,
+                             total=len(tasks), initial=len(done), flush_every=backend.flush_every, log=log,
+                             stop=getattr(backend, "stop", None))
+    backend.failed += failed
     order = {t["id"]: i for i, t in enumerate(tasks)}
     recs = [r for r in existing(path, tasks) if r["id"] in order]
     return sorted(recs, key=lambda r: order[r["id"]])
@@ -1217,7 +1071,8 @@ def build_parser():
         f"PATH/{STUDY_API_GEN} (PATH: a checkout of its repository)")
     add("concurrency", "API: requests in flight at once")
     add("max_retries", "API: retries of a request on 429, 5xx, overload or a malformed body")
-    add("retry_base", "API: first backoff in seconds (doubles on each retry, with jitter)")
+    add("retry_base", "API: first backoff in seconds (the SDK's backoff, doubling, scaled to start "
+        "here; a server's Retry-After wins)")
     add("timeout", "API: seconds before one HTTP request is abandoned (and retried)")
     add("batch", "anthropic: use Message Batches (half price; polls until they end)")
     add("poll", "anthropic --batch: seconds between status polls")
@@ -1273,7 +1128,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         return run(args)
-    except (ApiError, DataError, Retryable) as e:  # bad key, model id, request, prompts, out folder, data; a batch's retries spent
+    except (llm.ApiError, DataError, llm.Retryable) as e:  # bad key, model id, request, prompts, out folder, data; a batch's retries spent
         log(f"error: {e}")
         return 2
 

@@ -7,8 +7,9 @@ It listens on 127.0.0.1 (a free port) in a thread and speaks the wire formats of
 - Anthropic Message Batches: POST /v1/messages/batches, GET /v1/messages/batches/<id>,
                              GET /v1/messages/batches/<id>/results (JSONL)
 - OpenAI chat completions:   POST /v1/chat/completions
-Requests are checked the way the real services check them (key header, version header,
-required fields, cached system block) and rejected with the real error shapes. Scripted
+Requests are checked the way the real services check them (the key, as x-api-key or as a
+bearer token, which is how the anthropic SDK sends it; a version header; required fields;
+cached system block) and rejected with the real error shapes. Scripted
 faults are served, in order, to the first requests:
     "429"          429 with Retry-After: 0
     "500"          500 whose JSON error message echoes the caller's key
@@ -197,8 +198,9 @@ class FakeLLM:
         path = h.path.split("?")[0]
         if path == "/v1/chat/completions" and method == "POST":
             return self.chat(h, body)
-        if h.headers.get("x-api-key") != self.key:
-            echo = f": {h.headers.get('x-api-key')}" if self.echo_401 else ""
+        sent = h.headers.get("x-api-key") or (h.headers.get("authorization") or "").removeprefix("Bearer ")
+        if sent != self.key:
+            echo = f": {sent}" if self.echo_401 else ""
             return self.send(h, 401, anthropic_error("authentication_error", "invalid x-api-key" + echo))
         if not h.headers.get("anthropic-version"):
             return self.send(h, 400, anthropic_error("invalid_request_error",

@@ -325,7 +325,7 @@ class FakeAPI:
 
     def handle(self, h, method, body):
         with self.lock:
-            self.log.append((method, h.path, dict(h.headers)))
+            self.log.append((method, h.path, {k.lower(): v for k, v in h.headers.items()}))
             if h.path in ("/v1/chat/completions", "/v1/messages"):
                 self.bodies.append(json.loads(body))
             fail = self.fail.pop(0) if self.fail else None
@@ -340,7 +340,8 @@ class FakeAPI:
                                        "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}})
         if h.path == "/v1/messages":
             req = json.loads(body)
-            if h.headers.get("x-api-key") != KEY or h.headers.get("anthropic-version") != "2023-06-01":
+            key = h.headers.get("x-api-key") or h.headers.get("authorization", "").removeprefix("Bearer ")
+            if key != KEY or h.headers.get("anthropic-version") != "2023-06-01":
                 return self.reply(h, 401, {"type": "error", "error": {"type": "authentication_error"}})
             text = self.answer(req["messages"][-1]["content"])
             return self.reply(h, 200, {"id": "m1", "type": "message", "role": "assistant", "model": req["model"],
@@ -425,7 +426,7 @@ def test_openai_chat_retries_missing_tag_and_resume(tmp_path, capsys, monkeypatc
         assert r["classifier"] == "openai:gpt-4o-mini"
     chats = [e for e in api.log if e[1] == "/v1/chat/completions"]
     assert len(chats) == 2 + 2 * (3 + 2)                               # 2 failures; subgoal asked twice
-    assert all(e[2]["Authorization"] == f"Bearer {KEY}" for e in chats)
+    assert all(e[2]["authorization"] == f"Bearer {KEY}" for e in chats)
     assert "12 requests (2 retries" in out and "estimated cost $" in out
     row = _csv(str(tmp_path / "o" / "steps.csv"))[0]
     assert row["avg_subgoals"] == "" and float(row["avg_backwards"]) == 3.0
@@ -565,7 +566,8 @@ def test_judge_asks_one_count_question_per_behavior_in_the_studys_order(tmp_path
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     assert classify.main(["--backend", "anthropic", "--base-url", api.url, "--input", _two_records(tmp_path),
                           "--out", str(tmp_path / "a"), "--concurrency", "1"]) == 0
-    assert api.bodies[-1]["system"] == classify.SYSTEM and [m["role"] for m in api.bodies[-1]["messages"]] == ["user"]
+    assert [blk["text"] for blk in api.bodies[-1]["system"]] == [classify.SYSTEM]   # a cached block (llm.Client.body)
+    assert [m["role"] for m in api.bodies[-1]["messages"]] == ["user"]
 
 
 # A stand-in for the study's repository: the same file, the judge's questions defined the same

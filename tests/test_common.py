@@ -127,27 +127,24 @@ def test_redact_keys_blanks_the_key_and_any_six_of_its_characters():
     assert common.redact_keys("nothing here", []) == "nothing here"
 
 
-@pytest.mark.parametrize("at", [80, 200, 300, 400])
-def test_error_text_is_redacted_before_it_is_cut(at):
-    """A server echoing the key where the message is cut must not leave its first characters."""
-    plain = "upstream said: " + "x" * (at - 25) + KEY + " (rejected)"
-    as_json = json.dumps({"error": {"message": plain}})
-    blank = lambda t: t.replace(KEY, "[key]")   # a redactor that knows only the whole key
-    for body in (plain, as_json):
-        assert no_key_run(common._error_text(body, blank))
+def test_study_table_download_goes_through_httpx2(tmp_path, monkeypatch):
+    """A table not in the cache is fetched with httpx2 (no urllib in our code) and written
+    whole; a failed download is a DataError naming the table, nothing left in the cache."""
+    import httpx2
+    monkeypatch.setattr(common, "CACHE", str(tmp_path))
+    urls = []
 
-
-def test_http_call_unreadable_reply_is_redacted_before_it_is_cut():
-    from fake_llm_server import FakeLLM
-    srv = FakeLLM(KEY, faults=["malformed_echo@80", "echo@200"]).start()
-    try:
-        for _ in range(2):
-            with pytest.raises(common.Retryable) as e:
-                common.http_call(srv.url + "/v1/messages", {"x": 1}, {"x-api-key": KEY, "anthropic-version": "1"},
-                                 redact=lambda t: t.replace(KEY, "[key]"))
-            assert no_key_run(str(e.value)) and ("unreadable reply" in str(e.value) or "HTTP 500" in str(e.value))
-    finally:
-        srv.stop()
+    def fail(url, **kw):
+        urls.append(url)
+        raise httpx2.ConnectError("no route to host")
+    monkeypatch.setattr(httpx2, "get", fail)
+    with pytest.raises(common.DataError, match="study:qwen_results: could not download .*no route to host"):
+        common.study_table("study:qwen_results")
+    assert urls[0].endswith(f"{common.STUDY_COMMIT}/results/qwen_results.csv") and not list(tmp_path.rglob("*.csv"))
+    monkeypatch.setattr(httpx2, "get", lambda url, **kw: httpx2.Response(200, text="step,acc\n0,0.1\n",
+                                                                         request=httpx2.Request("GET", url)))
+    path = common.study_table("study:qwen_results")
+    assert open(path).read() == "step,acc\n0,0.1\n" and common.study_table("study:qwen_results") == path
 
 
 def test_doctests():

@@ -17,6 +17,7 @@ import pytest
 
 import common
 import curate_pretrain as cp
+import llm
 from conftest import REPO
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "math_docs.jsonl")
@@ -236,9 +237,9 @@ class FakeLLM:
             ok = path == "/v1/chat/completions" and headers.get("authorization") == f"Bearer {SECRET}"
             system, user = body["messages"][0]["content"], body["messages"][1]["content"]
         else:
-            ok = (path == "/v1/messages" and headers.get("x-api-key") == SECRET
-                  and headers.get("anthropic-version") == cp.ANTHROPIC_VERSION)
-            system, user = body["system"], body["messages"][0]["content"]
+            key = headers.get("x-api-key") or (headers.get("authorization") or "").removeprefix("Bearer ")
+            ok = path == "/v1/messages" and key == SECRET and headers.get("anthropic-version") == llm.ANTHROPIC_VERSION
+            system, user = "".join(b["text"] for b in body["system"]), body["messages"][0]["content"]
         if not ok:  # like the real APIs, echo part of what was sent
             return self.error(401, f"invalid x-api-key / bearer {headers.get('x-api-key') or headers.get('authorization')}")
         with self.lock:

@@ -85,7 +85,7 @@ def test_classify_through_every_fault(server, tmp_path, monkeypatch, capfd):
     recs = classify.read_records(str(out / "classified.jsonl"))
     assert srv.served_faults == FAULTS
     assert all(r[b] == 1 for r in recs for b in classify.BEHAVIORS) and not any("missing" in r for r in recs)
-    assert "[key]" in cap.err
+    assert "[redacted]" in cap.err
     scan(tmp_path, cap)
 
 
@@ -114,7 +114,7 @@ def test_curate_through_every_fault(server, tmp_path, monkeypatch, capfd):
     assert rc == 0, cap.err
     assert srv.served_faults == FAULTS
     assert len(cp.read_log(str(out / "labels.jsonl"))) == len(cp.common.read_jsonl(FIXTURE))
-    assert os.path.getsize(out / "rich.jsonl") > 0 and "[key]" in cap.err
+    assert os.path.getsize(out / "rich.jsonl") > 0 and "[redacted]" in cap.err
     scan(tmp_path, cap)
 
 
