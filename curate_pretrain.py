@@ -66,6 +66,7 @@ import sys
 
 import common
 from llm import ApiError, Client, run_jobs
+from study import BEHAVIORS
 
 # ---------------------------------------------------------------------------------
 # settings (the CLI flags)
@@ -104,11 +105,11 @@ SOURCES = {  # --source short names -> (hub dataset, config)
     "finemath": ("HuggingFaceTB/finemath", "finemath-4plus"),
 }
 DEFAULT_MODEL = {"openai": "Qwen/Qwen2.5-32B-Instruct", "anthropic": "claude-sonnet-4-5"}
-BEHAVIORS = ("verification", "backtracking", "subgoal", "backward")
 STAGES = ("label", "stats", "select", "rewrite", "pack")
 
 # ---------------------------------------------------------------------------------
-# offline labels: phrases of each behavior (the `rules` backend)
+# offline labels: phrases of each behavior (the `rules` backend; a behavior without phrases
+# here is never found by it)
 
 CUES = {
     "verification": [
@@ -175,7 +176,7 @@ def rule_labels(text):
     >>> rule_labels("A group is a set with an associative operation.")
     ({'verification': False, 'backtracking': False, 'subgoal': False, 'backward': False}, False)
     """
-    labels = {k: bool(_CUES[k].search(text)) for k in BEHAVIORS}
+    labels = {k: k in _CUES and bool(_CUES[k].search(text)) for k in BEHAVIORS}
     last = re.split(r"(?<=[.!?])\s+", text.strip())[-1]
     solves = (bool(re.search(r"\d|=", text)) and not last.endswith("?")
               and bool(_SOLVED.search(text) or _RESULT.search(last)))
@@ -185,21 +186,14 @@ def rule_labels(text):
 # ---------------------------------------------------------------------------------
 # LLM prompts and the parsing of their replies
 
-DEFINITIONS = """\
-- verification: the author checks an intermediate or final result, e.g. substitutes it back, \
-recomputes it another way, or compares it with a known value.
-- backtracking: the author abandons an approach that failed or was wrong and goes back to try \
-another.
-- subgoal: the author names an intermediate goal to reach on the way to the answer, e.g. \
-"first we need to find the width".
-- backward: the author works backwards from the goal or the desired result toward the given \
-facts."""
+DEFINITIONS = "\n".join(f"- {b.name}: {b.doc}" for b in BEHAVIORS.values())
+_KEYS = [*BEHAVIORS, "solves_problem"]
 LABEL_SYSTEM = f"""You read a math document from the web and say which reasoning behaviors \
 its author shows in the text itself.
 {DEFINITIONS}
 - solves_problem: the document works a problem or proof through to a stated result.
-Reply with one JSON object and nothing else: {{"verification": true or false, \
-"backtracking": ..., "subgoal": ..., "backward": ..., "solves_problem": ...}}"""
+Reply with one JSON object and nothing else: {{"{_KEYS[0]}": true or false, \
+{", ".join(f'"{k}": ...' for k in _KEYS[1:])}}}"""
 REWRITE_SYSTEM = f"""You rewrite a math document from the web as one worked problem in three \
 parts: <question>the problem the document works on</question> <think>the reasoning, step by \
 step, in the first person</think> <answer>the final result</answer>. Use only the content of \
@@ -208,8 +202,8 @@ are:
 {DEFINITIONS}
 Reply with the three tagged parts and nothing else."""
 KEEP = "The document shows {present}. The thinking must show each of them where the document does{absent}."
-AVOID = ("The thinking must go straight through: it must not check results, abandon an "
-         "approach, name intermediate goals or work backwards from the answer.")
+_DONTS = [b.doc_avoid for b in BEHAVIORS.values()]
+AVOID = f"The thinking must go straight through: it must not {', '.join(_DONTS[:-1])} or {_DONTS[-1]}."
 FRAME = "Question: {q}\n\n<think>\n{t}\n</think>\n\n<answer>\n{a}\n</answer>"  # training text
 
 
@@ -510,7 +504,7 @@ def frequencies(records):
     (0.5, 0.5, 0.5)
     """
     n = len(records)
-    counts = dict.fromkeys(BEHAVIORS + ("any",), 0)
+    counts = dict.fromkeys([*BEHAVIORS, "any"], 0)
     for r in records:
         for k in BEHAVIORS:
             counts[k] += bool(r["labels"][k])
@@ -541,7 +535,7 @@ def stats_table(stats):
     cols += [(k, v["n_docs"], v["frequency"]) for k, v in stats["sets"].items()]
     lines = [f"{'':14s}" + "".join(f"{name:>12s}" for name, _, _ in cols),
              f"{'documents':14s}" + "".join(f"{n:12d}" for _, n, _ in cols)]
-    for k in BEHAVIORS + ("any", "none"):
+    for k in [*BEHAVIORS, "any", "none"]:
         lines.append(f"{k:14s}" + "".join(f"{f[k]:12.3f}" for _, _, f in cols))
     lines.append(f"{'solves_problem':14s}{stats['solves_problem']:12.3f}")
     return "\n".join(lines)

@@ -86,7 +86,9 @@ from itertools import combinations
 
 import countdown
 import llm
+import study
 from common import DataError, read_jsonl, read_jsonl_tolerant, write_json, write_jsonl
+from study import BEHAVIORS
 
 # ---------------------------------------------------------------------------------
 # settings (the CLI flags; defaults follow the study's priming sets)
@@ -125,20 +127,15 @@ TASK_CHUNK = 256               # generated tasks come in seeded chunks so the st
 MAX_NEED = 200                 # symbolic: largest intermediate number a subgoal or chain may need
 HEURISTIC = 0.5                # symbolic: weight of "result near the goal" against random order
 
-BEHAVIORS = ("verification", "backtracking", "subgoal", "backward")
-DIRECT = {  # condition -> behaviors its traces show
-    "all_strategies": set(BEHAVIORS),
-    "only_backtracking": {"backtracking"},
-    "backtracking_verification": {"backtracking", "verification"},
-    "backtracking_subgoal": {"backtracking", "subgoal"},
-    "backtracking_backward": {"backtracking", "backward"},
-    "negative_control": set(),  # api_gen.py's NEGATIVE_CONTROL: forward steps straight to the answer
-}
-DERIVED = ("empty_cot", "dots", "no_positive")   # built from all_strategies
-CONTROLS = ("negative_control",)  # written on request only: not among the sets the study primed with
-CONDITIONS = tuple(c for c in DIRECT if c not in CONTROLS) + DERIVED  # the study's eight (`--condition all`)
+# the conditions, as study.py defines them: those written directly (condition -> the behaviors
+# its traces show; negative_control is api_gen.py's NEGATIVE_CONTROL, forward steps straight to
+# the answer) and those derived from BASE's traces
+DIRECT = {c.name: set(c.behaviors) for c in study.CONDITIONS.values() if c.priming == "written"}
+DERIVED = tuple(c.name for c in study.CONDITIONS.values() if c.priming == "derived")
+BASE = study.CONDITIONS[DERIVED[0]].derived_from  # all_strategies: every derived set is built from it
+CONDITIONS = study.priming_sets()  # the study's eight (`--condition all`)
+CONTROLS = tuple(c.name for c in study.CONDITIONS.values() if c.priming and c.optional)  # written when named
 ALL_CONDITIONS = CONDITIONS + CONTROLS
-BASE = "all_strategies"
 
 
 def log(msg):
@@ -701,28 +698,6 @@ one line per operation, "Step 1: a + b = c", each later step using the numbers s
 and earlier results, the last step giving the target; then one sentence with the expression. \
 Show no search and no reasoning habit at all:
 """
-BEHAVIOR_TEXT = {
-    "backtracking": "backtracking: when a line of attack is not leading anywhere, say plainly "
-                    "that you are abandoning it and name where you go back to (the original "
-                    "numbers or an earlier intermediate state) before trying something else.",
-    "verification": "verification: after computing a result, compare it with the target in "
-                    "words, saying whether it matches or by how much it misses; check the "
-                    "final equation once more before answering.",
-    "subgoal": "subgoal setting: name an intermediate number to reach first, derived from the "
-               "target (for example 'if the other numbers make 6, then 6 * 4 gives 24'), and "
-               "then work forward toward that number.",
-    "backward": "backward chaining: start from the target and reason in reverse about what "
-                "the last step must have been and what it needs, then what the step before "
-                "that needs, moving back toward the given numbers.",
-}
-AVOID_TEXT = {
-    "backtracking": "do not announce that you are going back or starting over",
-    "verification": "never judge a result in words: do not say that a number matches, misses, "
-                    "is too big, too small, close or wrong; just compute and move on",
-    "subgoal": "do not name intermediate goals to aim for",
-    "backward": "do not reason backwards from the target; always work forward from the given "
-                "numbers",
-}
 # Examples shown in every system prompt, written by the symbolic writer: (task, seed, budget).
 # Three solve their task after 1-3 backtracks and one gives up (the study's traces were
 # often wrong). They also bring the prompt near or above the 1024 tokens below which
@@ -742,11 +717,11 @@ def system_prompt(condition):
         text = SYSTEM_COMMON + SEARCH_TEXT + (
             "Show these reasoning habits, each several times where natural:\n" if len(use) > 1
             else "Show this reasoning habit, several times:\n")
-        text += "".join(f"- {BEHAVIOR_TEXT[b]}\n" for b in BEHAVIORS if b in use)
+        text += "".join(f"- {BEHAVIORS[b].show}\n" for b in BEHAVIORS if b in use)
         text += "Show no other habit. In particular:\n" if avoid else ""
     else:
         text = SYSTEM_COMMON + STRAIGHT_TEXT
-    text += "".join(f"- {AVOID_TEXT[b]}.\n" for b in avoid)
+    text += "".join(f"- {BEHAVIORS[b].avoid}.\n" for b in avoid)
     text += ("\nExamples of the shape (word yours freely and differently; do not copy their "
              "sentences):\n")
     for task, seed, budget in EXAMPLES:

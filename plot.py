@@ -4,16 +4,17 @@ The study's figures, drawn from our run folders and from any CSV with the refere
     # the study's own numbers: accuracy, behaviors and length for every condition, plus results.md
     python plot.py --csv study:llama_results study:qwen_results \
         --out out/figs/study
-    # our PPO runs, with the study's Llama curves dashed behind them
-    python plot.py --runs out/ppo-* --reference study:llama_results --out out/figs
-    # priming sets, base models (classify.py's sampling mode), pretraining corpus
+    # our PPO runs, with the study's curves of their model (Qwen or Llama) dashed behind them
+    python plot.py --runs out/ppo-* --reference study --out out/figs
+    # priming sets, base models (classify.py's sampling mode: --out out/base-qwen writes
+    # out/base-qwen/classify/steps.csv), pretraining corpus
     python plot.py --priming data/priming/summary.json --stats data/curated/stats.json \
         --base out/base-qwen/classify/steps.csv out/base-llama/classify/steps.csv --out out/figs
     python plot.py --priming study:claude_accs --out out/figs/study
 
 Writes into --out (each figure as .png and .svg):
     accuracy             accuracy vs PPO step; one panel per source, one line per condition
-    behaviors            mean count of each behavior per response vs step (2x2 panels); with
+    behaviors            mean count of each behavior per response vs step (a panel each); with
                          several sources, one behaviors_<source>.png each (e.g. behaviors_runs)
     length               mean response length vs step
     priming              priming sets: fraction correct, behavior mix, mean length
@@ -23,7 +24,8 @@ Writes into --out (each figure as .png and .svg):
     --html PATH          the run report (report.py): curves, a browser of the runs' responses with
                          each counted behavior highlighted, settings; one self-contained HTML file
 A figure whose data is missing is skipped with a one-line note. Every condition keeps one color
-in every figure (COLORS below; names not listed there get a fixed color from FALLBACK).
+in every figure (the study's conditions and behaviors: study.py; other names get a fixed color
+from plot_style.FALLBACK).
 
 Inputs
   steps CSV (--csv, --base, --reference, and any steps.csv inside a run folder, as classify.py writes):
@@ -50,7 +52,6 @@ Inputs
 """
 import argparse
 import csv
-import hashlib
 import json
 import math
 import os
@@ -60,33 +61,14 @@ import sys
 import numpy as np
 
 import common
+import study
 from common import DataError, atomic_write_text
+from plot_style import PANEL_H, PANEL_W, RC, add_legend, assign_colors, canonical, collect_handles, figure, order_key, save
+from study import BEHAVIORS
 
 # ---------------------------------------------------------------------------------
 # settings
 OUT = "out/figs"             # default output folder (out/ is git-ignored)
-FORMATS = ("png", "svg")     # every figure is saved in each of these formats
-DPI = 150                    # PNG resolution; 150 dpi x ~11 in = ~1600 px, still crisp at 800 px
-PANEL_W, PANEL_H = 5.6, 4.0  # inches per line-plot panel
-RC = {                       # matplotlib style for every figure
-    "font.size": 13, "axes.titlesize": 14, "axes.labelsize": 13, "legend.fontsize": 12,
-    "figure.titlesize": 15,
-    "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
-    "legend.frameon": False, "svg.hashsalt": "cognitive-behaviors", "lines.linewidth": 1.6,
-}
-
-# the four behaviors: key (as in classify.py / gen_priming.py) -> (steps CSV column, title)
-BEHAVIORS = {
-    "verification": ("avg_verifications", "Verification"),
-    "backtracking": ("avg_backtracking", "Backtracking"),
-    "subgoal": ("avg_subgoals", "Subgoal setting"),
-    "backward": ("avg_backwards", "Backward chaining"),
-}
-BEHAVIOR_COLORS = {"verification": "#4c72b0", "backtracking": "#dd8452",
-                   "subgoal": "#55a868", "backward": "#8172b3"}
-STEP_COLUMNS = ["condition", "step", "avg_verifications", "avg_backtracking", "avg_subgoals",
-                "avg_backwards", "total_verifications", "total_backtracking", "total_subgoals",
-                "total_backwards", "accuracy", "response_length"]
 
 # metrics.jsonl keys, first found wins
 ACC_KEYS = ("val/acc", "val/accuracy", "acc", "accuracy")
@@ -97,75 +79,8 @@ CORRECT_KEYS = ("correct_rate", "correct_frac", "frac_correct", "accuracy", "ave
 TOKENS_KEYS = ("mean_completion_tokens", "mean_tokens", "mean_length", "response_length")
 BEHAVIOR_DICT_KEYS = ("behaviors", "behavior_means", "mean_behaviors", "behaviors_mean")
 
-# one fixed color per condition of the study, in every figure (also the legend order)
-COLORS = {
-    "base": "#333333",
-    "all_strategies": "#1f77b4",
-    "only_backtracking": "#d62728",
-    "backtracking_verification": "#ff7f0e",
-    "backtracking_subgoal": "#2ca02c",
-    "backtracking_backward": "#9467bd",
-    "no_positive": "#17becf",
-    "empty_cot": "#8c564b",
-    "dots": "#e377c2",
-    "negative_control": "#7f7f7f",
-    "curated": "#bcbd22",
-    "control": "#a6a6a6",
-}
-ALIASES = {  # other names of the same condition (the study's CSVs, our folder names)
-    "none": "base", "base_ppo": "base", "no_positive_all_strategies": "no_positive",
-    "rich": "curated", "behavior_rich": "curated", "owmathqa2_ppo": "curated",
-    "minimal": "control", "behavior_minimal": "control", "owmathqa_none_ppo1": "control",
-}
-FALLBACK = ["#e6ab02", "#c51b7d", "#00665e", "#800000", "#000080", "#a6d854", "#cab2d6",
-            "#d9b77e"]  # for names not in COLORS: distinct from them and from each other
-
-
 def note(msg):
     print(f"plot.py: {msg}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------
-# colors and order
-
-def canonical(name):
-    """The study condition a name stands for (`ppo-empty_cot` -> `empty_cot`), or None."""
-    n = re.sub(r"\s*\(.*\)$", "", str(name)).strip().lower().replace("-", "_")
-    for cand in (n, re.sub(r"^ppo_", "", n), re.sub(r"_ppo\d*$", "", n)):
-        if cand in COLORS:
-            return cand
-        if cand in ALIASES:
-            return ALIASES[cand]
-    known = [k for k in list(COLORS) + list(ALIASES) if n.endswith("_" + k)]
-    if known:
-        k = max(known, key=len)
-        return ALIASES.get(k, k)
-    return None
-
-
-def assign_colors(names):
-    """{name: color}: the study's conditions get COLORS; other names a FALLBACK color chosen
-    from a hash of the name (stable across runs), moving on to the next free one on a clash."""
-    colors, used = {}, set()
-    for name in sorted(set(names), key=str):
-        c = canonical(name)
-        if c is not None:
-            colors[name] = COLORS[c]
-    for name in sorted(set(names) - set(colors), key=str):
-        start = int(hashlib.md5(str(name).encode()).hexdigest(), 16) % len(FALLBACK)
-        for i in range(len(FALLBACK)):
-            color = FALLBACK[(start + i) % len(FALLBACK)]
-            if color not in used:
-                break
-        colors[name] = color
-        used.add(color)
-    return colors
-
-
-def order_key(name):
-    """Legend and table order: the study's conditions as listed in COLORS, then the rest by name."""
-    c = canonical(name)
-    return (list(COLORS).index(c), str(name)) if c else (len(COLORS), str(name))
 
 
 # ---------------------------------------------------------------------------------
@@ -190,7 +105,7 @@ def read_steps_csv(path):
         missing = [c for c in ("condition", "step") if c not in cols]
         if missing:
             raise DataError(f"{path}: not a steps CSV: no column {' or '.join(missing)} "
-                            f"(columns: {', '.join(cols) or 'none'}; expected {','.join(STEP_COLUMNS)})")
+                            f"(columns: {', '.join(cols) or 'none'}; expected {','.join(study.steps_columns())})")
         rows = []
         for lineno, r in enumerate(reader, 2):
             cond = (r.get("condition") or "").strip()
@@ -277,18 +192,22 @@ def find_steps_csv(run_dir):
     return None
 
 
+def run_config(run_dir):
+    """A run's config.json as a dict ({} if it has none)."""
+    cfg = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(cfg):
+        return {}
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            c = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{cfg}: malformed JSON ({e.msg})") from None
+    return c if isinstance(c, dict) else {}
+
+
 def run_condition(run_dir):
     """A run's condition: config.json's "condition", else the folder name."""
-    cfg = os.path.join(run_dir, "config.json")
-    if os.path.isfile(cfg):
-        try:
-            with open(cfg, encoding="utf-8") as f:
-                c = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{cfg}: malformed JSON ({e.msg})") from None
-        if isinstance(c, dict) and c.get("condition"):
-            return str(c["condition"])
-    return os.path.basename(os.path.normpath(run_dir))
+    return str(run_config(run_dir).get("condition") or os.path.basename(os.path.normpath(run_dir)))
 
 
 def load_run(run_dir):
@@ -341,8 +260,8 @@ def _behavior_means(entry):
     """{behavior: mean} from a priming entry (nested dict, or avg_* columns at its top level)."""
     src = next((entry[k] for k in BEHAVIOR_DICT_KEYS if isinstance(entry.get(k), dict)), entry)
     out = {}
-    for b, (col, _) in BEHAVIORS.items():
-        v = next((src[k] for k in (b, col, b + "_mean", "mean_" + b) if k in src), None)
+    for b, e in BEHAVIORS.items():
+        v = next((src[k] for k in (b, e.avg_column, b + "_mean", "mean_" + b) if k in src), None)
         if isinstance(v, dict):
             v = v.get("mean")
         if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -401,8 +320,8 @@ def _frequencies(name, s, path):
     if freq is None:
         return None
     out = {}
-    for b, (col, _) in BEHAVIORS.items():
-        v = next((freq[k] for k in (b, col) if k in freq), None)
+    for b, e in BEHAVIORS.items():
+        v = next((freq[k] for k in (b, e.avg_column) if k in freq), None)
         if v is not None:
             out[b] = _number(v, f"{path}: {name}: {b}")
     return {"n_docs": n, "frequency": out} if out else None
@@ -446,8 +365,8 @@ def load_base(paths):
     per_file = []
     for p in paths:
         curves = curves_from_rows(read_steps_csv(p))
-        per_file.append((_file_label(p), {c: {b: float(cv[col][1][0]) for b, (col, _) in BEHAVIORS.items()
-                                              if col in cv} for c, cv in curves.items()}))
+        per_file.append((_file_label(p), {c: {b: float(cv[e.avg_column][1][0]) for b, e in BEHAVIORS.items()
+                                              if e.avg_column in cv} for c, cv in curves.items()}))
     seen = {}
     for _, models in per_file:
         for m in models:
@@ -466,60 +385,6 @@ def load_base(paths):
 # ---------------------------------------------------------------------------------
 # figures
 
-def _figure(w, h):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-    return Figure(figsize=(w, h), layout="constrained")
-
-
-def save(fig, out_dir, name):
-    import matplotlib
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    with matplotlib.rc_context(RC):
-        for ext in FORMATS:
-            p = os.path.join(out_dir, f"{name}.{ext}")
-            fig.savefig(p, dpi=DPI, metadata={"Date": None} if ext == "svg" else None)
-            fig.set_layout_engine("none")  # the layout is settled: later formats reuse it (faster)
-            paths.append(p)
-    return paths
-
-
-def _legend_width(labels, ncol, fs):
-    """Width in inches of a legend of `ncol` columns (filled top to bottom, then left to right)."""
-    from matplotlib.font_manager import FontProperties
-    from matplotlib.textpath import TextToPath
-    text = TextToPath()
-    widths = [text.get_text_width_height_descent(l, FontProperties(size=fs), ismath=False)[0]
-              for l in labels]
-    per_col, extra = divmod(len(labels), ncol)  # matplotlib's split: the first columns get one more
-    sizes = [per_col + (i < extra) for i in range(ncol) if per_col + (i < extra)]
-    starts = np.cumsum([0] + sizes)
-    cols = [max(widths[a:b]) for a, b in zip(starts[:-1], starts[1:])]
-    return (sum(cols) + len(cols) * 3.0 * fs + (len(cols) - 1) * 1.5 * fs + 2 * fs) / 72
-
-
-def add_legend(fig, handles, labels, max_cols=4):
-    """One legend outside the panels: below them in as many columns as fit the figure's width
-    (the figure grows taller to hold it), or, when that would take many rows, a column at the
-    right (the figure grows wider)."""
-    if not handles:
-        return
-    import matplotlib
-    from matplotlib.font_manager import FontProperties
-    fs = FontProperties(size=matplotlib.rcParams["legend.fontsize"]).get_size_in_points()
-    w, h, n = fig.get_figwidth(), fig.get_figheight(), len(labels)
-    row_in = 1.55 * fs / 72  # one legend row: the text plus label spacing
-    ncol = next((c for c in range(min(max_cols, n), 0, -1) if _legend_width(labels, c, fs) <= 0.97 * w), 1)
-    rows = -(-n // ncol)
-    if rows > 5 and ncol < min(max_cols, n):
-        fig.set_size_inches(w + _legend_width(labels, 1, fs), max(h, n * row_in + 1.0))
-        fig.legend(handles, labels, loc="outside right upper", ncol=1, handlelength=2.2)
-    else:
-        fig.set_figheight(h + rows * row_in + 0.2)
-        fig.legend(handles, labels, loc="outside lower center", ncol=ncol, handlelength=2.2,
-                   columnspacing=1.5)
-
-
 def draw_curves(ax, curves, column, colors):
     """One line per condition that has `column` (one or two points get markers); returns their names."""
     drawn = []
@@ -530,15 +395,6 @@ def draw_curves(ax, curves, column, colors):
         ax.plot(x, y, color=colors[cond], label=cond, marker="o" if len(x) <= 2 else None, markersize=5)
         drawn.append(cond)
     return drawn
-
-
-def _collect_handles(axes):
-    seen = {}
-    for ax in axes:
-        for h, l in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(l, h)
-    labels = sorted(seen, key=order_key)
-    return [seen[l] for l in labels], labels
 
 
 def overlay_reference(ax, reference, column, drawn, colors):
@@ -560,7 +416,7 @@ def fig_lines(sources, column, ylabel, title, colors, reference=None):
     if not srcs:
         return None
     with matplotlib.rc_context(RC):
-        fig = _figure(PANEL_W * len(srcs) + 0.4, PANEL_H + 0.4)
+        fig = figure(PANEL_W * len(srcs) + 0.4, PANEL_H + 0.4)
         axes = fig.subplots(1, len(srcs), sharey=True, squeeze=False)[0]
         for ax, src in zip(axes, srcs):
             drawn = draw_curves(ax, src["curves"], column, colors)
@@ -570,7 +426,7 @@ def fig_lines(sources, column, ylabel, title, colors, reference=None):
             ax.set_xlabel("PPO step")
         axes[0].set_ylim(0, axes[0].get_ylim()[1])  # after all panels: the shared top fits them all
         axes[0].set_ylabel(ylabel)
-        handles, labels = _collect_handles(axes)
+        handles, labels = collect_handles(axes)
         if reference is not None:
             handles += [Line2D([], [], color="gray"), Line2D([], [], color="gray", linestyle="--")]
             labels += ["solid: the panel's data", f"dashed: {reference['name']}"]
@@ -581,17 +437,26 @@ def fig_lines(sources, column, ylabel, title, colors, reference=None):
 
 
 def behavior_panels():
-    """A 2x2 figure, one panel per behavior (BEHAVIORS order), titled and labelled; call inside
-    rc_context(RC). Returns (fig, [(ax, steps.csv column), ...])."""
-    fig = _figure(2 * PANEL_W, 2 * PANEL_H + 0.5)
-    axes = fig.subplots(2, 2, sharex=True).ravel()
-    for ax, (col, name) in zip(axes, BEHAVIORS.values()):
-        ax.set_title(name)
-    for ax in axes[::2]:
+    """A grid with one panel per behavior (study.BEHAVIORS order; two columns, three from five
+    behaviors on), titled and labelled; call inside rc_context(RC). Returns (fig, [(ax, steps.csv
+    column), ...])."""
+    n = len(BEHAVIORS)
+    cols = 2 if n <= 4 else 3
+    rows = -(-n // cols)
+    fig = figure(cols * PANEL_W, rows * PANEL_H + 0.5)
+    grid = fig.subplots(rows, cols, sharex=True, squeeze=False)
+    for ax in grid.ravel()[n:]:
+        ax.remove()
+    for ax in grid[:, 0]:
         ax.set_ylabel("mean count per response")
-    for ax in axes[2:]:
-        ax.set_xlabel("PPO step")
-    return fig, [(ax, col) for ax, (col, _) in zip(axes, BEHAVIORS.values())]
+    for c in range(min(cols, n)):   # the lowest panel of each column carries the step axis
+        bottom = grid[(n - 1 - c) // cols, c]
+        bottom.set_xlabel("PPO step")
+        bottom.xaxis.set_tick_params(labelbottom=True)
+    axes = grid.ravel()[:n]
+    for ax, e in zip(axes, BEHAVIORS.values()):
+        ax.set_title(e.title)
+    return fig, [(ax, e.avg_column) for ax, e in zip(axes, BEHAVIORS.values())]
 
 
 def fig_behaviors(src, colors, ref=None, title=None):
@@ -600,7 +465,7 @@ def fig_behaviors(src, colors, ref=None, title=None):
     import matplotlib
     from matplotlib.lines import Line2D
     curves = src["curves"]
-    if not any(col in cv for cv in curves.values() for col, _ in BEHAVIORS.values()):
+    if not any(e.avg_column in cv for cv in curves.values() for e in BEHAVIORS.values()):
         return None
     with matplotlib.rc_context(RC):
         fig, panels = behavior_panels()
@@ -612,7 +477,7 @@ def fig_behaviors(src, colors, ref=None, title=None):
             if not drawn:
                 ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="gray")
             ax.set_ylim(bottom=0)
-        handles, labels = _collect_handles([ax for ax, _ in panels])
+        handles, labels = collect_handles([ax for ax, _ in panels])
         if overlaid:
             handles += [Line2D([], [], color="gray"), Line2D([], [], color="gray", linestyle="--")]
             labels += ["solid: our runs", f"dashed: {ref['name']}"]
@@ -636,11 +501,11 @@ def fig_bar_groups(data, ylabel, title, colors, label_of=lambda k: k):
     """Bars grouped by behavior, one bar per entry of data ({name: {behavior: value}})."""
     import matplotlib
     names = sorted(data, key=order_key)
-    titles = [t.replace(" ", "\n") for _, t in BEHAVIORS.values()]  # two lines: ticks stay apart
+    titles = [e.title.replace(" ", "\n") for e in BEHAVIORS.values()]  # two lines: ticks stay apart
     bars = {label_of(n): [data[n].get(b, math.nan) for b in BEHAVIORS] for n in names}
     bar_colors = {label_of(n): colors[n] for n in names}
     with matplotlib.rc_context(RC):
-        fig = _figure(min(2 * PANEL_W, max(7.0, 1.6 + 0.25 * len(names) * 4)), PANEL_H + 0.7)
+        fig = figure(min(2 * PANEL_W, max(7.0, 1.6 + 0.25 * len(names) * 4)), PANEL_H + 0.7)
         ax = fig.subplots()
         grouped_bars(ax, titles, bars, bar_colors)
         ax.set_ylabel(ylabel)
@@ -652,9 +517,9 @@ def fig_bar_groups(data, ylabel, title, colors, label_of=lambda k: k):
 def _behavior_mix(ax, priming, conds):
     """Stacked horizontal bars: each condition's mean count of each behavior per trace."""
     y, left = np.arange(len(conds)), np.zeros(len(conds))
-    for b, (_, name) in BEHAVIORS.items():
+    for b, e in BEHAVIORS.items():
         v = np.array([(priming[c]["behaviors"] or {}).get(b, 0.0) for c in conds])
-        ax.barh(y, v, left=left, color=BEHAVIOR_COLORS[b], label=name, height=0.7)
+        ax.barh(y, v, left=left, color=e.color, label=e.title, height=0.7)
         left += v
     for i, c in enumerate(conds):
         if priming[c]["behaviors"] is None:
@@ -683,7 +548,7 @@ def fig_priming(priming, colors):
     conds = sorted(priming, key=order_key)[::-1]  # top to bottom in legend order
     panels = [p for p in ("correct", "behaviors", "tokens") if any(priming[c][p] for c in conds)]
     with matplotlib.rc_context(RC):
-        fig = _figure(1.8 + 3.4 * len(panels), max(2.6, 1.2 + 0.38 * len(conds)))
+        fig = figure(1.8 + 3.4 * len(panels), max(2.6, 1.2 + 0.38 * len(conds)))
         axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
         for ax, p in zip(axes, panels):
             if p == "behaviors":
@@ -750,7 +615,8 @@ def _parse_args(argv=None):
     ap.add_argument("--csv", nargs="+", default=[], help="steps CSVs with the reference columns (one panel each)")
     ap.add_argument("--runs", nargs="+", default=[], help="run folders (metrics.jsonl, config.json, steps.csv)")
     ap.add_argument("--reference", default=None, help="steps CSV whose accuracy curves are overlaid, dashed; "
-                    "study:llama_results or study:qwen_results for the study's own (any CSV flag takes study:<table>)")
+                    "study: the study's own for the runs' model (or name it: study:llama_results, "
+                    "study:qwen_results; any CSV flag takes study:<table>)")
     ap.add_argument("--priming", default=None, help="gen_priming.py summary.json, or a condition,average_score CSV")
     ap.add_argument("--base", nargs="+", default=[], help="steps CSVs of base models (first step per condition)")
     ap.add_argument("--stats", default=None, help="curate_pretrain.py stats.json (behavior frequency per set)")
@@ -762,9 +628,22 @@ def _parse_args(argv=None):
     return args
 
 
+def study_reference(run_dirs):
+    """`--reference study`: the study's table of the model the runs start from (config.json's
+    "model" or "init" naming Qwen: study:qwen_results), else Llama's (study:llama_results)."""
+    configs = [run_config(d) for d in run_dirs if os.path.isdir(d)]
+    qwen = any("qwen" in str(c.get(k, "")).lower() for c in configs for k in ("model", "init"))
+    table = "study:qwen_results" if qwen else "study:llama_results"
+    note(f"--reference study: {table}")
+    return table
+
+
 def resolve_study_tables(args):
     """`study:<table>` in --csv, --reference, --priming, --base -> the study's published CSV
-    (downloaded once at a pinned commit, common.study_table); paths stay paths."""
+    (downloaded once at a pinned commit, common.study_table); paths stay paths. `--reference
+    study` picks the table of the runs' model (study_reference)."""
+    if args.reference == "study":
+        args.reference = study_reference(args.runs)
     args.csv = [common.study_table(p) for p in args.csv]
     args.base = [common.study_table(p) for p in args.base]
     args.reference, args.priming = common.study_table(args.reference), common.study_table(args.priming)

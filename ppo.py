@@ -490,18 +490,18 @@ def critic_loss_fn(args):
 
 
 def batch_metrics(b, args):
-    """The step's metrics on this rank. Behaviors (b["behaviors"]: classify.count_behaviors of
+    """The step's metrics on this rank. Behaviors (b["behaviors"]: behavior_rules.count_behaviors of
     each response) go out as sums and counts ("_sum/...", "_n..."), which train_step turns into
     means after the all-reduce (see there)."""
     mask, scores = b["mask"], b["scores"]
     beh = {}
     if b.get("behaviors") is not None:
-        import classify
+        import study
         correct = [s >= 1.0 for s in b["score_list"]]
         for split, want in (("", None), ("/correct", True), ("/incorrect", False)):
             rows = [c for c, ok in zip(b["behaviors"], correct) if want is None or ok == want]
             beh[f"_n{split}"] = float(len(rows))
-            for name in classify.BEHAVIORS:
+            for name in study.BEHAVIORS:
                 beh[f"_sum/behavior/{name}{split}"] = float(sum(r[name] for r in rows))
                 beh[f"_sum/behavior/{name}_rate{split}"] = float(sum(r[name] > 0 for r in rows))
     return {**beh,
@@ -649,12 +649,12 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
     t_step, timings = time.time(), {}
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
-    # 1-2. sample and score; count the four behaviors in each response (classify.py's rules)
+    # 1-2. sample and score; count the behaviors in each response (the rules of behavior_rules.py)
     b = rollout(policy, tokenizer, draw_tasks(tasks, step, args, dist), args, reward_fn, device)
     timings["time/generate"], timings["time/score"] = b["time_generate"], b["time_score"]
-    import classify
+    import behavior_rules
     t0 = time.time()
-    b["behaviors"] = [classify.count_behaviors(txt, t["nums"], t["target"]) for txt, t in zip(b["texts"], b["tasks"])]
+    b["behaviors"] = [behavior_rules.count_behaviors(txt, t["nums"], t["target"]) for txt, t in zip(b["texts"], b["tasks"])]
     timings["time/behaviors"] = time.time() - t0
     # 3-5. old/ref log-probs, values, rewards, advantages
     b = compute_advantages(b, policy, ref, critic, args, state["kl_coef"], timings, opt_c, dist)

@@ -14,7 +14,7 @@ What it holds:
     the run's classify/steps.csv, or from ppo.py's live metrics (behavior/<name> in
     metrics.jsonl) where it has none; the live split by correct / incorrect responses too;
   - a browser of sampled responses per step, from the runs' rollouts/ and val/ step files:
-    every behavior the rules classifier counted (classify.behavior_spans) highlighted in its
+    every behavior the rules classifier counted (behavior_rules.behavior_spans) highlighted in its
     color, filters for run, split, step, correct / incorrect, behavior present and text,
     20 responses a page;
   - each run's resolved settings (config.json).
@@ -43,8 +43,10 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+import behavior_rules
 import classify
 import common
+import study
 from common import DataError
 
 # ---------------------------------------------------------------------------------
@@ -93,11 +95,11 @@ def pack_rows(recs):
     for r in recs:
         text = classify.response_of(r) or ""
         nums, target = r.get("nums") or [], r.get("target")
-        spans = classify.behavior_spans(text, nums, target) if target is not None else []
+        spans = behavior_rules.behavior_spans(text, nums, target) if target is not None else []
         reward = r.get("reward")
         correct = r.get("correct", isinstance(reward, (int, float)) and reward >= 1.0)
         rows.append([r.get("id"), nums, target, reward, int(bool(correct)), r.get("length"), text,
-                     [x for a, z, b in spans for x in (a, z, classify.BEHAVIORS.index(b))]])
+                     [x for a, z, b in spans for x in (a, z, list(study.BEHAVIORS).index(b))]])
     return rows
 
 
@@ -106,8 +108,8 @@ def pack_file(path, per_step, seed):
     recs = common.read_jsonl(path)
     kept = sample_records(recs, per_step, seed)
     rows = pack_rows(kept)
-    present = [0] * len(classify.BEHAVIORS)
-    counts = [0] * len(classify.BEHAVIORS)
+    present = [0] * len(study.BEHAVIORS)
+    counts = [0] * len(study.BEHAVIORS)
     for row in rows:
         seen = set()
         for k in row[7][2::3]:
@@ -159,7 +161,7 @@ def run_curves(run_dir):
     path = os.path.join(run_dir, "metrics.jsonl")
     recs = plot.read_metrics(path) if os.path.isfile(path) else []
     live = {}
-    for b, (col, _) in plot.BEHAVIORS.items():
+    for b, col in [(b, e.avg_column) for b, e in study.BEHAVIORS.items()]:
         xy = plot.metric_curve(recs, [LIVE_KEY.format(b)])
         if xy is not None and col not in curves:
             curves[col] = xy
@@ -204,7 +206,7 @@ def fig_split(live, colors):
                         ax.plot(*xy, color=colors[run], linestyle=style, label=run,
                                 marker="o" if len(xy[0]) <= 2 else None, markersize=4)
             ax.set_ylim(bottom=0)
-        handles, labels = plot._collect_handles([ax for ax, _ in panels])
+        handles, labels = plot.collect_handles([ax for ax, _ in panels])
         handles += [Line2D([], [], color="gray"), Line2D([], [], color="gray", linestyle=":")]
         labels += ["solid: correct responses", "dotted: incorrect responses"]
         plot.add_legend(fig, handles, labels)
@@ -262,7 +264,7 @@ def summary_rows(curves):
         cv = curves[run]
         acc = cv.get("accuracy")
         beh = []
-        for _, (col, _) in plot.BEHAVIORS.items():
+        for col in (e.avg_column for e in study.BEHAVIORS.values()):
             xy = cv.get(col)
             beh.append(f"{xy[1][0]:.2f} → {xy[1][-1]:.2f}" if xy is not None else "-")
         rows.append([run, f"{acc[1][-1]:.3f} (step {int(acc[0][-1])})" if acc is not None else "-", *beh])
@@ -322,9 +324,9 @@ def write_report(runs=(), out="report.html", reference=None, csvs=(), per_step=P
     figs = figures(curves, live, reference, csvs) if (curves or csvs) else []
     title = title or ("Run report: " + ", ".join(r["name"] for r in meta_runs) if meta_runs else "Run report")
     meta = {"title": title, "generated": time.strftime("%Y-%m-%d %H:%M"), "page": PAGE, "per_step": per_step,
-            "behaviors": list(classify.BEHAVIORS),
-            "names": {b: plot.BEHAVIORS[b][1] for b in classify.BEHAVIORS},
-            "colors": {b: plot.BEHAVIOR_COLORS[b] for b in classify.BEHAVIORS}, "runs": meta_runs}
+            "behaviors": list(study.BEHAVIORS),
+            "names": {b: e.title for b, e in study.BEHAVIORS.items()},
+            "colors": {b: e.color for b, e in study.BEHAVIORS.items()}, "runs": meta_runs}
     page = render(meta, figs, summary_rows(curves), blocks, reference)
     common.atomic_write_text(out, page)
     n = sum(c["n"] for r in meta_runs for c in r["chunks"])
@@ -634,10 +636,10 @@ def synthetic_runs(root, conditions=6, steps=25, per_step=200, max_tokens=1024, 
                              "prompt": countdown.make_prompt(t["nums"], t["target"]), "response": text,
                              "reward": reward, "correct": reward >= 1.0, "length": int(len(text) / 3.5)})
             common.write_jsonl(os.path.join(d, "rollouts", f"step_{step:06d}.jsonl"), recs)
-            counts = [classify.count_behaviors(r["response"], r["nums"], r["target"]) for r in recs[:50]]
+            counts = [behavior_rules.count_behaviors(r["response"], r["nums"], r["target"]) for r in recs[:50]]
             metrics.append({"step": step, "acc": sum(r["correct"] for r in recs) / len(recs),
                             "response_length/mean": sum(r["length"] for r in recs) / len(recs),
-                            **{f"behavior/{b}": sum(c[b] for c in counts) / len(counts) for b in classify.BEHAVIORS}})
+                            **{f"behavior/{b}": sum(c[b] for c in counts) / len(counts) for b in study.BEHAVIORS}})
         common.write_jsonl(os.path.join(d, "metrics.jsonl"), metrics)
         common.write_json(os.path.join(d, "config.json"), {"stage": "ppo", "condition": name, "synthetic": True,
                                                            "steps": steps * every, "prompts_per_step": 256})

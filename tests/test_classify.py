@@ -14,7 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import behavior_rules
 import classify
+import study
 from conftest import REPO, SHARED
 
 HAND = os.path.join(REPO, "tests", "fixtures", "hand_traces.jsonl")
@@ -30,9 +32,9 @@ def test_doctests():
 # ---------------------------------------------------------------- agreement
 def test_hand_traces_presence_at_least_80_percent():
     recs = classify.read_records(HAND)
-    assert len(recs) == 40 and all(set(r["labels"]) == set(classify.BEHAVIORS) for r in recs)
-    res = classify.agreement(recs)["all"]
-    for b in classify.BEHAVIORS:
+    assert len(recs) == 40 and all(set(r["labels"]) == set(study.BEHAVIORS) for r in recs)
+    res = behavior_rules.agreement(classify.eval_samples(recs))["all"]
+    for b in study.BEHAVIORS:
         assert res[b]["tp"] + res[b]["fn"] >= 5, f"fixture has too few {b} traces"
         assert res[b]["presence"] / res[b]["n"] >= 0.80, (b, dict(res[b]))
 
@@ -40,9 +42,9 @@ def test_hand_traces_presence_at_least_80_percent():
 def test_heldout_hand_traces_floor():
     """20 more traces, written and labelled after the rules existed and never tuned on (the
     README reports their agreement). A floor, so a change that overfits the writer shows up."""
-    res = classify.agreement(classify.read_records(os.path.join(REPO, "tests", "fixtures",
-                                                                "hand_traces_heldout.jsonl")))["all"]
-    for b in classify.BEHAVIORS:
+    res = behavior_rules.agreement(classify.eval_samples(classify.read_records(
+        os.path.join(REPO, "tests", "fixtures", "hand_traces_heldout.jsonl"))))["all"]
+    for b in study.BEHAVIORS:
         assert res[b]["presence"] / res[b]["n"] >= 0.75, (b, dict(res[b]))
 
 
@@ -55,7 +57,7 @@ def writer_traces():
 
 def test_agrees_with_symbolic_writer(writer_traces):
     """The acceptance figure uses 1,000 traces per condition (see the README's command); 150 here."""
-    res = classify.agreement(writer_traces)
+    res = behavior_rules.agreement(classify.eval_samples(writer_traces))
     assert set(res) == set(DIRECT)
     for cond, by_b in res.items():
         for b, c in by_b.items():
@@ -72,7 +74,7 @@ def test_throughput_2000_per_second_on_one_core(writer_traces):
     """>= 2,000 responses/s of CPU time, scaled by how much slower than a reference core this
     machine runs a fixed loop right now (a loaded CI box must not fail the test)."""
     recs = writer_traces[::2] + classify.read_records(HAND)
-    rate = classify.throughput(recs, repeat=3)
+    rate = behavior_rules.throughput(classify.eval_samples(recs), repeat=3)
     slowdown = max(1.0, _yardstick() / 10e-6)
     assert rate * slowdown >= 2000, (rate, slowdown)
 
@@ -85,16 +87,16 @@ _PIECES = list("0123456789 +-*/=().,;:!?\nabcx@") + [
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.sampled_from(_PIECES), max_size=120).map("".join))
 def test_never_crashes_and_counts_are_small(text):
-    c = classify.count_behaviors(text, [1, 2, 3, 4], 10)
-    assert set(c) == set(classify.BEHAVIORS)
+    c = behavior_rules.count_behaviors(text, [1, 2, 3, 4], 10)
+    assert set(c) == set(study.BEHAVIORS)
     assert all(isinstance(v, int) and 0 <= v <= len(text) for v in c.values())
 
 
 def test_zero_denominator_is_not_a_value():
     """'x = 23/0' (a tiny model wrote it in the pipeline) is skipped, not a crash."""
     text = "44 + 19 = 23/0, so 44 + 19 = 63. 63 + 3 = 66. Not 76, go back."
-    assert classify.count_behaviors(text, [44, 19, 3, 1], 76)["verification"] >= 0
-    assert [e["value"] for e in classify.find_equations(classify.normalize(text))] == [63, 66]
+    assert behavior_rules.count_behaviors(text, [44, 19, 3, 1], 76)["verification"] >= 0
+    assert [e["value"] for e in behavior_rules.find_equations(behavior_rules.normalize(text))] == [63, 66]
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -110,17 +112,17 @@ def test_zero_denominator_is_not_a_value():
      dict(verification=0, backtracking=0, subgoal=0, backward=0)),                      # the task, restated
 ])
 def test_rules_on_small_cases(text, expected):
-    assert classify.count_behaviors(text, [44, 19, 3, 1], 76) == expected
+    assert behavior_rules.count_behaviors(text, [44, 19, 3, 1], 76) == expected
 
 
 # ---------------------------------------------------------------- spans (what the run report marks)
 def _check_spans(text, nums, target):
-    spans = classify.behavior_spans(text, nums, target)
-    counts = classify.count_behaviors(text, nums, target)
-    assert {b: sum(s[2] == b for s in spans) for b in classify.BEHAVIORS} == counts, text
+    spans = behavior_rules.behavior_spans(text, nums, target)
+    counts = behavior_rules.count_behaviors(text, nums, target)
+    assert {b: sum(s[2] == b for s in spans) for b in study.BEHAVIORS} == counts, text
     assert all(0 <= a < z <= len(text) for a, z, _ in spans), (text, spans)
-    assert spans == sorted(spans, key=lambda s: (s[0], s[1], classify.BEHAVIORS.index(s[2])))
-    assert classify.normalize(text, []) == classify.normalize(text)   # tracking the edits changes nothing
+    assert spans == sorted(spans, key=lambda s: (s[0], s[1], list(study.BEHAVIORS).index(s[2])))
+    assert behavior_rules.normalize(text, []) == behavior_rules.normalize(text)   # tracking the edits changes nothing
     return spans
 
 
@@ -188,7 +190,7 @@ def test_run_folder_to_steps_csv(tmp_path, capsys):
     out = os.path.join(run, "classify")
     with open(os.path.join(out, "steps.csv")) as f:
         header = f.readline().strip().split(",")
-    assert header == classify.CSV_COLUMNS
+    assert header == study.steps_columns()
     ref = os.path.join(SHARED, "reference", "llama_results.csv")
     if os.path.exists(ref):
         with open(ref) as f:
@@ -459,7 +461,7 @@ def test_malformed_replies_are_retried_then_recorded_missing_and_asked_again(tmp
         cap = capfd.readouterr()
         a, b = classify.read_records(str(tmp_path / "o" / "classified.jsonl"))
         assert a["verification"] is None and a["missing"] == a["failed"] == ["verification"]
-        assert a["backtracking"] == 1 and all(b[x] == 1 for x in classify.BEHAVIORS) and "missing" not in b
+        assert a["backtracking"] == 1 and all(b[x] == 1 for x in study.BEHAVIORS) and "missing" not in b
         assert srv.served_faults == ["malformed", "hollow", "cut", "malformed"]   # 1 + 2 retries, then 1 more
         summary = [l for l in cap.err.splitlines() if "records had requests that failed" in l]
         assert len(summary) == 1 and summary[0].startswith("[classify] 1 of 2 records")
@@ -468,7 +470,7 @@ def test_malformed_replies_are_retried_then_recorded_missing_and_asked_again(tmp
         assert classify.main(args) == 0                                         # the rerun
         assert srv.completions == n + 4 and "1 records already classified" in capfd.readouterr().out
         a, b = classify.read_records(str(tmp_path / "o" / "classified.jsonl"))
-        assert all(a[x] == 1 for x in classify.BEHAVIORS) and "missing" not in a and "failed" not in a
+        assert all(a[x] == 1 for x in study.BEHAVIORS) and "missing" not in a and "failed" not in a
     finally:
         srv.stop()
 
@@ -551,10 +553,10 @@ def test_run_folder_split_val_reads_the_test_set_samples(tmp_path, capsys):
 def test_judge_asks_one_count_question_per_behavior_in_the_studys_order(tmp_path, monkeypatch, fake_api):
     """As gpt_api_eval.py: a system message, then per behavior the puzzle, the reasoning, what to
     count with an example, and the answer as <count>N</count> (<count>0</count> if none)."""
-    for b in classify.BEHAVIORS:
+    for b in study.BEHAVIORS:
         q = classify.judge_prompt(b, "RESPONSE-TEXT", [44, 19, 3, 1], 76)
-        at = [q.index(x) for x in ("[44, 19, 3, 1]", "76", "RESPONSE-TEXT", classify.DEFINITIONS[b][0],
-                                   classify.DEFINITIONS[b][1], "<count>0</count>")]
+        at = [q.index(x) for x in ("[44, 19, 3, 1]", "76", "RESPONSE-TEXT", study.BEHAVIORS[b].judge.what,
+                                   study.BEHAVIORS[b].judge.example, "<count>0</count>")]
         assert at == sorted(at), b
     api = fake_api()
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -610,9 +612,9 @@ def fake_study_checkout(root, field="{target - 1}"):
 
 def test_study_judge_prompts_from_a_checkout(tmp_path, monkeypatch, fake_api):
     root = fake_study_checkout(tmp_path / "checkout")
-    system, study = classify.study_judge(root)
+    system, theirs = classify.study_judge(root)
     assert system == "PLACEHOLDER system message."
-    q = {b: classify.judge_prompt(b, "R", [44, 19, 3, 1], 76, study=study) for b in classify.BEHAVIORS}
+    q = {b: classify.judge_prompt(b, "R", [44, 19, 3, 1], 76, study=theirs) for b in study.BEHAVIORS}
     assert q == {"verification": "Q1 with [44, 19, 3, 1] and 76: R. Does it contain verification? 75",
                  "backtracking": "Q2 [44, 19, 3, 1]/76: R. Does it contain backtracking? <count> </count>",
                  "subgoal": "Q3 R. Does it contain subgoal steps like 38 or    76?",

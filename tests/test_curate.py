@@ -18,6 +18,7 @@ import pytest
 import common
 import curate_pretrain as cp
 import llm
+import study
 from conftest import REPO
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "math_docs.jsonl")
@@ -44,10 +45,10 @@ def all_text(out):
 
 def agreement():
     """Per label: fraction of fixture documents where the rules give the known label."""
-    hits = dict.fromkeys(cp.BEHAVIORS + ("solves_problem",), 0)
+    hits = dict.fromkeys([*study.BEHAVIORS, "solves_problem"], 0)
     for d in DOCS:
         labels, solves = cp.rule_labels(d["text"])
-        for k in cp.BEHAVIORS:
+        for k in study.BEHAVIORS:
             hits[k] += labels[k] == d["labels"][k]
         hits["solves_problem"] += solves == d["solves_problem"]
     return {k: v / len(DOCS) for k, v in hits.items()}
@@ -55,7 +56,7 @@ def agreement():
 
 def test_fixture_covers_every_behavior_and_none():
     assert 45 <= len(DOCS) <= 60 and len({d["id"] for d in DOCS}) == len(DOCS)
-    for k in cp.BEHAVIORS:
+    for k in study.BEHAVIORS:
         assert sum(d["labels"][k] for d in DOCS) >= 5, k
     assert sum(not any(d["labels"].values()) for d in DOCS) >= 10
     assert sum(not d["solves_problem"] for d in DOCS) >= 5
@@ -94,7 +95,7 @@ def test_offline_end_to_end(offline, capsys):
     # the stats are the fixture's known frequencies, up to the rules' disagreements (<= 1 doc each)
     n = len(DOCS)
     assert stats["n_docs"] == n
-    for k in cp.BEHAVIORS:
+    for k in study.BEHAVIORS:
         known = sum(d["labels"][k] for d in DOCS) / n
         assert abs(stats["frequency"][k] - known) <= 1 / n + 1e-9, k
     known_none = sum(not any(d["labels"].values()) for d in DOCS) / n
@@ -426,7 +427,7 @@ def test_select_pairs_a_few_hundred_documents():
     import math
     import random
     rng = random.Random(0)
-    no = dict.fromkeys(cp.BEHAVIORS, False)
+    no = dict.fromkeys(study.BEHAVIORS, False)
     docs = [dict(id=f"d{i}", n_chars=int(math.exp(rng.gauss(7, 1))),
                  labels=no if rng.random() < 0.4 else dict(no, backtracking=True)) for i in range(300)]
     pairs, unmatched = cp.select_pairs(docs, 1e12, 4.0, 0.5, 0)

@@ -10,6 +10,7 @@ import os
 import pytest
 
 import classify
+import study
 import curate_pretrain as cp
 import gen_priming as gp
 from conftest import REPO
@@ -84,7 +85,7 @@ def test_classify_through_every_fault(server, tmp_path, monkeypatch, capfd):
     assert rc == 0, cap.err
     recs = classify.read_records(str(out / "classified.jsonl"))
     assert srv.served_faults == FAULTS
-    assert all(r[b] == 1 for r in recs for b in classify.BEHAVIORS) and not any("missing" in r for r in recs)
+    assert all(r[b] == 1 for r in recs for b in study.BEHAVIORS) and not any("missing" in r for r in recs)
     assert "[redacted]" in cap.err
     scan(tmp_path, cap)
 

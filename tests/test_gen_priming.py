@@ -13,6 +13,7 @@ import pytest
 
 import countdown
 import gen_priming as gp
+import study
 from common import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +62,7 @@ def test_record_format(small):
             expr = countdown.extract_answer(r["completion"])
             assert r["correct"] == countdown.check_equation(expr, r["nums"], r["target"])
             assert countdown.score(r["completion"], r["nums"], r["target"]) in (0.1, 1.0)
-            assert set(r["behaviors"]) == set(gp.BEHAVIORS)
+            assert set(r["behaviors"]) == set(study.BEHAVIORS)
 
 
 def test_exactly_the_conditions_behaviors(small):
@@ -71,7 +72,7 @@ def test_exactly_the_conditions_behaviors(small):
         for r in records(small, cond):
             # the recorded counts are the sentences actually written, and nothing else shows
             assert marker_counts(r["completion"]) == r["behaviors"], r["completion"]
-            assert all(r["behaviors"][b] == 0 for b in gp.BEHAVIORS if b not in wanted)
+            assert all(r["behaviors"][b] == 0 for b in study.BEHAVIORS if b not in wanted)
             if "verification" not in wanted:
                 assert not judging.search(gp.thinking(r["completion"])), r["completion"]
 
@@ -85,7 +86,7 @@ def test_five_numbers_and_any_budget():
             for budget in (1, 9):
                 r = gp.write_symbolic(t, cond, 0, budget)
                 assert marker_counts(r["completion"]) == r["behaviors"]
-                assert all(r["behaviors"][b] == 0 for b in gp.BEHAVIORS if b not in wanted)
+                assert all(r["behaviors"][b] == 0 for b in study.BEHAVIORS if b not in wanted)
                 assert countdown.score(r["completion"], t["nums"], t["target"]) > 0
 
 
@@ -199,9 +200,9 @@ def test_acceptance_n1000(tmp_path):
     s = json.load(open(os.path.join(out, "summary.json")))["conditions"]
     assert sorted(s) == sorted(gp.CONDITIONS)
     assert all(s[c]["records"] == 1000 for c in gp.CONDITIONS)
-    assert all(s["all_strategies"]["behaviors"][b] >= 1 for b in gp.BEHAVIORS)
+    assert all(s["all_strategies"]["behaviors"][b] >= 1 for b in study.BEHAVIORS)
     for cond, wanted in ((c, w) for c, w in gp.DIRECT.items() if c in gp.CONDITIONS):
-        for b in gp.BEHAVIORS:
+        for b in study.BEHAVIORS:
             mean = s[cond]["behaviors"][b]
             assert mean >= 1 if b in wanted else mean == 0, (cond, b, mean)
         assert 0 < s[cond]["correct_rate"] < 1
@@ -409,7 +410,7 @@ def test_api_sampling_defaults_are_the_studys(server, tmp_path, monkeypatch):
 
 
 def test_negative_control_is_a_straight_calculation_with_no_behavior():
-    classify = pytest.importorskip("classify")
+    behavior_rules = pytest.importorskip("behavior_rules")
     tasks = gp.make_tasks(300, 11)
     recs = [gp.write_symbolic(t, "negative_control", seed=4) for t in tasks]
     step = re.compile(r"Step (\d+): (\d+) ([-+*/]) (\d+) = (\d+)\.")
@@ -417,9 +418,9 @@ def test_negative_control_is_a_straight_calculation_with_no_behavior():
         lines = gp.thinking(r["completion"]).strip().split("\n")
         steps = [step.fullmatch(x) for x in lines[1:-1]]
         assert all(steps) and [int(m.group(1)) for m in steps] == list(range(1, len(r["nums"])))
-        assert r["behaviors"] == dict.fromkeys(gp.BEHAVIORS, 0)
+        assert r["behaviors"] == dict.fromkeys(study.BEHAVIORS, 0)
         assert marker_counts(r["completion"]) == r["behaviors"]
-        assert classify.count_behaviors(r["completion"], r["nums"], r["target"]) == r["behaviors"], r["completion"]
+        assert behavior_rules.count_behaviors(r["completion"], r["nums"], r["target"]) == r["behaviors"], r["completion"]
         if r["correct"]:
             assert int(steps[-1].group(5)) == r["target"]
     assert sum(r["correct"] for r in recs) / len(recs) > 0.97  # straight to the answer
@@ -437,13 +438,13 @@ def test_negative_control_is_written_on_request_only(tmp_path):
         "all_strategies.jsonl", "empty_cot.jsonl", "negative_control.jsonl"]
     s = json.load(open(os.path.join(out, "summary.json")))["conditions"]
     assert s["negative_control"]["records"] == 20
-    assert s["negative_control"]["behaviors"] == dict.fromkeys(gp.BEHAVIORS, 0.0)
+    assert s["negative_control"]["behaviors"] == dict.fromkeys(study.BEHAVIORS, 0.0)
 
 
 def test_negative_control_system_prompt_asks_for_no_behavior():
     text = gp.system_prompt("negative_control")
     assert gp.STRAIGHT_TEXT in text and gp.SEARCH_TEXT not in text
-    assert all(gp.AVOID_TEXT[b] in text for b in gp.BEHAVIORS)
+    assert all(study.BEHAVIORS[b].avoid in text for b in study.BEHAVIORS)
     assert "Show this reasoning habit" not in text and "Show these reasoning habits" not in text
     for c in ("all_strategies", "only_backtracking"):  # the other prompts keep their search paragraph
         assert gp.SEARCH_TEXT in gp.system_prompt(c) and gp.STRAIGHT_TEXT not in gp.system_prompt(c)

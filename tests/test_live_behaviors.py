@@ -1,5 +1,5 @@
 """Live behavior metrics: ppo.py counts the four behaviors in every step's rollouts, and the
-spans classify.behavior_spans marks are exactly the occurrences count_behaviors counts."""
+spans behavior_rules.behavior_spans marks are exactly the occurrences count_behaviors counts."""
 import csv
 import json
 import os
@@ -8,7 +8,9 @@ import random
 import pytest
 import torch
 
+import behavior_rules
 import classify
+import study
 import common
 import countdown
 import gen_priming
@@ -71,14 +73,14 @@ def test_live_metrics_equal_classify_steps_csv(run):
     seen_splits = set()
     for step, m in metrics.items():
         row = rows[step]
-        for b in classify.BEHAVIORS:
-            assert m[f"behavior/{b}"] == pytest.approx(float(row[classify.AVG_COLUMN[b]]), abs=1e-6), (step, b)
+        for b in study.BEHAVIORS:
+            assert m[f"behavior/{b}"] == pytest.approx(float(row[study.BEHAVIORS[b].avg_column]), abs=1e-6), (step, b)
         assert m["acc"] == pytest.approx(float(row["accuracy"]), abs=1e-6)
         recs = common.read_jsonl(str(run / "rollouts" / f"step_{step:06d}.jsonl"))
         for split, keep in (("", lambda r: True), ("/correct", lambda r: r["correct"]),
                             ("/incorrect", lambda r: not r["correct"])):
-            part = [classify.count_behaviors(r["response"], r["nums"], r["target"]) for r in recs if keep(r)]
-            for b in classify.BEHAVIORS:
+            part = [behavior_rules.count_behaviors(r["response"], r["nums"], r["target"]) for r in recs if keep(r)]
+            for b in study.BEHAVIORS:
                 if not part:
                     assert f"behavior/{b}{split}" not in m
                     continue
@@ -105,11 +107,11 @@ def test_span_counts_equal_count_behaviors_on_a_run(run):
         recs.append({**r, "response": "İ " + text})
     total = 0
     for r in recs:
-        counts = classify.count_behaviors(r["response"], r["nums"], r["target"])
-        spans = classify.behavior_spans(r["response"], r["nums"], r["target"])
-        assert {b: sum(s[2] == b for s in spans) for b in classify.BEHAVIORS} == counts, r["response"]
+        counts = behavior_rules.count_behaviors(r["response"], r["nums"], r["target"])
+        spans = behavior_rules.behavior_spans(r["response"], r["nums"], r["target"])
+        assert {b: sum(s[2] == b for s in spans) for b in study.BEHAVIORS} == counts, r["response"]
         assert all(0 <= a < z <= len(r["response"]) for a, z, _ in spans)
-        assert spans == sorted(spans, key=lambda s: (s[0], s[1], classify.BEHAVIORS.index(s[2])))
+        assert spans == sorted(spans, key=lambda s: (s[0], s[1], list(study.BEHAVIORS).index(s[2])))
         total += len(spans)
     assert total > 200
 
@@ -160,10 +162,10 @@ def test_torchrun_two_ranks_log_the_global_means(tmp_path):
         halves = (recs[:len(recs) // 2], recs[len(recs) // 2:])        # rank 0's, rank 1's
         for split, keep in (("", lambda r: True), ("/correct", lambda r: r["correct"]),
                             ("/incorrect", lambda r: not r["correct"])):
-            per_rank = [[classify.count_behaviors(r["response"], r["nums"], r["target"]) for r in h if keep(r)]
+            per_rank = [[behavior_rules.count_behaviors(r["response"], r["nums"], r["target"]) for r in h if keep(r)]
                         for h in halves]
             every = per_rank[0] + per_rank[1]
-            for b in classify.BEHAVIORS:
+            for b in study.BEHAVIORS:
                 if not every:
                     assert f"behavior/{b}{split}" not in m
                     continue

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import classify
+import behavior_rules
 import countdown
 import mini
 import plot
@@ -56,7 +56,7 @@ def test_arithmetic_corpus_is_behavior_free_and_well_formed():
         nums, target = [int(x) for x in m.group(1).split(",")], int(m.group(2))
         assert prompt + "<think>" == countdown.make_prompt(nums, target)
         assert countdown.score(response, nums, target) >= 0.1, response  # every number used once
-        assert not any(classify.count_behaviors(response, nums, target).values()), response
+        assert not any(behavior_rules.count_behaviors(response, nums, target).values()), response
     for d in docs:
         for lhs, rhs in re.findall(r"([\d()+\-*/ ]+?) = (\d+)\.", d["text"]):
             assert countdown.evaluate(lhs) == int(rhs), d["text"]  # the arithmetic is right

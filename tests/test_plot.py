@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 import plot
+import plot_style
+import study as vocab  # "study" names the fixture below
 from conftest import SHARED
 
 REF = os.path.join(SHARED, "reference")
@@ -117,7 +119,7 @@ def test_reference_figures_exist_and_read(study):
 def test_reference_figures_show_every_condition():
     sources = [plot.load_csv_source(LLAMA), plot.load_csv_source(QWEN)]
     conds = set(sources[0]["curves"]) | set(sources[1]["curves"])
-    colors = plot.assign_colors(conds)
+    colors = plot_style.assign_colors(conds)
     for column in ("accuracy", "response_length"):
         fig = plot.fig_lines(sources, column, column, column, colors)
         assert set(legend_labels(fig)) == conds
@@ -126,16 +128,16 @@ def test_reference_figures_show_every_condition():
     for src in sources:
         fig = plot.fig_behaviors(src, colors)
         assert set(legend_labels(fig)) == set(src["curves"])
-        assert [ax.get_title() for ax in fig.axes] == [t for _, t in plot.BEHAVIORS.values()]
+        assert [ax.get_title() for ax in fig.axes] == [e.title for e in vocab.BEHAVIORS.values()]
 
 
 def test_legend_sits_outside_the_axes_and_inside_the_figure():
     """Drawn figures: with many long names, one panel (legend at the right) and two (below)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    names = list(plot.COLORS) + ["human_cot", "a_very_long_unknown_condition_name"]
+    names = list(vocab.CONDITIONS) + ["human_cot", "a_very_long_unknown_condition_name"]
     src = {"name": "x.csv", "slug": "x", "curves": plot.curves_from_rows(
         [dict(condition=c, step=s, accuracy=s / 10) for c in names for s in range(5)])}
-    colors = plot.assign_colors(names)
+    colors = plot_style.assign_colors(names)
     for sources in ([src], [src, dict(src, name="y.csv")]):
         fig = plot.fig_lines(sources, "accuracy", "accuracy", "t", colors)
         r = FigureCanvasAgg(fig).get_renderer()
@@ -171,8 +173,8 @@ def make_run(root, name, condition=None, val=True, steps_csv=True, torn=False):
 
 
 def test_runs_mode_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.setattr(plot, "FORMATS", ("png",))  # speed: the study fixture covers SVG and DPI
-    monkeypatch.setattr(plot, "DPI", 80)
+    monkeypatch.setattr(plot_style, "FORMATS", ("png",))  # speed: the study fixture covers SVG and DPI
+    monkeypatch.setattr(plot_style, "DPI", 80)
     runs = tmp_path / "out"
     runs.mkdir()
     a = make_run(runs, "ppo-a", condition="all_strategies", torn=True)
@@ -220,13 +222,13 @@ def test_runs_curves_colors_and_overlay(tmp_path):
     assert "avg_backtracking" not in src["curves"]["ppo-empty_cot"]
     ref = {"name": "ref.csv", "curves": plot.curves_from_rows(
         [dict(condition=c, step=s, accuracy=0.5) for c in ("all_strategies", "dots") for s in (0, 100)])}
-    colors = plot.assign_colors(list(src["curves"]) + list(ref["curves"]))
+    colors = plot_style.assign_colors(list(src["curves"]) + list(ref["curves"]))
     fig = plot.fig_lines([src], "accuracy", "accuracy", "t", colors, reference=ref)
     lines = fig.axes[0].get_lines()
     dashed = [l for l in lines if l.get_linestyle() == "--"]
-    assert len(dashed) == 1 and dashed[0].get_color() == plot.COLORS["all_strategies"]  # dots: not in the runs
+    assert len(dashed) == 1 and dashed[0].get_color() == vocab.CONDITIONS["all_strategies"].color  # dots: not in the runs
     solid = {l.get_label(): l.get_color() for l in lines if l.get_linestyle() == "-"}
-    assert solid == {"all_strategies": plot.COLORS["all_strategies"], "ppo-empty_cot": plot.COLORS["empty_cot"]}
+    assert solid == {"all_strategies": vocab.CONDITIONS["all_strategies"].color, "ppo-empty_cot": vocab.CONDITIONS["empty_cot"].color}
     assert {"all_strategies", "ppo-empty_cot"} <= set(legend_labels(fig))
 
 
@@ -235,7 +237,7 @@ def test_two_runs_of_one_condition_are_told_apart(tmp_path):
     b = make_run(tmp_path, "seed1", condition="dots")
     src = plot.load_runs_source([a, b])
     assert set(src["curves"]) == {"dots (seed0)", "dots (seed1)"}
-    assert set(plot.assign_colors(src["curves"]).values()) == {plot.COLORS["dots"]}
+    assert set(plot_style.assign_colors(src["curves"]).values()) == {vocab.CONDITIONS["dots"].color}
 
 
 # ---------------------------------------------------------------------------------
@@ -244,16 +246,16 @@ def test_two_runs_of_one_condition_are_told_apart(tmp_path):
 def test_colors_fixed_aliases_and_fallback():
     names = ["base_ppo", "none", "no_positive_all_strategies", "owmathqa2_ppo", "owmathqa_none_ppo1",
              "ppo-backtracking_subgoal", "human_cot", "base_70b", "zzz"]
-    c = plot.assign_colors(names)
-    assert c["base_ppo"] == c["none"] == plot.COLORS["base"]
-    assert c["no_positive_all_strategies"] == plot.COLORS["no_positive"]
-    assert c["owmathqa2_ppo"] == plot.COLORS["curated"] and c["owmathqa_none_ppo1"] == plot.COLORS["control"]
-    assert c["ppo-backtracking_subgoal"] == plot.COLORS["backtracking_subgoal"]
+    c = plot_style.assign_colors(names)
+    assert c["base_ppo"] == c["none"] == vocab.CONDITIONS["base"].color
+    assert c["no_positive_all_strategies"] == vocab.CONDITIONS["no_positive"].color
+    assert c["owmathqa2_ppo"] == vocab.CONDITIONS["curated"].color and c["owmathqa_none_ppo1"] == vocab.CONDITIONS["control"].color
+    assert c["ppo-backtracking_subgoal"] == vocab.CONDITIONS["backtracking_subgoal"].color
     unknown = [c[n] for n in ("human_cot", "base_70b", "zzz")]
-    assert len(set(unknown)) == 3 and not set(unknown) & set(plot.COLORS.values())
-    assert plot.assign_colors(names) == c  # deterministic
-    assert plot.assign_colors(["human_cot"])["human_cot"] == c["human_cot"]  # stable across invocations
-    assert len(set(plot.COLORS.values())) == len(plot.COLORS)
+    assert len(set(unknown)) == 3 and not set(unknown) & {c.color for c in vocab.CONDITIONS.values()}
+    assert plot_style.assign_colors(names) == c  # deterministic
+    assert plot_style.assign_colors(["human_cot"])["human_cot"] == c["human_cot"]  # stable across invocations
+    assert len({c.color for c in vocab.CONDITIONS.values()}) == len(vocab.CONDITIONS)
 
 
 def test_priming_schemas(tmp_path):
@@ -296,7 +298,7 @@ def test_corpus_stats_schemas(tmp_path):
 
 
 def test_missing_optional_pieces_are_skipped(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(plot, "DPI", 60)
+    monkeypatch.setattr(plot_style, "DPI", 60)
     csv_path = write_csv(tmp_path / "s.csv", [["x", 0, "", "", "", "", "", "", "", "", 0.5, ""],
                                               ["x", 10, "", "", "", "", "", "", "", "", 0.6, ""]])
     out = tmp_path / "figs"
@@ -393,3 +395,27 @@ def test_study_tables_resolve_to_a_pinned_cached_copy(tmp_path, monkeypatch):
         common.study_table("study:gpt5_results")
     assert plot.main(["--csv", "study:llama_results", "--out", str(tmp_path / "figs")]) in (0, None)
     assert (tmp_path / "figs" / "accuracy.png").exists()
+
+
+@need_ref
+@pytest.mark.parametrize("model,table", [("qwen2.5-3b", "qwen_results"), ("llama-3.2-3b", "llama_results"),
+                                         (None, "llama_results")])
+def test_reference_study_picks_the_runs_model(tmp_path, monkeypatch, capsys, model, table):
+    """`--reference study`: the study's table of the model the runs trained (here from a
+    pre-filled cache, so no network), its curves dashed behind ours."""
+    import shutil
+    import common
+    monkeypatch.setattr(common, "CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(plot_style, "FORMATS", ("png",))
+    cache = tmp_path / "cache" / "study" / common.STUDY_COMMIT[:12]
+    cache.mkdir(parents=True)
+    for t in ("llama_results", "qwen_results"):
+        shutil.copy(os.path.join(REF, f"{t}.csv"), cache / f"{t}.csv")
+    run = make_run(tmp_path, "ppo-all", condition="all_strategies")
+    if model:
+        cfg = json.loads(open(os.path.join(run, "config.json")).read())
+        open(os.path.join(run, "config.json"), "w").write(json.dumps({**cfg, "model": model}))
+    assert plot.main(["--runs", run, "--reference", "study", "--out", str(tmp_path / "figs")]) == 0
+    assert f"--reference study: study:{table}" in capsys.readouterr().err
+    want = last_step_accuracy(str(cache / f"{table}.csv"))["all_strategies"]
+    assert f"| all_strategies | 30 | 0.700 | 0.700 | 30 | {want:.3f} |" in (tmp_path / "figs" / "results.md").read_text()

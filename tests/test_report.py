@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-import classify
+import behavior_rules
+import study
 import common
 import countdown
 import gen_priming
@@ -38,11 +39,11 @@ def make_run(root, name, steps=(1, 2), n=30, val_steps=(0, 2)):
                              "reward": reward, "correct": reward >= 1.0, "length": len(text) // 4})
             common.write_jsonl(str(d / split / f"step_{step:06d}.jsonl"), recs)
             if split == "rollouts":
-                counts = [classify.count_behaviors(r["response"], r["nums"], r["target"]) for r in recs]
+                counts = [behavior_rules.count_behaviors(r["response"], r["nums"], r["target"]) for r in recs]
                 metrics.append({"step": step, "acc": sum(r["correct"] for r in recs) / n,
                                 "response_length/mean": sum(r["length"] for r in recs) / n,
-                                **{f"behavior/{b}": sum(c[b] for c in counts) / n for b in classify.BEHAVIORS},
-                                **{f"behavior/{b}/correct": 0.5 for b in classify.BEHAVIORS}})
+                                **{f"behavior/{b}": sum(c[b] for c in counts) / n for b in study.BEHAVIORS},
+                                **{f"behavior/{b}/correct": 0.5 for b in study.BEHAVIORS}})
     common.write_jsonl(str(d / "metrics.jsonl"), metrics)
     common.write_json(str(d / "config.json"), {"stage": "ppo", "condition": name, "steps": max(steps),
                                                "note": "</script><script>alert(1)</script>"})
@@ -163,11 +164,11 @@ def test_report_in_headless_chromium(page, runs, tmp_path):
         assert [c["text"] for c in cards] == [r["response"] for r in want]   # the text, character for character
         n_spans = 0
         for c, r in zip(cards, want):
-            counts = classify.count_behaviors(r["response"], r["nums"], r["target"])
+            counts = behavior_rules.count_behaviors(r["response"], r["nums"], r["target"])
             spans = spans_of(c)
-            assert {k: sum(s[2] == k for s in spans.values()) for k in classify.BEHAVIORS} == counts
+            assert {k: sum(s[2] == k for s in spans.values()) for k in study.BEHAVIORS} == counts
             assert c["chips"] == counts
-            assert sorted(spans.values()) == sorted(classify.behavior_spans(r["response"], r["nums"], r["target"]))
+            assert sorted(spans.values()) == sorted(behavior_rules.behavior_spans(r["response"], r["nums"], r["target"]))
             n_spans += len(spans)
         assert n_spans > 20
 
@@ -181,10 +182,10 @@ def test_report_in_headless_chromium(page, runs, tmp_path):
         select(b, "f-correct", "0")
         assert len(shown(b)) == sum(not r["correct"] for r in want) > 0
         select(b, "f-correct", "")
-        for beh in classify.BEHAVIORS:
+        for beh in study.BEHAVIORS:
             select(b, "f-beh", beh)
             cards = shown(b)
-            assert len(cards) == sum(classify.count_behaviors(r["response"], r["nums"], r["target"])[beh] > 0
+            assert len(cards) == sum(behavior_rules.count_behaviors(r["response"], r["nums"], r["target"])[beh] > 0
                                      for r in want) > 0, beh
             assert all(c["chips"][beh] > 0 for c in cards)
         select(b, "f-beh", "none")
