@@ -493,59 +493,21 @@ def classify(args, items):
 # sampling mode: responses from a model before any training (the study's figure 4)
 # =================================================================================
 
-def sample_responses(model, tokenizer, tasks, n_samples, max_new_tokens, template="base",
-                     temperature=1.0, device="cpu", batch_size=32, step=0):
-    """Sample n_samples responses per task with engine.py (transformers generate for models it
-    does not run), stop at EOS, only the new tokens decoded; score them and return rollout
-    records as ppo.py writes them:
-    {"step","id","nums","target","prompt","response","reward","correct","length"}."""
-    import torch
-    import engine
-    reps = [t for t in tasks for _ in range(n_samples)]
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    tokenizer.padding_side = "left"
-    try:
-        eng = engine.Engine(model, eos_id=eos, pad_id=pad)
-    except engine.Unsupported as e:
-        print(f"engine.py does not run this model ({e}); sampling with transformers generate", flush=True)
-        eng = None
-    kw = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
-    if temperature > 0:
-        kw.update(temperature=temperature, top_k=0, top_p=1.0)
-    out = []
-    model.eval()
-    for i in tqdm(range(0, len(reps), batch_size), desc="sample", unit="batch"):
-        chunk = reps[i:i + batch_size]
-        prompts = [countdown.make_prompt(t["nums"], t["target"], template) for t in chunk]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)  # no BOS, as ppo
-        with torch.no_grad():
-            if eng is not None:
-                o = eng.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens, temperature=temperature)
-                seqs, lengths = o.tokens.tolist(), o.mask.sum(1).long().tolist()
-            else:
-                seqs = model.generate(**enc, **kw)[:, enc["input_ids"].shape[1]:].tolist()
-                lengths = [ids.index(eos) + 1 if eos in ids else len(ids) for ids in seqs]
-        for t, prompt, ids, n in zip(chunk, prompts, seqs, lengths):
-            text = tokenizer.decode(ids[:n], skip_special_tokens=True)
-            reward = countdown.score(text, t["nums"], t["target"])
-            out.append({"step": step, "id": t.get("id"), "nums": t["nums"], "target": t["target"],
-                        "prompt": prompt, "response": text, "reward": reward, "correct": reward >= 1.0,
-                        "length": n})
-    return out
-
-
 def run_sampling(args):
-    """Sample from args.model into the run folder args.out (rollouts/step_000000.jsonl and
-    config.json naming the condition); returns the folder."""
+    """Sample from args.model into the run folder args.out (rollouts/step_000000.jsonl, the
+    records ppo.py writes, scored with the study's reward; and config.json naming the
+    condition) through sampler.py, as ppo.py validates; returns the folder."""
     import torch
+    import sampler
     from common import load_model, load_tokenizer, read_jsonl, write_json
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     tasks = read_jsonl(args.data, required=("nums", "target"))[:args.samples]
     tok = load_tokenizer(args.model)
     model = load_model(args.model, device=device)
-    recs = sample_responses(model, tok, tasks, args.per_task, args.max_new_tokens, args.template,
-                            args.temperature, device, args.gen_batch)
+    opts = sampler.options(template=args.template, max_response_len=args.max_new_tokens, seed=args.seed)
+    recs = sampler.sample_tasks(model, tok, tasks, args.per_task, args.temperature, opts,
+                                batch_tasks=max(1, args.gen_batch // args.per_task), progress=True)
     cond = args.condition or "base_" + re.sub(r"[^\w.-]+", "_", os.path.basename(os.path.normpath(args.model)))
     common.write_jsonl(os.path.join(args.out, "rollouts", "step_000000.jsonl"), recs)
     write_json(os.path.join(args.out, "config.json"), {**vars(args), "stage": "classify-sample", "condition": cond})

@@ -1,7 +1,9 @@
 """
 What several stages share, and nothing else: model/tokenizer loading and aliases, the
-tiny offline model, random-initialised models of real shapes, distributed setup, JSONL
-and checkpoint I/O, the one-line-per-step log, and the redaction of API keys.
+tiny offline model, random-initialised models of real shapes, distributed setup, checkpoint
+and run folders, the flags that mean the same in every script, the one-line-per-step log,
+and the redaction of API keys. JSON / JSONL files and settings tables live in basics.py
+(re-exported here).
 
     python common.py --make-tiny      # build the tiny model now (normally done on first use)
     python common.py --count qwen2.5-3b llama-3.2-3b   # parameter counts of the 3B shapes
@@ -13,6 +15,10 @@ import shutil
 import sys
 import tempfile
 import time
+
+# the files-and-flags layer, re-exported: the stages call common.write_jsonl, common.DataError, ...
+from basics import (DataError, add_settings, append_jsonl, atomic_write_text, fill_defaults,  # noqa: F401
+                  read_jsonl, read_jsonl_tolerant, write_json, write_jsonl)
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.environ.get("CBM_CACHE", os.path.join(REPO, ".cache"))  # where `tiny` is built
@@ -54,97 +60,7 @@ TAGS = ["<think>", "</think>", "<answer>", "</answer>"]  # whole tokens in the t
 
 
 # ---------------------------------------------------------------------------------
-# JSONL and atomic I/O
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and line."""
-
-
-def read_jsonl(path, required=(), check=None):
-    """List of dicts from a JSONL file; blank lines are skipped. Errors name file:line.
-
-    `required` lists keys every record must have; `check(rec)` may return a problem (str).
-    """
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            missing = [k for k in required if k not in rec]
-            if missing:
-                raise DataError(f"{path}:{lineno}: record lacks {', '.join(missing)}")
-            problem = check(rec) if check else None
-            if problem:
-                raise DataError(f"{path}:{lineno}: {problem}")
-            out.append(rec)
-    return out
-
-
-def atomic_write_text(path, text):
-    """Write to a temporary file beside path, then rename: readers never see half a file."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs should read like any other
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_jsonl(path, records):
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-def write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
-
-
-def append_jsonl(path, records):
-    """Append whole records (one write call, flushed): a killed run leaves at most a
-    truncated last line, which `read_jsonl_tolerant` drops."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_jsonl_tolerant(path):
-    """Records of an append-only log we wrote ourselves; a torn last line (killed
-    mid-write) is dropped and the file truncated to its last whole line."""
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as f:
-        data = f.read()
-    good = data[: data.rfind(b"\n") + 1]
-    if len(good) != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(len(good))
-    recs = []
-    for i, line in enumerate(good.decode("utf-8", errors="replace").splitlines(), 1):
-        if line.strip():
-            try:
-                recs.append(json.loads(line))
-            except json.JSONDecodeError as e:   # damaged in the middle: not ours to guess
-                raise DataError(f"{path}:{i}: malformed JSON ({e.msg}); fix or delete the file") from None
-    return recs
-
+# checkpoint folders and run folders (JSON / JSONL files: basics.py)
 
 def atomic_save_dir(path, save_fn):
     """save_fn(tmp_dir) fills a temporary folder, which then replaces path.
@@ -521,18 +437,41 @@ def all_reduce_mean(values, info):
 
 
 # ---------------------------------------------------------------------------------
-# runs: flags, config, per-step log line, checkpoints
+# runs: the shared flags, config, per-step log line, checkpoints
 
-def add_settings(ap, settings):
-    """Add one flag per (name, default, type, help) row; bool rows get --x / --no-x."""
-    import argparse
-    for name, default, typ, help_ in settings:
-        flag = "--" + name.replace("_", "-")
-        if typ is bool:
-            ap.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_)
-        else:
-            ap.add_argument(flag, default=default, type=typ, help=help_)
-    return ap
+# Flags that mean the same in every script that has them: one row each, one wording. A
+# script's SETTINGS table takes the row (SHARED["keep"]) rather than writing its own.
+SHARED = {row[0]: row for row in [
+    ("model", None, str, "architecture + tokenizer: alias, hub id, local folder, tiny or random:<arch>; "
+                         "None: --init's folder, else tiny"),
+    ("init", None, str, "checkpoint folder whose weights start the run, e.g. out/RUN/final; None: --model's"),
+    ("resume", False, bool, "continue the run in --out from its newest checkpoint (a fresh start if it has none)"),
+    ("overwrite", False, bool, "delete the run in --out (checkpoints, final/, logs) and start afresh"),
+    ("keep", 2, int, "checkpoints kept in --out/ckpt, the newest; older ones are deleted (final/ apart)"),
+    ("wandb", None, str, "also log to this Weights & Biases project; None: off"),
+]}
+
+
+def model_and_init(model, init):
+    """What --model means when left out: --init's folder (a checkpoint brings its own
+    tokenizer: never another model's with its weights), else tiny.
+
+    >>> model_and_init(None, "out/sft/final"), model_and_init("qwen2.5-3b", "out/sft/final"), model_and_init(None, None)
+    ('out/sft/final', 'qwen2.5-3b', 'tiny')
+    """
+    return model or init or "tiny"
+
+
+def vocab_problem(tokenizer, weights):
+    """Why tokenizer cannot drive the weights `weights` names (None if it can): it has ids past
+    their embedding table. --model names the tokenizer and --init the weights; this catches a
+    pair that differ, from the config alone, before any weights are loaded."""
+    from transformers import AutoConfig
+    cfg = random_config(weights.split(":", 1)[1]) if weights.startswith("random:") else \
+        AutoConfig.from_pretrained(resolve_model(weights))
+    n, v = len(tokenizer), cfg.vocab_size
+    return (f"--model's tokenizer has {n} tokens, the model only {v}: give --model the checkpoint's "
+            "own folder (or leave --model out)") if n > v else None
 
 
 def save_config(out_dir, cfg):

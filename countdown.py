@@ -50,20 +50,29 @@ from functools import lru_cache
 from itertools import combinations
 from math import gcd
 
+import basics
+
 # ---------------------------------------------------------------------------------
 # settings (the CLI flags and the reward's limits)
-DEFAULTS = dict(
-    out="data/countdown",    # output folder for train.jsonl / test.jsonl
-    source="generate",       # "generate", a hub data set name, or a local .parquet/.jsonl/.json/folder
-    n_train=10000,           # number of training tasks (generated; with --source: STUDY_SPLIT)
-    n_test=1024,             # number of test tasks (generated: never repeated in train)
-    seed=0,                  # RNG seed; the same seed gives the same files
-    sizes="3,4",             # how many numbers a task has; each size gets an equal share
-    num_min=1, num_max=99,   # range of the input numbers (inclusive)
-    target_min=10, target_max=100,  # range of the target (inclusive)
-)
 STUDY_SOURCE = "Jiayi-Pan/Countdown-Tasks-3to4"  # the study's task set on the hub
 STUDY_SPLIT = (327_680, 1_024)  # its first rows are train, the next ones test
+GENERATED_SPLIT = (10_000, 1_024)  # train / test tasks generated without --source (test never in train)
+SETTINGS = [
+    # (flag, default, type, help)
+    ("out", "data/countdown", str, "output folder for train.jsonl and test.jsonl"),
+    ("source", "generate", str, f"'generate', a hub data set name (the study's: {STUDY_SOURCE}), or a local "
+                                ".parquet/.jsonl/.json file or folder with columns nums and target"),
+    ("n_train", None, int, f"number of training tasks (default: {GENERATED_SPLIT[0]} generated, "
+                           f"{STUDY_SPLIT[0]} with --source)"),
+    ("n_test", None, int, f"number of test tasks (default: {GENERATED_SPLIT[1]} generated and disjoint from "
+                          f"train, {STUDY_SPLIT[1]} with --source)"),
+    ("seed", 0, int, "random seed (same seed, same files; generate only)"),
+    ("sizes", "3,4", str, "comma-separated task sizes, each an equal share (generate only)"),
+    ("num_min", 1, int, "smallest input number (generate only)"),
+    ("num_max", 99, int, "largest input number (generate only)"),
+    ("target_min", 10, int, "smallest target (generate only)"),
+    ("target_max", 100, int, "largest target (generate only)"),
+]
 REWARD_RULES = ("study", "strict")  # score(rules=...); see the docstring above
 MAX_EXPR_CHARS = 1000        # strict: evaluate() refuses longer expressions (a real answer is ~20 chars)
 MAX_EXPR_DEPTH = 64          # ... and deeper parenthesis nesting
@@ -697,31 +706,12 @@ def study_split(rows, n_train, progress=None):
 def _parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    d = DEFAULTS
-    ap.add_argument("--out", default=d["out"], help="output folder for train.jsonl and test.jsonl")
-    ap.add_argument("--source", default=d["source"],
-                    help=f"'generate', a hub data set name (the study's: {STUDY_SOURCE}), or a local "
-                         ".parquet/.jsonl/.json file or folder with columns nums and target")
-    ap.add_argument("--n-train", type=int, default=None,
-                    help=f"number of training tasks (default: {d['n_train']} generated, "
-                         f"{STUDY_SPLIT[0]} with --source)")
-    ap.add_argument("--n-test", type=int, default=None,
-                    help=f"number of test tasks (default: {d['n_test']} generated and disjoint from "
-                         f"train, {STUDY_SPLIT[1]} with --source)")
-    ap.add_argument("--seed", type=int, default=d["seed"],
-                    help="random seed (same seed, same files; generate only)")
-    ap.add_argument("--sizes", default=d["sizes"],
-                    help="comma-separated task sizes, each an equal share (generate only)")
-    ap.add_argument("--num-min", type=int, default=d["num_min"], help="smallest input number (generate only)")
-    ap.add_argument("--num-max", type=int, default=d["num_max"], help="largest input number (generate only)")
-    ap.add_argument("--target-min", type=int, default=d["target_min"], help="smallest target (generate only)")
-    ap.add_argument("--target-max", type=int, default=d["target_max"], help="largest target (generate only)")
+    basics.add_settings(ap, SETTINGS)
     args = ap.parse_args(argv)
     generated = args.source == "generate"
-    if args.n_train is None:
-        args.n_train = d["n_train"] if generated else STUDY_SPLIT[0]
-    if args.n_test is None:
-        args.n_test = d["n_test"] if generated else STUDY_SPLIT[1]
+    split = GENERATED_SPLIT if generated else STUDY_SPLIT
+    args.n_train = split[0] if args.n_train is None else args.n_train
+    args.n_test = split[1] if args.n_test is None else args.n_test
     try:
         args.sizes = tuple(int(s) for s in args.sizes.split(","))
     except ValueError:
@@ -742,7 +732,6 @@ def _parse_args(argv=None):
 
 def main(argv=None):
     from tqdm import tqdm
-    from common import write_jsonl
     args = _parse_args(argv)
     kw = dict(sizes=args.sizes, num_range=(args.num_min, args.num_max),
               target_range=(args.target_min, args.target_max))
@@ -761,8 +750,8 @@ def main(argv=None):
             train, test = study_split(args.rows, args.n_train, progress=bar)
     dt = time.time() - t0
     os.makedirs(args.out, exist_ok=True)
-    write_jsonl(os.path.join(args.out, "train.jsonl"), train)
-    write_jsonl(os.path.join(args.out, "test.jsonl"), test)
+    basics.write_jsonl(os.path.join(args.out, "train.jsonl"), train)
+    basics.write_jsonl(os.path.join(args.out, "test.jsonl"), test)
     n = len(train) + len(test)
     print(f"wrote {len(train)} train + {len(test)} test tasks to {args.out} "
           f"in {dt:.1f}s ({n / max(dt, 1e-9):.0f} tasks/s)")

@@ -7,6 +7,9 @@ PyTorch so that a decode step is a handful of large kernels replayed from a CUDA
     out = eng.generate(prompt_ids, prompt_mask, max_new=512, temperature=1.0)
     out.tokens, out.mask, out.logp          # [N, R] each: ids, 1 up to and incl. EOS, log-probs
 
+    python engine.py --model tiny --device cpu --check       # a smoke test: samples, speed, greedy vs transformers
+    python engine.py --model qwen2.5-3b --n 256 --max-new 512 --prompt "..."
+
 Why: transformers' `generate` spends most of a decode step in Python (README, "Speed"). Here, per step, the GPU runs: embed -> per layer (RMSNorm, q/k/v, RoPE, write K/V
 into a preallocated cache, attention over the cache, o, RMSNorm, MLP) -> LM head -> sampling
 -> bookkeeping (EOS, stop sequences, output buffers, positions), all captured once per
@@ -603,3 +606,61 @@ class VLLMEngine:
 
     def release(self):
         pass
+
+
+# ---------------------------------------------------------------------------------
+# the command line: a generation smoke test
+
+SETTINGS = [
+    # (flag, default, type, help)
+    ("model", "tiny", str, "model to sample from: alias, hub id, local folder, tiny or random:<arch>"),
+    ("prompt", None, str, "text to continue (None: a Countdown prompt)"),
+    ("n", 4, int, "samples of the prompt, generated as one batch"),
+    ("max_new", 64, int, "new tokens per sample at most"),
+    ("temperature", 1.0, float, "sampling temperature (0: greedy)"),
+    ("check", False, bool, "also decode greedily with transformers generate and say whether the tokens agree"),
+    ("device", None, str, "cuda | cpu (default: cuda if available)"),
+    ("seed", 0, int, "random seed"),
+]
+
+
+def main(argv=None):
+    import argparse
+    import time
+    import common
+    import countdown
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = common.add_settings(ap, SETTINGS).parse_args(argv)
+    if common.model_name_problem(a.model) or min(a.n, a.max_new) < 1:
+        ap.error(f"--model: {common.model_name_problem(a.model)}" if common.model_name_problem(a.model)
+                 else "--n and --max-new must be >= 1")
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tok, model = common.load_tokenizer(a.model), common.load_model(a.model, device=device).eval()
+    try:
+        eng = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    except Unsupported as e:
+        common.die(f"--model {a.model}: engine.py does not run it ({e})")
+    prompt = a.prompt if a.prompt is not None else countdown.make_prompt([19, 36, 55, 7], 65)
+    enc = tok([prompt] * a.n, return_tensors="pt", add_special_tokens=False).to(device)
+    torch.manual_seed(a.seed)
+    t = time.perf_counter()
+    out = eng.generate(enc.input_ids, enc.attention_mask, a.max_new, temperature=a.temperature)
+    dt = time.perf_counter() - t            # includes a GPU's graph capture and compilation
+    lengths = out.mask.sum(1).long().tolist()
+    for i, n in enumerate(lengths):
+        print(f"--- sample {i} ({n} tokens)\n{tok.decode(out.tokens[i, :n], skip_special_tokens=True)}")
+    print(f"{sum(lengths)} tokens in {dt:.2f}s ({sum(lengths) / dt:,.0f} tok/s, first call) on {device}")
+    if a.check:
+        ids, mask = enc.input_ids[:1], enc.attention_mask[:1]
+        got = eng.generate(ids, mask, a.max_new, temperature=0)
+        want = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=a.max_new,
+                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0, ids.shape[1]:].tolist()
+        mine = got.tokens[0, :int(got.mask[0].sum())].tolist()
+        print(f"greedy tokens equal transformers': {mine == want} ({len(mine)} tokens)")
+        return 0 if mine == want else 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -18,22 +18,35 @@ import subprocess
 import sys
 import time
 
+import common
+
 # ---------------------------------------------------------------------------------
-# settings: everything the pipeline does is decided here
-SETTINGS = dict(
-    out="runs/pipeline",              # where data, runs and figures go
-    model="tiny",                     # any --model of the stages (alias, hub id, folder)
-    conditions=["all_strategies", "empty_cot"],  # priming conditions to train
-    n_train=2000, n_test=64,          # Countdown tasks
-    task_sizes="3",                   # 3-number tasks: 4 are out of reach for a 0.9M model
-    priming_n=400,                    # priming traces per condition
-    priming_budget=2,                 # attempts before the writer gives up (1 would never backtrack)
-    sft_epochs=2, sft_batch=4, sft_lr=2e-3,    # SFT of the tiny model (the study: 5 epochs, batch 64)
-    sft_max_len=512,                  # longer traces are dropped (counted in the SFT log)
-    ppo_steps=8, ppo_prompts=16, ppo_samples=4, ppo_response_len=320,  # traces are ~300 tokens
-    ppo_actor_lr=1e-4, ppo_critic_lr=1e-4,     # tiny models need far larger steps than 3B ones
-    eval_every=4, val_size=32,
-)
+# settings: everything the pipeline does is decided here (each a flag; --help lists them)
+SETTINGS = [
+    # (flag, default, type, help)
+    ("out", "runs/pipeline", str, "where data, runs and figures go"),
+    ("model", "tiny", str, "--model of every stage: alias, hub id, local folder or tiny"),
+    ("conditions", ["all_strategies", "empty_cot"], list, "priming conditions (gen_priming.py names)"),
+    ("smoke", False, bool, "the smallest settings (CI smoke test): SMOKE's sizes where no flag sets them"),
+    ("force", False, bool, "re-run stages whose outputs exist"),
+    ("n_train", 2000, int, "Countdown training tasks"),
+    ("n_test", 64, int, "Countdown test tasks"),
+    ("task_sizes", "3", str, "numbers per task (4 are out of reach for a 0.9M model)"),
+    ("priming_n", 400, int, "priming traces per condition"),
+    ("priming_budget", 2, int, "attempts before the trace writer gives up (1 would never backtrack)"),
+    ("sft_epochs", 2, int, "SFT epochs (the study: 5)"),
+    ("sft_batch", 4, int, "SFT batch (the study: 64)"),
+    ("sft_lr", 2e-3, float, "SFT learning rate"),
+    ("sft_max_len", 512, int, "SFT sequence length; longer traces are dropped (counted in the SFT log)"),
+    ("ppo_steps", 8, int, "PPO steps"),
+    ("ppo_prompts", 16, int, "PPO prompts per step"),
+    ("ppo_samples", 4, int, "PPO samples per prompt"),
+    ("ppo_response_len", 320, int, "PPO response tokens (the traces are ~300)"),
+    ("ppo_actor_lr", 1e-4, float, "PPO actor learning rate (tiny models need far larger steps than 3B ones)"),
+    ("ppo_critic_lr", 1e-4, float, "PPO critic learning rate"),
+    ("eval_every", 4, int, "PPO validation every N steps"),
+    ("val_size", 32, int, "PPO validation tasks"),
+]
 SMOKE = dict(n_train=200, n_test=16, priming_n=24, sft_epochs=1, ppo_steps=2, ppo_prompts=4,
              ppo_response_len=64, eval_every=2, val_size=8)
 
@@ -41,13 +54,8 @@ SMOKE = dict(n_train=200, n_test=16, priming_n=24, sft_epochs=1, ppo_steps=2, pp
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--out", default=SETTINGS["out"], help="output folder")
-    ap.add_argument("--model", default=SETTINGS["model"], help="model for every stage")
-    ap.add_argument("--conditions", nargs="+", default=SETTINGS["conditions"],
-                    help="priming conditions (gen_priming.py names)")
-    ap.add_argument("--smoke", action="store_true", help="the smallest settings (CI smoke test)")
-    ap.add_argument("--force", action="store_true", help="re-run stages whose outputs exist")
-    return ap.parse_args(argv)
+    a = common.add_settings(ap, SETTINGS).parse_args(argv)
+    return common.fill_defaults(a, SETTINGS, SMOKE) if a.smoke else a
 
 
 # A child starts through this trampoline: it asks Linux to send it SIGTERM when its parent dies
@@ -134,7 +142,7 @@ def resume_or_overwrite(force):
 def main(argv=None):
     args = parse_args(argv)
     stop_children_on_signals()
-    s = dict(SETTINGS, **(SMOKE if args.smoke else {}))
+    s = vars(args)
     out = os.path.abspath(args.out)
     data, priming = os.path.join(out, "data", "countdown"), os.path.join(out, "data", "priming")
     t0 = time.time()

@@ -41,27 +41,24 @@ import torch
 import torch.nn as nn
 
 import common
-import countdown
 from optim import MasterAdamW, accumulate_fp32, all_reduce_mean_, clip_fp32_, make_optimizer, set_lr
-from sampler import encode_prompts, generate, position_ids, token_logprobs
+import sampler
+from sampler import position_ids, token_logprobs, unwrap
 
 # ---------------------------------------------------------------------------------
 # settings: the flags and their defaults (the study's PPO run); `--help` lists them all
 SETTINGS = [
     # (flag, default, type, help)
-    ("model", None, str, "architecture + tokenizer: alias, hub id or local folder (default: --init, else tiny)"),
-    ("init", None, str, "checkpoint whose weights start policy, critic trunk and reference (default: --model)"),
+    common.SHARED["model"],
+    common.SHARED["init"],   # policy, critic trunk and reference start from it
     ("data", "data/countdown", str, "folder with train.jsonl and test.jsonl (countdown.py)"),
     ("out", "out/ppo", str, "run folder"),
     ("condition", None, str, "name of the experimental condition (recorded in config.json; plots use it)"),
-    ("template", "base", str, "prompt template: base | qwen-instruct"),
+    *sampler.SETTINGS,       # template, reward, prompt/response lengths, engine, stop, ...
     ("steps", 250, int, "PPO steps"),
     ("prompts_per_step", 256, int, "prompts per step (global, over all ranks)"),
     ("samples_per_prompt", 4, int, "responses sampled per prompt"),
     ("temperature", 1.0, float, "sampling temperature for rollouts (log-probs are of logits / T, as sampled)"),
-    ("reward", "study", str, "reward rules: study (TinyZero's compute_score on prompt + response) | strict (our exact parser, response only)"),
-    ("max_prompt_len", 256, int, "prompt tokens (longer prompts are an error)"),
-    ("max_response_len", 1024, int, "response tokens; longer responses are cut"),
     ("actor_lr", 1e-6, float, "policy learning rate"),
     ("critic_lr", 1e-5, float, "critic learning rate"),
     ("warmup_steps", 0, int, "linear LR warm-up steps (both optimisers)"),
@@ -84,24 +81,20 @@ SETTINGS = [
     ("entropy_coef", 0.001, float, "entropy bonus: the actor loss subtracts coef x token-mean entropy"),
     ("grad_ckpt", None, bool, "gradient checkpointing (default: on for GPU)"),
     ("optim_device", "auto", str, "where fp32 master weights + Adam states live: auto | cuda | cpu"),
-    ("engine", "builtin", str, "rollout generator: builtin (engine.py: CUDA graphs) | hf (transformers generate) | vllm"),
-    ("stop", None, str, "a string that ends a response like EOS does, e.g. '</answer>' (builtin and vllm engines)"),
-    ("vllm_mem", 0.3, float, "--engine vllm: fraction of GPU memory vLLM may take (weights + KV cache)"),
     ("eval_every", 10, int, "validation every N steps and before the first (0: never)"),
     ("val_size", 1024, int, "test tasks used for validation (the first N of test.jsonl)"),
     ("val_samples", 1, int, "samples per validation task at temperature 1.0, written to val/ (plus one greedy)"),
     ("log_rollouts_every", 10, int, "write rollouts/step_XXXXXX.jsonl every N steps (0: never)"),
     ("save_every", 50, int, "checkpoint every N steps (0: only final)"),
-    ("keep_ckpts", 2, int, "checkpoints kept (older ones deleted)"),
+    common.SHARED["keep"],
     ("max_bad_steps", 3, int, "stop after this many consecutive steps with a non-finite loss"),
     ("dtype", "auto", str, "weights: auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32"),
     ("save_final", True, bool, "save final/ and the last checkpoint (benchmarks turn it off)"),
-    ("force_response_len", 0, int, "benchmarking: ignore EOS and always generate this many tokens"),
-    ("resume", False, bool, "continue the run in --out from its newest checkpoint (a fresh start if it has none)"),
-    ("overwrite", False, bool, "delete the run in --out (ckpt/, final/, metrics.jsonl, rollouts/, val/) and start afresh"),
+    common.SHARED["resume"],
+    common.SHARED["overwrite"],
     ("seed", 0, int, "random seed"),
     ("device", None, str, "cuda | cpu (default: cuda if available)"),
-    ("wandb", None, str, "wandb project name (off by default)"),
+    common.SHARED["wandb"],
 ]
 
 
@@ -110,23 +103,21 @@ def parse_args(argv=None):
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     common.add_settings(ap, SETTINGS)
     a = ap.parse_args(argv)
-    a.model = a.model or a.init or "tiny"   # --init alone: its own tokenizer, never tiny's with its weights
+    a.model = common.model_and_init(a.model, a.init)
     checks = [
-        (a.template in countdown.TEMPLATES, f"--template must be one of {sorted(countdown.TEMPLATES)}"),
+        *sampler.option_checks(a),
         (a.kl_kind in ("k1", "abs", "mse", "k3"), "--kl-kind must be k1, abs, mse or k3"),
         (a.adv_estimator in ("gae", "grpo"), "--adv-estimator must be gae or grpo"),
-        (a.engine in ("builtin", "hf", "vllm"), "--engine must be builtin, hf or vllm"),
-        (a.stop is None or a.engine != "hf", "--stop needs --engine builtin or vllm"),
         (a.optim_device in ("auto", "cuda", "cpu"), "--optim-device must be auto, cuda or cpu"),
         (a.dtype in ("auto", "bf16", "fp32"), "--dtype must be auto, bf16 or fp32"),
         (a.prompts_per_step % a.mini_batch_prompts == 0 or a.mini_batch_prompts > a.prompts_per_step,
          "--prompts-per-step must be a multiple of --mini-batch-prompts"),
         (a.adv_estimator != "grpo" or a.samples_per_prompt > 1, "grpo needs --samples-per-prompt > 1"),
-        (min(a.steps, a.prompts_per_step, a.samples_per_prompt, a.max_response_len, a.micro_batch) > 0,
-         "--steps, --prompts-per-step, --samples-per-prompt, --max-response-len, --micro-batch must be > 0"),
+        (min(a.steps, a.prompts_per_step, a.samples_per_prompt, a.micro_batch) > 0,
+         "--steps, --prompts-per-step, --samples-per-prompt, --micro-batch must be > 0"),
         (a.forward_micro_batch >= 0, "--forward-micro-batch must be >= 0 (0: twice --micro-batch)"),
-        (min(a.max_prompt_len, a.mini_batch_prompts, a.ppo_epochs, a.kl_horizon) > 0,
-         "--max-prompt-len, --mini-batch-prompts, --ppo-epochs, --kl-horizon must be > 0"),
+        (min(a.mini_batch_prompts, a.ppo_epochs, a.kl_horizon) > 0,
+         "--mini-batch-prompts, --ppo-epochs, --kl-horizon must be > 0"),
         (a.temperature > 0, "--temperature must be > 0 (rollouts sample; validation is also greedy)"),
         (min(a.actor_lr, a.critic_lr, a.weight_decay, a.kl_coef, a.entropy_coef, a.clip, a.value_clip,
              a.grad_clip, a.warmup_steps) >= 0,
@@ -134,12 +125,10 @@ def parse_args(argv=None):
          "--grad-clip, --warmup-steps must be >= 0"),
         (0 <= a.gamma <= 1 and 0 <= a.lam <= 1, "--gamma and --lam must lie in [0, 1]"),
         (a.kl_target is None or a.kl_target > 0, "--kl-target must be > 0"),
-        (0 < a.vllm_mem < 1, "--vllm-mem must lie in (0, 1)"),
-        (min(a.eval_every, a.val_size, a.val_samples, a.log_rollouts_every, a.save_every, a.keep_ckpts,
-             a.force_response_len) >= 0 and a.val_samples > 0 and a.max_bad_steps > 0,
-         "--eval-every, --val-size, --log-rollouts-every, --save-every, --keep-ckpts, --force-response-len "
-         "must be >= 0; --val-samples and --max-bad-steps > 0"),
-        (a.reward in countdown.REWARD_RULES, f"--reward must be one of {', '.join(countdown.REWARD_RULES)}"),
+        (min(a.eval_every, a.val_size, a.val_samples, a.log_rollouts_every, a.save_every, a.keep) >= 0
+         and a.val_samples > 0 and a.max_bad_steps > 0,
+         "--eval-every, --val-size, --log-rollouts-every, --save-every, --keep must be >= 0; "
+         "--val-samples and --max-bad-steps > 0"),
         (not (a.resume and a.overwrite), "--resume and --overwrite exclude each other"),
         *[(common.model_name_problem(m) is None, f"--{k}: {common.model_name_problem(m)}")
           for k, m in (("model", a.model), ("init", a.init)) if m is not None],
@@ -311,14 +300,6 @@ def critic_values(critic, seq, attn, n_resp, micro):
 # ---------------------------------------------------------------------------------
 # one PPO step
 
-def make_reward(rules):
-    """reward_fn(response, task, prompt) -> float with countdown.score's `rules`. `response` is
-    decoded with its special tokens (the EOS text too), as the study's reward manager does."""
-    def reward(response, task, prompt=""):
-        return countdown.score(response, task["nums"], task["target"], rules=rules, prompt=prompt)
-    return reward
-
-
 def draw_tasks(tasks, step, args, dist):
     """This rank's share of step's P prompts. As the study's shuffled DataLoader (drop_last):
     epochs of a fresh permutation of the train set, P tasks per step, the last partial batch of
@@ -330,37 +311,6 @@ def draw_tasks(tasks, step, args, dist):
     random.Random(args.seed * 1_000_003 + epoch).shuffle(perm)
     idx = perm[k * args.prompts_per_step:(k + 1) * args.prompts_per_step]
     return [tasks[i] for i in idx[dist["rank"]::dist["world_size"]]]
-
-
-def rollout(policy, tokenizer, tasks, args, reward_fn, device, temperature=None, k=None):
-    """Sample k responses per task and score them. Returns a dict of tensors and lists."""
-    k = k or args.samples_per_prompt
-    temperature = args.temperature if temperature is None else temperature
-    reps = [t for t in tasks for _ in range(k)]                       # grouped by prompt
-    prompts = [countdown.make_prompt(t["nums"], t["target"], args.template) for t in reps]
-    p_ids, p_mask = encode_prompts(tokenizer, prompts, args.max_prompt_len)
-    p_ids, p_mask = p_ids.to(device), p_mask.to(device)
-    t0 = time.time()
-    resp, r_mask, gen_logp = generate(unwrap(policy), tokenizer, p_ids, p_mask, args.max_response_len,
-                                      args, temperature)          # [N, R] each
-    t_gen = time.time() - t0
-    lengths = r_mask.sum(1).long()
-    clipped = (lengths >= resp.shape[1]) & (resp[:, -1] != tokenizer.eos_token_id)  # ran out of length
-    # the training passes need only the longest response's width, not --max-response-len
-    keep = max(1, int(lengths.max()))
-    resp, r_mask = resp[:, :keep], r_mask[:, :keep]
-    gen_logp = gen_logp[:, :keep] if gen_logp is not None else None
-    texts = [tokenizer.decode(resp[i, :lengths[i]], skip_special_tokens=True) for i in range(len(reps))]
-    raw = [tokenizer.decode(resp[i, :lengths[i]]) for i in range(len(reps))]   # EOS text kept, as the study
-    score_list = [float(reward_fn(r, t, prompt=p)) for r, t, p in zip(raw, reps, prompts)]   # exact, for the logs
-    scores = torch.tensor(score_list, dtype=torch.float32)
-    return dict(seq=torch.cat([p_ids, resp], 1), attn=torch.cat([p_mask.float(), r_mask], 1).long(),
-                mask=r_mask, gen_logp=gen_logp, scores=scores.to(device), score_list=score_list, lengths=lengths, clipped=clipped, texts=texts, tasks=reps,
-                prompts=prompts, time_generate=t_gen, time_score=time.time() - t0 - t_gen)
-
-
-def unwrap(m):
-    return m.module if hasattr(m, "module") else m
 
 
 def compute_advantages(b, policy, ref, critic, args, kl_coef, timings, opt_c=None, dist=None):
@@ -523,34 +473,22 @@ def batch_metrics(b, args):
 # validation, rollout logs, checkpoints
 
 @torch.no_grad()
-def validate(policy, tokenizer, tasks, args, dist, device, reward_fn, step):
+def validate(policy, tokenizer, tasks, args, dist, reward_fn, step):
     """The study's validation on the test tasks: greedy accuracy (veRL validates with
     do_sample=False) and --val-samples responses per task at temperature 1.0, the samples its
     behavior evaluation judged (behavioral_evals/generate_completions.py). Every rank returns
     the metrics over all ranks' tasks and the sampled records (step `step`)."""
     mine = tasks[dist["rank"]::dist["world_size"]]
-    chunk = max(1, args.prompts_per_step // dist["world_size"])
-    recs, greedy = [], []
+    kw = dict(opts=args, reward_fn=reward_fn, batch_tasks=max(1, args.prompts_per_step // dist["world_size"]))
     torch.manual_seed(args.seed * 1_000_003 + 999_983 * (step + 1) + dist["rank"])   # the same samples on a re-run
-    for i in range(0, len(mine), chunk):
-        part = mine[i:i + chunk]
-        s = rollout(policy, tokenizer, part, args, reward_fn, device, temperature=1.0, k=args.val_samples)
-        g = rollout(policy, tokenizer, part, args, reward_fn, device, temperature=0.0, k=1)
-        recs += rollout_records(s, step)
-        greedy += g["score_list"]
+    recs = sampler.sample_tasks(policy, tokenizer, mine, args.val_samples, 1.0, step=step, **kw)
+    greedy = [r["reward"] for r in sampler.sample_tasks(policy, tokenizer, mine, 1, 0.0, **kw)]
     recs, greedy = gather_list(recs, dist), gather_list(greedy, dist)
     mean = lambda xs: sum(xs) / max(1, len(xs))
     return {"val/acc": mean([r["reward"] >= 1 for r in recs]),
             "val/format_rate": mean([r["reward"] > 0 for r in recs]),
             "val/acc_greedy": mean([x >= 1 for x in greedy]),
             "val/score_greedy": mean(greedy)}, recs     # score_greedy: the study's val/test_score
-
-
-def rollout_records(b, step):
-    return [{"step": step, "id": t.get("id"), "nums": t["nums"], "target": t["target"],
-             "prompt": p, "response": txt, "reward": s, "correct": s >= 1.0, "length": int(n)}
-            for t, p, txt, s, n in zip(b["tasks"], b["prompts"], b["texts"], b["score_list"],
-                                        b["lengths"].tolist())]
 
 
 def gather_list(items, dist):
@@ -610,6 +548,9 @@ def build(args, dist):
     tokenizer = common.load_tokenizer(args.model)
     _, ckpt = common.latest_ckpt(args.out) if args.resume else (0, None)
     dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    problem = common.vocab_problem(tokenizer, ckpt or init)
+    if problem:
+        common.die(problem, "ppo.py")
     policy = common.load_model(args.model, dtype, device, init=ckpt or init)
     ref = common.load_model(args.model, dtype, device, init=init).eval().requires_grad_(False)
     critic = Critic(common.load_model(args.model, dtype, device, init=init)) \
@@ -650,7 +591,8 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
     # 1-2. sample and score; count the behaviors in each response (the rules of behavior_rules.py)
-    b = rollout(policy, tokenizer, draw_tasks(tasks, step, args, dist), args, reward_fn, device)
+    b = sampler.sample_batch(policy, tokenizer, draw_tasks(tasks, step, args, dist), args.samples_per_prompt,
+                             args.temperature, args, reward_fn)
     timings["time/generate"], timings["time/score"] = b["time_generate"], b["time_score"]
     import behavior_rules
     t0 = time.time()
@@ -689,7 +631,7 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
               "skipped_updates": bad,
               "mem/peak_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.startswith("cuda") else 0.0})
     if args.log_rollouts_every and (step % args.log_rollouts_every == 0 or step == 1):
-        recs = gather_list(rollout_records(b, step), dist)
+        recs = gather_list(sampler.records(b, step), dist)
         if dist["master"]:
             common.write_jsonl(os.path.join(args.out, "rollouts", f"step_{step:06d}.jsonl"), recs)
     return m, bad
@@ -701,7 +643,7 @@ CONSOLE = ["score/mean", "acc", "val/acc", "kl", "losses/policy", "losses/value"
 
 
 # settings that may differ between a run and its --resume (length, logging, speed, placement)
-RESUME_FREE = ("resume", "overwrite", "steps", "device", "wandb", "save_every", "keep_ckpts",
+RESUME_FREE = ("resume", "overwrite", "steps", "device", "wandb", "save_every", "keep",
                "log_rollouts_every", "max_bad_steps", "engine", "vllm_mem", "micro_batch",
                "forward_micro_batch", "optim_device", "grad_ckpt", "save_final", "world_size")
 
@@ -721,7 +663,7 @@ def load_tasks(args):
 def run_validation(step, models, test_tasks, args, dist, reward_fn):
     """Validate, write the samples to val/step_XXXXXX.jsonl (rank 0) and return the metrics."""
     tokenizer, policy = models[0], models[1]
-    m, recs = validate(policy, tokenizer, test_tasks, args, dist, dist["device"], reward_fn, step)
+    m, recs = validate(policy, tokenizer, test_tasks, args, dist, reward_fn, step)
     if dist["master"]:
         common.write_jsonl(os.path.join(args.out, "val", f"step_{step:06d}.jsonl"), recs)
     return m
@@ -730,7 +672,7 @@ def run_validation(step, models, test_tasks, args, dist, reward_fn):
 def train(args, reward_fn=None):
     """The whole run. reward_fn(response, task, prompt=) -> float lets tests swap in another
     reward (default: countdown.score with --reward's rules)."""
-    reward_fn = reward_fn or make_reward(args.reward)
+    reward_fn = reward_fn or sampler.make_reward(args.reward)
     dist = common.setup_dist(args.device)
     if args.prompts_per_step % dist["world_size"] or args.mini_batch_prompts % dist["world_size"]:
         common.cleanup_dist(dist)   # every rank fails here, before any collective could hang
@@ -788,14 +730,14 @@ def train(args, reward_fn=None):
             check_in_sync((policy, critic), (opt_a, opt_c), dist)
             if dist["master"]:
                 save_checkpoint(common.ckpt_dir(args.out, step), policy, critic, opt_a, opt_c, tokenizer, state, args)
-                common.prune_checkpoints(args.out, args.keep_ckpts)
+                common.prune_checkpoints(args.out, args.keep)
     if first <= args.steps and args.save_final:
         check_in_sync((policy, critic), (opt_a, opt_c), dist)
     if dist["master"] and first <= args.steps and args.save_final:
         # the last checkpoint first: final/ is what marks the run done (pipeline.py skips it then)
         save_checkpoint(common.ckpt_dir(args.out, args.steps), policy, critic, opt_a, opt_c, tokenizer, state, args)
         save_checkpoint(os.path.join(args.out, "final"), policy, critic, opt_a, opt_c, tokenizer, state, args)
-        common.prune_checkpoints(args.out, args.keep_ckpts)
+        common.prune_checkpoints(args.out, args.keep)
         print(f"done: {args.steps} steps in {common.fmt_time(time.time() - t_start)}; policy in {args.out}/final")
     wait_for(opt_a, opt_c)
     common.cleanup_dist(dist)

@@ -1,12 +1,147 @@
 """
-Sampling from a policy and the log-probs of what it sampled: prompts -> left-padded ids,
-responses from the rollout engine (engine.py, CUDA graphs; vLLM; or transformers generate),
-their masks (up to and including the first EOS), and token log-probs of logits / T recomputed
-by the training model. Used by ppo.py's rollouts and validation, and by bench.py.
+Sampling from a policy, in one place: Countdown tasks -> prompts -> responses from the rollout
+engine (engine.py, CUDA graphs; vLLM; or transformers generate) -> decoded, scored records.
+ppo.py's rollouts and validation, classify.py's sampling mode and mini.py all sample through
+here, so a model is sampled and scored the same way before, during and after training.
+
+    import common, sampler
+    model, tok = common.load_model("tiny"), common.load_tokenizer("tiny")
+    recs = sampler.sample_tasks(model, tok, tasks, n_samples=4, temperature=1.0,
+                                opts=sampler.options(max_response_len=256))
+    # [{"step", "id", "nums", "target", "prompt", "response", "reward", "correct", "length"}, ...]
+
+Also here: the pieces PPO's loss needs from a sample, namely the response masks (up to and
+including the first EOS) and token log-probs of logits / T recomputed by the training model.
 """
+import time
+
 import torch
 import torch.nn.functional as F
 
+import countdown
+
+# The sampling flags, one home: ppo.py lists them among its own; other callers take
+# options(), these defaults with their own changes.
+SETTINGS = [
+    # (flag, default, type, help)
+    ("template", "base", str, "prompt template: base | qwen-instruct"),
+    ("reward", "study", str, "reward rules: study (TinyZero's compute_score on prompt + response) | strict (our exact parser, response only)"),
+    ("max_prompt_len", 256, int, "prompt tokens (longer prompts are an error)"),
+    ("max_response_len", 1024, int, "response tokens; longer responses are cut"),
+    ("engine", "builtin", str, "rollout generator: builtin (engine.py: CUDA graphs) | hf (transformers generate) | vllm"),
+    ("stop", None, str, "a string that ends a response like EOS does, e.g. '</answer>' (builtin and vllm engines)"),
+    ("vllm_mem", 0.3, float, "--engine vllm: fraction of GPU memory vLLM may take (weights + KV cache)"),
+    ("force_response_len", 0, int, "benchmarking: ignore EOS and always generate this many tokens"),
+]
+
+
+def options(**changes):
+    """The sampling settings (SETTINGS' defaults, seed 0) with changes, for callers without
+    ppo.py's flags.
+
+    >>> o = options(max_response_len=64); (o.engine, o.max_response_len, o.reward)
+    ('builtin', 64, 'study')
+    """
+    import types
+    opts = {name: default for name, default, *_ in SETTINGS}
+    unknown = set(changes) - set(opts) - {"seed"}
+    if unknown:
+        raise TypeError(f"unknown sampling options {sorted(unknown)}; known: {sorted(opts)}, seed")
+    return types.SimpleNamespace(**{**opts, "seed": 0, **changes})
+
+
+def option_checks(a):
+    """(ok, message) pairs for the sampling settings, for a script's parse_args."""
+    return [
+        (a.template in countdown.TEMPLATES, f"--template must be one of {sorted(countdown.TEMPLATES)}"),
+        (a.reward in countdown.REWARD_RULES, f"--reward must be one of {', '.join(countdown.REWARD_RULES)}"),
+        (a.engine in ("builtin", "hf", "vllm"), "--engine must be builtin, hf or vllm"),
+        (a.stop is None or a.engine != "hf", "--stop needs --engine builtin or vllm"),
+        (0 < a.vllm_mem < 1, "--vllm-mem must lie in (0, 1)"),
+        (min(a.max_prompt_len, a.max_response_len) > 0, "--max-prompt-len and --max-response-len must be > 0"),
+        (a.force_response_len >= 0, "--force-response-len must be >= 0"),
+    ]
+
+
+def make_reward(rules="study"):
+    """reward_fn(response, task, prompt) -> float with countdown.score's `rules`. `response` is
+    decoded with its special tokens (the EOS text too), as the study's reward manager does.
+
+    >>> make_reward("study")("<answer>1 + 2 + 3</answer><|endoftext|>", {"nums": [1, 2, 3], "target": 6},
+    ...                      prompt="User: ... Assistant:")
+    1.0
+    """
+    def reward(response, task, prompt=""):
+        return countdown.score(response, task["nums"], task["target"], rules=rules, prompt=prompt)
+    return reward
+
+
+# ---------------------------------------------------------------------------------
+# tasks -> records
+
+def unwrap(model):
+    """The model inside a DDP wrapper (the model itself otherwise)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def sample_batch(model, tokenizer, tasks, k, temperature, opts, reward_fn=None):
+    """Sample k responses per task in one generate call and score them. Returns a dict: the
+    tensors PPO trains on (seq, attn, mask, gen_logp, scores, lengths, clipped: [N, ...],
+    responses grouped by task) and the lists records() writes (tasks, prompts, texts,
+    score_list), with the seconds spent generating and scoring."""
+    reward_fn = reward_fn or make_reward(opts.reward)
+    model = unwrap(model)
+    device = next(model.parameters()).device
+    reps = [t for t in tasks for _ in range(k)]                       # grouped by prompt
+    prompts = [countdown.make_prompt(t["nums"], t["target"], opts.template) for t in reps]
+    p_ids, p_mask = encode_prompts(tokenizer, prompts, opts.max_prompt_len)
+    p_ids, p_mask = p_ids.to(device), p_mask.to(device)
+    t0 = time.time()
+    resp, r_mask, gen_logp = generate(model, tokenizer, p_ids, p_mask, opts.max_response_len,
+                                      opts, temperature)          # [N, R] each
+    t_gen = time.time() - t0
+    lengths = r_mask.sum(1).long()
+    clipped = (lengths >= resp.shape[1]) & (resp[:, -1] != tokenizer.eos_token_id)  # ran out of length
+    # the training passes need only the longest response's width, not --max-response-len
+    keep = max(1, int(lengths.max()))
+    resp, r_mask = resp[:, :keep], r_mask[:, :keep]
+    gen_logp = gen_logp[:, :keep] if gen_logp is not None else None
+    texts = [tokenizer.decode(resp[i, :lengths[i]], skip_special_tokens=True) for i in range(len(reps))]
+    raw = [tokenizer.decode(resp[i, :lengths[i]]) for i in range(len(reps))]   # EOS text kept, as the study
+    score_list = [float(reward_fn(r, t, prompt=p)) for r, t, p in zip(raw, reps, prompts)]   # exact, for the logs
+    scores = torch.tensor(score_list, dtype=torch.float32)
+    return dict(seq=torch.cat([p_ids, resp], 1), attn=torch.cat([p_mask.float(), r_mask], 1).long(),
+                mask=r_mask, gen_logp=gen_logp, scores=scores.to(device), score_list=score_list,
+                lengths=lengths, clipped=clipped, texts=texts, tasks=reps, prompts=prompts,
+                time_generate=t_gen, time_score=time.time() - t0 - t_gen)
+
+
+def records(b, step):
+    """sample_batch's samples as the records ppo.py writes to rollouts/ and val/."""
+    return [{"step": step, "id": t.get("id"), "nums": t["nums"], "target": t["target"],
+             "prompt": p, "response": txt, "reward": s, "correct": s >= 1.0, "length": int(n)}
+            for t, p, txt, s, n in zip(b["tasks"], b["prompts"], b["texts"], b["score_list"],
+                                        b["lengths"].tolist())]
+
+
+def sample_tasks(model, tokenizer, tasks, n_samples=1, temperature=1.0, opts=None, reward_fn=None,
+                 batch_tasks=64, step=0, progress=False):
+    """n_samples responses to each task (temperature 0: greedy), batch_tasks tasks per
+    generate call, scored with reward_fn (default: countdown.score with opts.reward's rules,
+    the study's unless changed) -> records (see records()), grouped by task in task order.
+    opts: options() or a script's parsed flags; the caller seeds torch for repeatable samples."""
+    from tqdm import tqdm
+    opts = opts or options()
+    batches = range(0, len(tasks), max(1, batch_tasks))
+    out = []
+    for i in tqdm(batches, desc="sample", unit="batch", disable=not progress):
+        b = sample_batch(model, tokenizer, tasks[i:i + batch_tasks], n_samples, temperature, opts, reward_fn)
+        out += records(b, step)
+    return out
+
+
+# ---------------------------------------------------------------------------------
+# prompts -> token ids -> responses
 
 def encode_prompts(tokenizer, prompts, max_len):
     """Left-padded prompt ids [N, P] and mask [N, P]; an over-long prompt is an error."""
@@ -26,41 +161,43 @@ def response_mask(resp, eos_id, pad_id):
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompt_ids, prompt_mask, max_new, args, temperature=1.0):
+def generate(model, tokenizer, prompt_ids, prompt_mask, max_new, opts, temperature=1.0):
     """Responses [N, R], their mask [N, R] (1 up to and including EOS) and the sampler's
-    log-probs [N, R] (None from transformers), from the engine that args.engine names."""
-    force = args.force_response_len
-    eng = get_engine(model, tokenizer, args) if args.engine != "hf" else None
+    log-probs [N, R] (None from transformers), from the engine that opts.engine names."""
+    force = opts.force_response_len
+    eng = get_engine(model, tokenizer, opts) if opts.engine != "hf" else None
     if eng is None:
         resp, mask = hf_generate(model, tokenizer, prompt_ids, prompt_mask, max_new, temperature, force)
         return resp, mask, None
-    stops = [tokenizer.encode(args.stop, add_special_tokens=False)] if args.stop else []
+    stops = [tokenizer.encode(opts.stop, add_special_tokens=False)] if opts.stop else []
     out = eng.generate(prompt_ids, prompt_mask, max_new, temperature=temperature, force_len=force,
                        stop_seqs=stops)
-    if getattr(eng, "release_after", False):  # a 3B model's cache is wanted back by training
+    if getattr(eng, "release_after", None) is False and eng.device.type == "cuda":
+        # keep the cache and graphs only while they are cheap: once a batch's cache has taken
+        # over a tenth of the GPU (a 3B model's PPO batch), training wants it back after each call
+        need = eng.cache_bytes(prompt_ids.shape[0], prompt_ids.shape[1] + max_new)
+        eng.release_after = need > 0.1 * torch.cuda.get_device_properties(eng.device).total_memory
+    if getattr(eng, "release_after", False):
         eng.release()
     return out.tokens, out.mask, out.logp
 
 
-def get_engine(model, tokenizer, args):
+def get_engine(model, tokenizer, opts):
     """The model's engine, made on first use and kept on the model (it holds no weights);
     None (use transformers) for an architecture engine.py does not run."""
     eng = getattr(model, "_rollout_engine", None)
     if eng is None:
         import engine
-        if args.engine == "vllm":
-            eng = engine.VLLMEngine(model, tokenizer, args)
+        if opts.engine == "vllm":
+            eng = engine.VLLMEngine(model, tokenizer, opts)
         else:
             try:
                 eng = engine.Engine(model, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
             except engine.Unsupported as e:
-                print(f"engine.py does not run this model ({e}): rollouts use transformers generate")
-                args.engine = "hf"
+                print(f"engine.py does not run this model ({e}): sampling with transformers generate")
+                opts.engine = "hf"
                 return None
-            if eng.device.type == "cuda":   # keep cache + graphs only if they are cheap
-                need = eng.cache_bytes(args.prompts_per_step * args.samples_per_prompt,
-                                       args.max_prompt_len + args.max_response_len)
-                eng.release_after = need > 0.1 * torch.cuda.get_device_properties(eng.device).total_memory
+            eng.release_after = False
         model._rollout_engine = eng
     return eng
 

@@ -57,46 +57,48 @@ from functools import lru_cache
 import common
 
 # ---------------------------------------------------------------------------------
-# settings (the CLI flags). Defaults are the study's priming SFT: TinyZero's
+# settings: the flags and their defaults, the study's priming SFT: TinyZero's
 # slurm_scripts/sft.sh (5 epochs, batch 64, max length 2048) on verl/trainer/config/
 # sft_trainer.yaml (lr 1e-5, betas 0.9/0.95, weight decay 0.01, 10% warm-up, cosine to 0).
-DEFAULTS = dict(
-    model=None,           # architecture + tokenizer: alias, hub id, folder, tiny, random:<arch>
-    init=None,            # checkpoint folder whose weights start the run (e.g. out/RUN/final)
-    data=None,            # training JSONL: {"prompt","completion"} or {"text"} records
-    eval_data=None,       # held-out JSONL (same formats)
-    eval_frac=0.0,        # if no --eval-data: fraction of --data split off as held-out
-    eval_max=512,         # at most this many held-out examples are scored
-    eval_every=50,        # held-out loss every this many steps (0: only at the end)
-    out="out/sft",        # run folder
-    epochs=5,             # passes over the training data
-    max_steps=0,          # if > 0: stop after this many optimizer steps (overrides epochs)
-    batch_size=64,        # global batch: sequences (rows) per optimizer step, all GPUs together
-    micro_batch=4,        # sequences per forward/backward on one GPU (grad accumulation fills the rest)
-    max_len=2048,         # longest sequence in tokens (prompt + completion + EOS)
-    overlong="drop",      # sequences longer than max_len: drop, or truncate to max_len
-    pack=False,           # pack several short examples into one max_len row (no cross-attention)
-    lr=1e-5,              # peak learning rate (AdamW)
-    min_lr_frac=0.0,      # the cosine decays to lr * min_lr_frac
-    warmup_frac=0.1,      # linear warm-up over this fraction of the steps (at least 1 step)
-    weight_decay=0.01,    # AdamW weight decay (on every parameter, as the study's AdamW)
-    beta1=0.9, beta2=0.95,  # AdamW betas
-    grad_clip=1.0,        # clip the global gradient norm to this (0: off)
-    precision="auto",     # auto (bf16-mixed on GPU, fp32 on CPU), bf16-mixed, bf16, fp32
-    grad_ckpt=False,      # gradient checkpointing (recompute activations in backward)
-    fsdp=False,           # under torchrun: FSDP2 (fully_shard) instead of DDP
-    save_every=100,       # checkpoint every this many steps (0: only final/)
-    keep=2,               # keep only the newest K checkpoints
-    no_save=False,        # write no checkpoints and no final/ (benchmarks)
-    resume=False,         # continue from the newest checkpoint in out/RUN/ckpt
-    overwrite=False,      # start afresh: delete out/RUN's ckpt/, final/ and metrics.jsonl
-    stop_after=0,         # testing: exit after this step as if killed (no final/)
-    synthetic=0,          # benchmark: ignore --data, train on random tokens of this length
-    seed=0,               # data order, eval split and synthetic data
-    device=None,          # cpu or cuda (default: cuda if available)
-    wandb=False,          # also log to Weights & Biases
-    wandb_project="cognitive-behaviors",  # wandb project name
-)
+SETTINGS = [
+    # (flag, default, type, help)
+    common.SHARED["model"],
+    common.SHARED["init"],
+    ("data", None, str, "training JSONL: {prompt, completion} or {text} records"),
+    ("eval_data", None, str, "held-out JSONL (same formats)"),
+    ("eval_frac", 0.0, float, "without --eval-data: fraction of --data held out"),
+    ("eval_max", 512, int, "score at most this many held-out examples"),
+    ("eval_every", 50, int, "held-out loss every N steps (0: at the end only)"),
+    ("out", "out/sft", str, "run folder (config.json, metrics.jsonl, ckpt/, final/)"),
+    ("epochs", 5, int, "passes over the training data"),
+    ("max_steps", 0, int, "if > 0: exactly this many steps (overrides --epochs)"),
+    ("batch_size", 64, int, "global batch: sequences per optimizer step, all GPUs"),
+    ("micro_batch", 4, int, "sequences per forward/backward per GPU (gradient accumulation fills the rest)"),
+    ("max_len", 2048, int, "longest sequence in tokens (prompt + completion + EOS)"),
+    ("overlong", "drop", str, "sequences longer than --max-len: drop | truncate (keep their first tokens)"),
+    ("pack", False, bool, "pack short examples into max-len rows (no cross-attention)"),
+    ("lr", 1e-5, float, "peak learning rate (AdamW)"),
+    ("min_lr_frac", 0.0, float, "the cosine ends at lr x this"),
+    ("warmup_frac", 0.1, float, "linear warm-up over this fraction of the steps (at least 1 step)"),
+    ("weight_decay", 0.01, float, "AdamW weight decay (every parameter, as the study's AdamW)"),
+    ("beta1", 0.9, float, "AdamW beta1"),
+    ("beta2", 0.95, float, "AdamW beta2"),
+    ("grad_clip", 1.0, float, "max global gradient norm (0: off)"),
+    ("precision", "auto", str, "auto (bf16-mixed on GPU: fp32 weights, bf16 compute; fp32 on CPU) | "
+                               "bf16-mixed | bf16 | fp32"),
+    ("grad_ckpt", False, bool, "gradient checkpointing (less memory, ~30%% more compute)"),
+    ("fsdp", False, bool, "under torchrun: shard with FSDP2 instead of DDP"),
+    ("save_every", 100, int, "checkpoint every N steps (0: final/ only)"),
+    common.SHARED["keep"],
+    ("save", True, bool, "write checkpoints and final/ (--no-save: neither, for benchmarks)"),
+    common.SHARED["resume"],
+    common.SHARED["overwrite"],
+    ("stop_after", 0, int, "testing: exit after step N as if killed (no final/)"),
+    ("synthetic", 0, int, "benchmark: ignore --data, train on random token sequences of this length"),
+    ("seed", 0, int, "seed of data order, eval split and synthetic data"),
+    ("device", None, str, "cpu or cuda (default: cuda if available)"),
+    common.SHARED["wandb"],
+]
 IGNORE = -100  # label of positions that carry no loss
 
 # ---------------------------------------------------------------------------------
@@ -524,10 +526,6 @@ def resolve(args, info):
         args.precision = "bf16-mixed" if info["device"].startswith("cuda") else "fp32"
     if args.precision != "fp32" and not info["device"].startswith("cuda"):
         common.die(f"--precision {args.precision} needs a GPU; use fp32 on the CPU")
-    if args.model is None:
-        args.model = args.init
-    if args.model is None:
-        common.die("give --model (architecture and tokenizer) and/or --init")
     if args.data is None and not args.synthetic:
         common.die("give --data FILE.jsonl (or --synthetic LEN for a benchmark)")
     if args.fsdp and not info["ddp"]:
@@ -580,6 +578,9 @@ def setup(args):
     start, ckpt = prepare_out(args, info, log)
     torch.manual_seed(args.seed)
     tok = common.load_tokenizer(args.model)
+    problem = common.vocab_problem(tok, ckpt or args.init or args.model)
+    if problem:
+        common.die(problem)
     rows, eval_rows, kind = load_data(args, tok, log)
     per_epoch = len(rows) // args.batch_size
     if per_epoch == 0:
@@ -589,8 +590,6 @@ def setup(args):
     if args.init:
         log(common.init_report(args.init))
     model, raw, autocast = build_model(args, info, ckpt or args.init)
-    if len(tok) > raw.config.vocab_size:
-        common.die(f"tokenizer has {len(tok)} tokens, the model only {raw.config.vocab_size}")
     opt = make_optimizer(model, args, info["device"])
     data_key = dict(n_rows=len(rows), batch_size=args.batch_size, seed=args.seed, total=total)
     if ckpt:
@@ -643,7 +642,7 @@ def train(args):
     run = None
     if master and args.wandb:
         import wandb
-        run = wandb.init(project=args.wandb_project, name=os.path.basename(os.path.abspath(out)),
+        run = wandb.init(project=args.wandb, name=os.path.basename(os.path.abspath(out)),
                          config=R.cfg, resume="allow")
     R.model.train()
     if R.eval_rows and R.start == 0:  # the held-out loss before training, as step 0
@@ -671,7 +670,7 @@ def train(args):
                 if run:
                     run.log(m, step=done)
             bar.update(1)
-            if not args.no_save and args.save_every and done % args.save_every == 0 and done < R.total:
+            if args.save and args.save_every and done % args.save_every == 0 and done < R.total:
                 save_step(R, done)
             if args.stop_after and args.stop_after <= done < R.total:
                 R.log(f"--stop-after {args.stop_after}: stopping as if killed")
@@ -680,7 +679,7 @@ def train(args):
                 return None
     bar.close()
     final = None
-    if not args.no_save:
+    if args.save:
         final = os.path.join(out, "final")
         save_checkpoint(final, R.model, R.raw, R.opt, R.tok, info, args, R.cfg, None)
         R.log(f"saved {final}")
@@ -691,48 +690,11 @@ def train(args):
 
 
 def parse_args(argv=None):
-    d = DEFAULTS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = ap.add_argument
-    a("--model", default=d["model"], help="architecture + tokenizer: alias, hub id, folder, tiny, random:<arch> (if omitted: --init)")
-    a("--init", default=d["init"], help="checkpoint folder whose weights start the run (e.g. out/RUN/final)")
-    a("--data", default=d["data"], help="training JSONL: {prompt, completion} or {text} records")
-    a("--eval-data", default=d["eval_data"], help="held-out JSONL")
-    a("--eval-frac", type=float, default=d["eval_frac"], help="without --eval-data: fraction of --data held out")
-    a("--eval-max", type=int, default=d["eval_max"], help="score at most this many held-out examples")
-    a("--eval-every", type=int, default=d["eval_every"], help="held-out loss every N steps (0: at the end only)")
-    a("--out", default=d["out"], help="run folder (config.json, metrics.jsonl, ckpt/, final/)")
-    a("--epochs", type=int, default=d["epochs"], help="passes over the training data")
-    a("--max-steps", type=int, default=d["max_steps"], help="if > 0: exactly this many steps (overrides --epochs)")
-    a("--batch-size", type=int, default=d["batch_size"], help="global batch: sequences per optimizer step, all GPUs")
-    a("--micro-batch", type=int, default=d["micro_batch"], help="sequences per forward/backward per GPU")
-    a("--max-len", type=int, default=d["max_len"], help="longest sequence in tokens")
-    a("--overlong", choices=["drop", "truncate"], default=d["overlong"], help="what to do with longer sequences")
-    a("--pack", action="store_true", help="pack short examples into max-len rows (no cross-attention)")
-    a("--lr", type=float, default=d["lr"], help="peak learning rate")
-    a("--min-lr-frac", type=float, default=d["min_lr_frac"], help="cosine ends at lr x this")
-    a("--warmup-frac", type=float, default=d["warmup_frac"], help="linear warm-up over this fraction of steps")
-    a("--weight-decay", type=float, default=d["weight_decay"], help="AdamW weight decay (every parameter)")
-    a("--beta1", type=float, default=d["beta1"], help="AdamW beta1")
-    a("--beta2", type=float, default=d["beta2"], help="AdamW beta2")
-    a("--grad-clip", type=float, default=d["grad_clip"], help="max global gradient norm (0: off)")
-    a("--precision", choices=["auto", "bf16-mixed", "bf16", "fp32"], default=d["precision"],
-      help="auto: bf16-mixed on GPU (fp32 weights, bf16 compute), fp32 on CPU")
-    a("--grad-ckpt", action="store_true", help="gradient checkpointing (less memory, ~30%% more compute)")
-    a("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 instead of DDP")
-    a("--save-every", type=int, default=d["save_every"], help="checkpoint every N steps (0: final/ only)")
-    a("--keep", type=int, default=d["keep"], help="keep the newest K checkpoints")
-    a("--no-save", action="store_true", help="write no checkpoints and no final/ (benchmarks)")
-    a("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    a("--overwrite", action="store_true", help="start afresh: delete --out's ckpt/, final/ and metrics.jsonl")
-    a("--stop-after", type=int, default=d["stop_after"], help="testing: exit after step N as if killed")
-    a("--synthetic", type=int, default=d["synthetic"], help="benchmark: random token sequences of this length")
-    a("--seed", type=int, default=d["seed"], help="seed of data order, eval split, synthetic data")
-    a("--device", default=d["device"], help="cpu or cuda (default: cuda if available)")
-    a("--wandb", action="store_true", help="also log to Weights & Biases")
-    a("--wandb-project", default=d["wandb_project"], help="wandb project")
+    common.add_settings(ap, SETTINGS)
     args = ap.parse_args(argv)
+    args.model = common.model_and_init(args.model, args.init)
     for ok, msg in checks(args):
         if not ok:
             ap.error(msg)
@@ -752,6 +714,8 @@ def checks(a):
          "--min-lr-frac and --warmup-frac must lie in [0, 1], --eval-frac in [0, 1)"),
         (0 <= a.beta1 < 1 and 0 <= a.beta2 < 1, "--beta1 and --beta2 must lie in [0, 1)"),
         (not (a.resume and a.overwrite), "--resume and --overwrite exclude each other"),
+        (a.overlong in ("drop", "truncate"), "--overlong must be drop or truncate"),
+        (a.precision in ("auto", "bf16-mixed", "bf16", "fp32"), "--precision must be auto, bf16-mixed, bf16 or fp32"),
         *[(common.model_name_problem(m) is None, f"--{k}: {common.model_name_problem(m)}")
           for k, m in (("model", a.model), ("init", a.init)) if m is not None],
     ]

@@ -27,3 +27,16 @@ def server(request):
     yield make
     for s in made:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def wider_tiny(tmp_path_factory):
+    """A checkpoint folder whose tokenizer is not tiny's: tiny's plus 8 tokens, its embeddings
+    grown to match (for --init alone / --model vs --init checks)."""
+    import common
+    path = str(tmp_path_factory.mktemp("wider") / "ckpt")
+    tok, model = common.load_tokenizer("tiny"), common.load_model("tiny")
+    tok.add_tokens([f"<extra{i}>" for i in range(8)])
+    model.resize_token_embeddings(len(tok))
+    common.save_hf(model, tok, path)
+    return path

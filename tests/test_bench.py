@@ -4,15 +4,15 @@ import os
 import subprocess
 import sys
 
+import bench
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_bench_cpu_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "bench.py", "--model", "tiny", "--device", "cpu", "--parts", "all",
-           "--batch-sizes", "4,8", "--hf-batch-sizes", "8", "--prompt-len", "16", "--new-tokens", "12",
-           "--train-configs", "nockpt:2", "--train-seq", "32", "--ppo-prompts", "2", "--ppo-samples", "2",
-           "--ppo-len", "8", "--ppo-steps", "1", "--out", str(out)]
+    # the documented CPU smoke run (every part): --device cpu picks bench.CPU_SIZES
+    cmd = [sys.executable, "bench.py", "--model", "tiny", "--device", "cpu", "--parts", "all", "--out", str(out)]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
@@ -38,3 +38,12 @@ def test_bench_rejects_bad_flags():
     r = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--model", "random:qwen2.5-3b"],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "--device cpu" in r.stderr
+
+
+def test_cpu_sizes_fill_only_what_the_user_left():
+    a = bench.parse_args(["--model", "tiny", "--device", "cpu"])
+    assert (a.batch_sizes, a.hf_batch_sizes, a.new_tokens, a.ppo_prompts) == ([4, 8], [8], 12, 2)
+    a = bench.parse_args(["--model", "tiny", "--device", "cpu", "--new-tokens", "20", "--batch-sizes", "2"])
+    assert (a.batch_sizes, a.new_tokens, a.prompt_len) == ([2], 20, 16)
+    a = bench.parse_args(["--model", "tiny", "--device", "cuda"])     # parsing only: no GPU needed
+    assert (a.batch_sizes, a.new_tokens) == ([64, 256, 512, 1024], 512)

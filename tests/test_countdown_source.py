@@ -89,7 +89,7 @@ def test_source_jsonl_json_and_folder(tmp_path, rows, parquet):
 
 def test_source_defaults_are_the_studys_counts(tmp_path, parquet):
     args = cd._parse_args(["--n-train", "5"])  # no --source: today's generator and its defaults
-    assert args.source == "generate" and (args.n_train, args.n_test) == (5, cd.DEFAULTS["n_test"])
+    assert args.source == "generate" and (args.n_train, args.n_test) == (5, cd.GENERATED_SPLIT[1]) == (5, 1_024)
     assert cd.STUDY_SPLIT == (327_680, 1_024) and cd.STUDY_SOURCE == "Jiayi-Pan/Countdown-Tasks-3to4"
     r = run_cli(tmp_path, "--source", parquet, "--out", str(tmp_path / "cd"))
     assert r.returncode == 2

@@ -214,3 +214,13 @@ def test_qwen3_norms_and_compiled_pieces_match_transformers(tok):
         assert torch.equal(eng.generate(ids, mask, 20, temperature=0).tokens, want), comp
         # another batch size: the compiled pieces recompile with a symbolic batch dimension
         assert torch.equal(eng.generate(ids[:8], mask[:8], 20, temperature=0).tokens, want[:8]), comp
+
+
+def test_command_line_smoke_run():
+    import subprocess
+    import sys
+    from conftest import REPO
+    r = subprocess.run([sys.executable, "engine.py", "--model", "tiny", "--device", "cpu", "--n", "2",
+                        "--max-new", "8", "--check"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("--- sample ") == 2 and "greedy tokens equal transformers': True" in r.stdout

@@ -15,6 +15,7 @@ import common
 import countdown
 import gen_priming
 import ppo
+import sampler
 
 CONDS = ("all_strategies", "only_backtracking", "backtracking_backward", "backtracking_subgoal",
          "negative_control")
@@ -36,10 +37,10 @@ def run(tmp_path_factory):
     data = tmp / "data"
     common.write_jsonl(str(data / "train.jsonl"), countdown.generate_tasks(64, seed=0, sizes=(3,)))
     common.write_jsonl(str(data / "test.jsonl"), countdown.generate_tasks(4, seed=1, sizes=(3,)))
-    real, calls = ppo.rollout, [0]
+    real, calls = sampler.sample_batch, [0]
 
-    def rollout(policy, tokenizer, tasks, args, reward_fn, device, temperature=None, k=None):
-        b = real(policy, tokenizer, tasks, args, reward_fn, device, temperature, k)
+    def sample_batch(*a, **kw):
+        b = real(*a, **kw)
         texts = [trace(t, calls[0] * 1000 + i) for i, t in enumerate(b["tasks"])]
         calls[0] += 1
         b["texts"] = texts
@@ -53,11 +54,11 @@ def run(tmp_path_factory):
                            "--max-response-len", "8", "--micro-batch", "32", "--eval-every", "0",
                            "--log-rollouts-every", "1", "--save-every", "0", "--no-save-final",
                            "--device", "cpu"])
-    ppo.rollout = rollout
+    sampler.sample_batch = sample_batch
     try:
         ppo.train(args)
     finally:
-        ppo.rollout = real
+        sampler.sample_batch = real
     return out
 
 
@@ -118,19 +119,19 @@ def test_span_counts_equal_count_behaviors_on_a_run(run):
 
 DRIVER = '''
 import sys, torch, torch.distributed as tdist
-import countdown, ppo
+import countdown, ppo, sampler
 sys.path.insert(0, sys.argv[1])
 from test_live_behaviors import trace
-real, calls = ppo.rollout, [0]
-def rollout(policy, tokenizer, tasks, args, reward_fn, device, temperature=None, k=None):
-    b = real(policy, tokenizer, tasks, args, reward_fn, device, temperature, k)
+real, calls = sampler.sample_batch, [0]
+def sample_batch(*a, **kw):
+    b = real(*a, **kw)
     rank = tdist.get_rank()
     b["texts"] = [trace(t, calls[0] * 1000 + 100 * rank + i) for i, t in enumerate(b["tasks"])]
     calls[0] += 1
     b["score_list"] = [countdown.score(x, t["nums"], t["target"]) for x, t in zip(b["texts"], b["tasks"])]
     b["scores"] = torch.tensor(b["score_list"])
     return b
-ppo.rollout = rollout
+sampler.sample_batch = sample_batch
 ppo.train(ppo.parse_args(sys.argv[2:]))
 '''
 

@@ -363,3 +363,24 @@ def test_bad_flags_are_explained():
     r = subprocess.run([sys.executable, "ppo.py", "--data", "/nonexistent", "--device", "cpu"], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode != 0 and "/nonexistent/train.jsonl: no such file" in r.stderr
+
+
+def test_init_alone_brings_its_own_tokenizer(tmp_path, wider_tiny):
+    """--init alone: --model is that folder (its tokenizer, never tiny's); a --model whose
+    tokenizer outgrows --init's embeddings stops at once, naming --model."""
+    data = tmp_path / "data"
+    common.write_jsonl(str(data / "train.jsonl"), countdown.generate_tasks(8, seed=0, sizes=(3,)))
+    common.write_jsonl(str(data / "test.jsonl"), countdown.generate_tasks(2, seed=1, sizes=(3,)))
+    flags = ["--data", str(data), "--steps", "1", "--prompts-per-step", "2", "--samples-per-prompt", "2",
+             "--max-response-len", "4", "--eval-every", "0", "--log-rollouts-every", "0", "--device", "cpu"]
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "ppo.py", "--init", wider_tiny, "--out", str(out), *flags], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.load(open(out / "config.json"))["model"] == wider_tiny
+    n_tiny = len(common.load_tokenizer("tiny"))
+    assert len(common.load_tokenizer(str(out / "final"))) == n_tiny + 8
+    r = subprocess.run([sys.executable, "ppo.py", "--model", wider_tiny, "--init", common.tiny_path(),
+                        "--out", str(tmp_path / "bad"), *flags], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and f"--model's tokenizer has {n_tiny + 8} tokens, the model only {n_tiny}" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad" / "final").exists()

@@ -223,3 +223,19 @@ def test_script_runs_and_final_works_as_init(tmp_path):
               "--batch-size", "4", "--micro-batch", "4", "--max-steps", "1", "--lr", "1e-3"])
     assert metrics(out2)[0]["eval_loss"] == pytest.approx(metrics(out)[-1]["eval_loss"], abs=1e-5)
     assert json.load(open(os.path.join(out2, "config.json")))["init"] == final
+
+
+def test_init_alone_brings_its_own_tokenizer(tmp_path, wider_tiny, capsys):
+    """--init alone: --model is that folder (its tokenizer, saved in final/); a --model whose
+    tokenizer outgrows --init's embeddings stops with one line naming --model."""
+    data = write_jsonl(tmp_path / "d.jsonl", short_traces(8, seed=2))
+    flags = ["--data", data, "--batch-size", "2", "--micro-batch", "2", "--max-steps", "1", "--device", "cpu"]
+    sft.main(["--init", wider_tiny, "--out", str(tmp_path / "run"), *flags])
+    assert json.load(open(tmp_path / "run" / "config.json"))["model"] == wider_tiny
+    n_tiny = len(common.load_tokenizer("tiny"))
+    assert len(common.load_tokenizer(str(tmp_path / "run" / "final"))) == n_tiny + 8
+    with pytest.raises(SystemExit) as e:
+        sft.main(["--model", wider_tiny, "--init", common.tiny_path(), "--out", str(tmp_path / "bad"), *flags])
+    assert e.value.code == 2
+    assert f"--model's tokenizer has {n_tiny + 8} tokens, the model only {n_tiny}" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "final").exists()
