@@ -16,7 +16,7 @@ occurrence:
                 as needed ("the rest must make 11") outside a backward step
   backward      a step from the target toward the inputs: "58 = 56 + 2", "74 - 50 = 24",
                 "76 / 4 = 19", splitting a number a backward step asked for, "working backwards"
-Convention shared with gen_priming.py's symbolic writer: a number that a backward step asks
+Convention shared with the symbolic writer (symbolic.py): a number that a backward step asks
 for ("58 = 56 + 2, so the rest must make 56") counts as backward chaining, not also as a
 subgoal. `agreement` measures the rules against labelled traces (classify.py --eval; see README).
 

@@ -9,7 +9,7 @@ chaining) in Countdown reasoning, per response and per logged step.
     # the study's judge: gpt-4o-mini, one request per behavior (OPENAI_API_KEY from the environment)
     python classify.py --backend openai --input out/ppo-qwen   # --prompts study:PATH: the study's own questions
     python classify.py --backend openai --batch --input out/ppo-qwen      # Batch API: half price, hours
-    python classify.py --backend openai --base-url http://localhost:8000/v1 --judge-model Qwen/Qwen2.5-32B-Instruct ...
+    python classify.py --backend openai --base-url http://localhost:8000/v1 --api-model Qwen/Qwen2.5-32B-Instruct ...
     python classify.py --backend anthropic --input ...                    # ANTHROPIC_API_KEY
     # sampling mode (the study's base-model analysis, figure 4): sample, score, classify
     python classify.py --model qwen2.5-3b --data data/countdown/test.jsonl --samples 200 --out out/base-qwen
@@ -56,8 +56,8 @@ from study import BEHAVIORS
 
 # ---------------------------------------------------------------------------------
 # settings: the flags and their defaults, (flag, default, type, help); `--help` lists them all
+DEFAULT_JUDGE = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-20241022"}
 SETTINGS = [
-    ("backend", "rules", str, "rules (offline patterns) | openai | anthropic (LLM judge)"),
     ("input", None, str, "run folder (val/ or rollouts/step_*.jsonl), priming file, folder of JSONL, or any JSONL"),
     ("split", "auto", str, "run folder: val (ppo.py's test-set samples: what the study classified), rollouts, or auto (val if there, else rollouts)"),
     ("out", None, str, "output folder (default: INPUT/classify for a folder, INPUT_STEM.classify for a file)"),
@@ -65,17 +65,11 @@ SETTINGS = [
     ("sample_per_step", 200, int, "classify this many random records per (condition, step), as the study; 0: all"),
     ("seed", 0, int, "seed of the per-step sample and of sampling mode"),
     ("length_tokenizer", None, str, "tokenizer for response_length when records lack 'length' (default: words)"),
-    ("judge_model", None, str, "LLM judge (default: gpt-4o-mini for openai, claude-3-5-haiku-20241022 for anthropic)"),
+    # a judge's answer is short (--max-tokens 512): a request still waiting after 2 minutes is stuck
+    *llm.settings("rules", "counts the behaviors", DEFAULT_JUDGE, batch="openai", timeout=120.0),
     ("prompts", "ours", str, "LLM judge's questions: ours, or study:PATH (read from a checkout of the study's repository)"),
-    ("base_url", None, str, "API base URL (default: $OPENAI_BASE_URL or https://api.openai.com/v1; Anthropic: https://api.anthropic.com)"),
-    ("batch", False, bool, "openai only: use the Batch API (upload, create, poll, download)"),
-    ("concurrency", 8, int, "LLM requests in flight at once"),
-    ("max_retries", 6, int, "retries of a request after 429 / 5xx / network errors"),
-    ("backoff", 1.0, float, "first retry wait in seconds; doubles each retry (Retry-After wins)"),
-    ("timeout", 120.0, float, "seconds before an HTTP request is abandoned (then retried)"),
     ("max_tokens", 512, int, "judge's answer length limit"),
     ("tag_retries", 1, int, "re-asks when an answer has no <count>N</count> (then recorded as missing)"),
-    ("poll", 30.0, float, "Batch API: seconds between status polls"),
     ("max_chars", 16000, int, "responses longer than this are cut (head and tail kept) before judging"),
     ("model", None, str, "sampling mode: model alias, hub id or checkpoint folder to sample from first"),
     ("data", "data/countdown/test.jsonl", str, "sampling mode: task JSONL"),
@@ -88,7 +82,6 @@ SETTINGS = [
     ("device", None, str, "sampling mode: cuda | cpu (default: cuda if available)"),
     ("eval", None, str, "print agreement of the rules with labelled JSONL ('labels' or 'behaviors') and exit"),
 ]
-DEFAULT_JUDGE = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-20241022"}
 # US$ per million (input, output) tokens, list prices; the Batch API bills half.
 PRICES = {"gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00), "gpt-4.1-mini": (0.40, 1.60),
           "gpt-4.1-nano": (0.10, 0.40), "claude-3-5-haiku-20241022": (0.80, 4.00),
@@ -208,15 +201,15 @@ class Judge:
         self.backend, self.model, self.cfg = backend, model, cfg
         self.system, self.study = study or (SYSTEM, None)  # study: study_judge()
         self.name = f"{backend}:{model}" + ("+study-prompts" if self.study else "")
-        self.llm = llm.Client(backend, model, cfg.base_url, cfg.max_retries, cfg.backoff, cfg.timeout,
+        self.llm = llm.Client(backend, model, cfg.base_url, cfg.max_retries, cfg.retry_base, cfg.timeout,
                               log=lambda m: print(f"[classify] {m}", file=sys.stderr, flush=True))
         self.usage = Usage(model, self.llm, cfg.batch)
 
     @classmethod
     def from_args(cls, args):
-        """The judge of --backend, --judge-model and --prompts."""
+        """The judge of --backend, --api-model and --prompts."""
         study = study_judge(args.prompts[len("study:"):]) if args.prompts != "ours" else None
-        return cls(args.backend, args.judge_model or DEFAULT_JUDGE[args.backend], args, study)
+        return cls(args.backend, args.api_model or DEFAULT_JUDGE[args.backend], args, study)
 
     def request(self, behavior, rec):
         """(system, user, max tokens, temperature) of the question about one behavior of rec."""
@@ -547,16 +540,17 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     common.add_settings(ap, SETTINGS)
+    ap.add_argument("--judge-model", dest="api_model", help=argparse.SUPPRESS)  # the old name of --api-model
     a = ap.parse_args(argv)
+    api = llm.check(a, "rules", batch="openai")  # the API flags' problem, if any
     for bad, msg in [
-            (a.backend not in ("rules", "openai", "anthropic"), "--backend must be rules, openai or anthropic"),
-            (a.batch and a.backend != "openai", "--batch works with --backend openai (the OpenAI Batch API)"),
+            (api is not None, api),
             (a.template not in countdown.TEMPLATES, f"--template must be one of {sorted(countdown.TEMPLATES)}"),
             (a.split not in ("auto", "val", "rollouts"), "--split must be auto, val or rollouts"),
             (a.prompts != "ours" and not (a.prompts.startswith("study:") and len(a.prompts) > 6 and a.backend != "rules"),
              "--prompts must be ours or study:PATH, and study:PATH needs --backend openai or anthropic"),
-            (min(a.concurrency, a.samples, a.per_task, a.gen_batch) < 1 or a.sample_per_step < 0 or a.tag_retries < 0,
-             "--concurrency, --samples, --per-task, --gen-batch must be >= 1; --sample-per-step, --tag-retries >= 0"),
+            (min(a.samples, a.per_task, a.gen_batch) < 1 or a.sample_per_step < 0 or a.tag_retries < 0,
+             "--samples, --per-task, --gen-batch must be >= 1; --sample-per-step, --tag-retries >= 0"),
             (a.eval is None and a.model is None and a.input is None,
              "give --input (what to classify), --model (sample first), or --eval")]:
         if bad:

@@ -16,15 +16,15 @@ The real thing (the study: Qwen-2.5-32B labels 200k documents of OpenWebMath and
     vllm serve Qwen/Qwen2.5-32B-Instruct --tensor-parallel-size 2 --max-model-len 16384 --port 8000
     # 1. label 200k documents (100k from each corpus); one process, 64 requests in flight ...
     python curate_pretrain.py --stage label --source open-web-math,finemath --n-docs 200000 \\
-        --backend openai --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-32B-Instruct \\
+        --backend openai --base-url http://localhost:8000/v1 --api-model Qwen/Qwen2.5-32B-Instruct \\
         --concurrency 64 --out data/curated
     # ... or several processes (e.g. one per vllm server), each with its own --shard i/n:
     for i in 0 1 2 3; do python curate_pretrain.py --stage label --source open-web-math,finemath \\
         --n-docs 200000 --backend openai --base-url http://localhost:8000/v1 \\
-        --model Qwen/Qwen2.5-32B-Instruct --concurrency 32 --shard $i/4 --out data/curated & done; wait
+        --api-model Qwen/Qwen2.5-32B-Instruct --concurrency 32 --shard $i/4 --out data/curated & done; wait
     # 2. frequencies (figure 7), selection, rewriting, 8.3M tokens of each set in Llama's tokens
     python curate_pretrain.py --stage stats,select,rewrite,pack --backend openai \\
-        --base-url http://localhost:8000/v1 --model Qwen/Qwen2.5-32B-Instruct --concurrency 64 \\
+        --base-url http://localhost:8000/v1 --api-model Qwen/Qwen2.5-32B-Instruct --concurrency 64 \\
         --tokenizer llama-3.2-3b --token-budget 8300000 --out data/curated
     # 3. continued pretraining on each set, then PPO from each result
     python sft.py --model llama-3.2-3b --data data/curated/rich.jsonl --out out/cpt_llama_rich \\
@@ -65,7 +65,8 @@ import re
 import sys
 
 import common
-from llm import ApiError, Client, run_jobs
+from llm import ApiError, client, run_jobs
+from llm import check as check_api, settings as api_settings
 from study import BEHAVIORS
 
 # ---------------------------------------------------------------------------------
@@ -78,15 +79,8 @@ DEFAULTS = dict(
     shuffle_buffer=10_000,    # hub streams: shuffle buffer for a random sample (0: stream order)
     seed=0,                   # seed of the stream shuffle and of the selection order
     out="data/curated",       # output folder
-    backend="rules",          # labeller and rewriter: rules (offline), openai (any compatible server), anthropic
-    model=None,               # API model id (default per backend, see DEFAULT_MODEL)
-    base_url=None,            # API base URL (default env OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the public API)
     rewrite_model=None,       # local Hugging Face model (folder, hub id, alias) that rewrites instead of --backend
     device=None,              # device of --rewrite-model (default cuda if available)
-    concurrency=16,           # API requests in flight at once
-    max_retries=6,            # API: retries of a request (429, 5xx, network, unreadable reply)
-    retry_base=1.0,           # API: first backoff in seconds, doubled each retry (plus jitter)
-    timeout=300.0,            # API: seconds before a request is abandoned (and retried)
     max_doc_chars=12_000,     # documents are cut to this many characters before an LLM reads them
     max_tokens=5120,          # longest rewrite (API max_tokens, or new tokens of --rewrite-model); the study's
     temperature=0.0,          # rewrite sampling temperature; the study's (relabel_pretrain_qa.py); labelling uses 0 too
@@ -861,15 +855,11 @@ def parse_args(argv=None):
     a("--shuffle-buffer", type=int, default=d["shuffle_buffer"], help="hub streams: shuffle buffer (0: stream order)")
     a("--seed", type=int, default=d["seed"], help="seed of the stream shuffle and the selection order")
     a("--out", default=d["out"], help="output folder")
-    a("--backend", choices=["rules", "openai", "anthropic"], default=d["backend"], help="labeller and rewriter")
-    a("--model", default=d["model"], help=f"API model id (default {DEFAULT_MODEL})")
-    a("--base-url", default=d["base_url"], help="API base URL, e.g. http://localhost:8000/v1 for vllm serve")
+    # the API flags (llm.py's); 16 in flight: labelling reads 200k documents, and a vllm server
+    # serves many requests at once
+    common.add_settings(ap, api_settings("rules", "labels and rewrites", DEFAULT_MODEL, concurrency=16))
     a("--rewrite-model", default=d["rewrite_model"], help="local HF model that rewrites instead of --backend")
     a("--device", default=d["device"], help="device of --rewrite-model (default cuda if available)")
-    a("--concurrency", type=int, default=d["concurrency"], help="API requests in flight at once")
-    a("--max-retries", type=int, default=d["max_retries"], help="API retries per request")
-    a("--retry-base", type=float, default=d["retry_base"], help="API first backoff in seconds (doubles)")
-    a("--timeout", type=float, default=d["timeout"], help="API request timeout in seconds")
     a("--max-doc-chars", type=int, default=d["max_doc_chars"], help="characters of a document an LLM reads")
     a("--max-tokens", type=int, default=d["max_tokens"], help="longest rewrite in tokens")
     a("--temperature", type=float, default=d["temperature"], help="rewrite sampling temperature")
@@ -893,12 +883,13 @@ def parse_args(argv=None):
     if shard[1] > 1 and args.stages != ["label"]:
         ap.error("--shard is for --stage label only; run the other stages once, after every shard")
     a = args
+    api = check_api(a, "rules")  # the API flags' problem, if any
     for ok, msg in [
-        (min(a.n_docs, a.concurrency, a.max_doc_chars, a.max_tokens, a.token_budget) > 0,
-         "--n-docs, --concurrency, --max-doc-chars, --max-tokens, --token-budget must be > 0"),
-        (min(a.shuffle_buffer, a.max_retries, a.limit) >= 0, "--shuffle-buffer, --max-retries, --limit must be >= 0"),
-        (a.retry_base >= 0 and a.timeout > 0 and a.temperature >= 0,
-         "--retry-base and --temperature must be >= 0, --timeout > 0"),
+        (api is None, api),
+        (min(a.n_docs, a.max_doc_chars, a.max_tokens, a.token_budget) > 0,
+         "--n-docs, --max-doc-chars, --max-tokens, --token-budget must be > 0"),
+        (min(a.shuffle_buffer, a.limit) >= 0, "--shuffle-buffer, --limit must be >= 0"),
+        (a.temperature >= 0, "--temperature must be >= 0"),
         (a.oversample >= 1 and a.chars_per_token > 0 and a.length_tolerance >= 0,
          "--oversample must be >= 1, --chars-per-token > 0, --length-tolerance >= 0"),
     ]:
@@ -915,9 +906,7 @@ def main(argv=None):
     run = {"label": stage_label, "stats": stage_stats, "select": stage_select,
            "rewrite": stage_rewrite, "pack": stage_pack}
     try:
-        llm = None if args.backend == "rules" else Client(
-            args.backend, args.model or DEFAULT_MODEL[args.backend], args.base_url, args.max_retries,
-            args.retry_base, args.timeout, log=log)
+        llm = None if args.backend == "rules" else client(args, DEFAULT_MODEL, log=log)
         for s in args.stages:
             run[s](args, llm)
     except (ApiError, common.DataError) as e:  # one line, exit 2: a refused request, bad or missing data

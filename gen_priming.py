@@ -18,7 +18,7 @@ subgoal setting, backward chaining), plus three controls. This script writes tho
 
     # any OpenAI-compatible server, e.g. a local `vllm serve Qwen/Qwen2.5-32B-Instruct`
     python gen_priming.py --backend openai --base-url http://localhost:8000/v1 \
-        --model Qwen/Qwen2.5-32B-Instruct --condition all_strategies --n 200 --concurrency 32
+        --api-model Qwen/Qwen2.5-32B-Instruct --condition all_strategies --n 200 --concurrency 32
 
 Writes <out>/<condition>.jsonl, one record per task:
 {"id","prompt","completion","nums","target","condition","correct","behaviors"}, where the
@@ -28,7 +28,7 @@ then "</think>\\n<answer>EXPR</answer>". `behaviors` holds the counts the symbol
 record count, correctness rate, mean completion tokens and mean count of each behavior.
 Runs resume: records already in a file (by task id) are skipped; each record is appended
 whole as soon as it exists, so a killed run loses nothing and duplicates nothing.
-<out>/settings.json keeps the settings that shape the records (backend, model, seed, task
+<out>/settings.json keeps the settings that shape the records (backend, API model, seed, task
 source, template, budget); resuming under other ones is refused rather than mixed.
 
 Conditions: all_strategies, only_backtracking, backtracking_verification,
@@ -43,25 +43,7 @@ which is written first whenever one of them is asked for. --budget sets how ofte
 symbolic search gives up: the default 3 gives about 50% correct traces (the study's Claude
 traces were right 19-44% of the time: `plot.py --priming study:claude_accs`).
 
-What each behavior looks like in the symbolic writer's text. One sentence is one instance;
-no sentence shows two behaviors; PHRASES below lists every wording under the behavior it
-counts for, and MARKERS gives a regex per behavior that finds exactly those sentences.
-- backtracking: explicitly leaves the current path and names the state it returns to: the
-  start ("Let me go back to the start: 44, 19, 3 and 1."), an intermediate state ("Backtrack
-  to 25, 3 and 1."), or an earlier need of a backward chain ("Return to needing 6 from 3, 2
-  and 1."). Always contains "back to", "backtrack", "return to" or "start over".
-- verification: compares a computed value with the target: "76 is not 77; it is 1 too
-  low.", "24 equals the target 24.", a final "Verifying: (3 * 2) * 4 = 24, which matches the
-  target." and, when the search gives up, "... the closest attempt was ... off by 3".
-  Conditions without verification never judge a value in words: a failed attempt is
-  followed directly by a backtracking sentence (or by the answer once the budget is spent).
-- subgoal: names an intermediate number derived from the target, then the search works
-  forward toward it: "Subgoal: make 6 from 3, 2 and 1, since 6 * 4 = 24." Always contains
-  "subgoal", "intermediate goal" or "aim for".
-- backward: reasons from the target (or a needed value) back to what the step before needs:
-  "Working backwards from 24: if the last step is 6 * 4 = 24, then 3, 2 and 1 must make 6."
-  Always contains "backwards" or "reverse".
-Neutral sentences (the opening, arithmetic steps, the answer) use none of these words.
+The symbolic writer, and what each behavior looks like in its text, is symbolic.py.
 
 API backends send, per task, a system prompt for the condition and a user turn with the task;
 temperature and max tokens default to the study's (0.5 and 1024). --prompts ours (default)
@@ -76,56 +58,18 @@ import hashlib
 import json
 import math
 import os
-import random
 import sys
 import time
-from collections import deque
-from fractions import Fraction
 from functools import lru_cache
-from itertools import combinations
 
+import common
 import countdown
 import llm
 import study
+import symbolic
 from common import DataError, read_jsonl, read_jsonl_tolerant, write_json, write_jsonl
 from study import BEHAVIORS
-
-# ---------------------------------------------------------------------------------
-# settings (the CLI flags; defaults follow the study's priming sets)
-DEFAULTS = dict(
-    backend="symbolic",        # symbolic (offline search) | anthropic | openai
-    condition="all",           # a condition name, a comma-separated list, or all
-    n=1000,                    # records per condition
-    out="data/priming",        # output folder: <condition>.jsonl and summary.json
-    seed=0,                    # seeds the task stream and every trace's wording and search order
-    tasks=None,                # optional task JSONL ({"id","nums","target"}) instead of generating
-    sizes="3,4",               # how many numbers a generated task has; each size an equal share
-    target_min=10, target_max=25,  # target range of generated tasks (the study's priming range)
-    num_min=1, num_max=24,     # range of the input numbers of generated tasks (the study's: tasks/countdown.py)
-    template="base",           # prompt template (countdown.TEMPLATES) stored in each record
-    tokenizer="tiny",          # tokenizer that measures lengths (dots matching, summary)
-    budget=3,                  # symbolic: complete attempts before giving up (3: ~50% correct)
-    width=2,                   # symbolic: steps tried from an intermediate state before going back
-    model=None,                # API model id (default per backend, see DEFAULT_MODEL)
-    base_url=None,             # API base URL (default: env ANTHROPIC_BASE_URL / OPENAI_BASE_URL)
-    # API sampling as in the study: generate_cot_datasets/api_gen.py (kanishkg/cognitive-behaviors
-    # and TinyZero) sends max_tokens=1024 (line 182) and temperature=0.5 (line 183)
-    max_tokens=1024,           # API: longest completion
-    temperature=0.5,           # API: sampling temperature
-    prompts="ours",            # API: system prompts: ours, or study:PATH (a checkout of the study's repo)
-    concurrency=8,             # API: requests in flight at once
-    max_retries=8,             # API: retries of one request on 429 / 5xx / overload / bad body
-    retry_base=1.0,            # API: first backoff in seconds, doubled on each retry
-    timeout=600.0,             # API: seconds before one HTTP request is abandoned (and retried)
-    batch=False,               # anthropic: use Message Batches (half price, results within 24 h)
-    poll=30.0,                 # anthropic --batch: seconds between status polls
-)
-DEFAULT_MODEL = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4o"}  # the study (api_gen.py:181):
-# claude-3-5-sonnet-20241022, which Anthropic has retired; pass it with --model where it still answers
-MAX_EXTRA = 20                 # no_positive: give up after solving this many x n extra tasks
-TASK_CHUNK = 256               # generated tasks come in seeded chunks so the stream is prefix-stable
-MAX_NEED = 200                 # symbolic: largest intermediate number a subgoal or chain may need
-HEURISTIC = 0.5                # symbolic: weight of "result near the goal" against random order
+from symbolic import make_record, write_symbolic
 
 # the conditions, as study.py defines them: those written directly (condition -> the behaviors
 # its traces show; negative_control is api_gen.py's NEGATIVE_CONTROL, forward steps straight to
@@ -136,6 +80,46 @@ BASE = study.CONDITIONS[DERIVED[0]].derived_from  # all_strategies: every derive
 CONDITIONS = study.priming_sets()  # the study's eight (`--condition all`)
 CONTROLS = tuple(c.name for c in study.CONDITIONS.values() if c.priming and c.optional)  # written when named
 ALL_CONDITIONS = CONDITIONS + CONTROLS
+
+# The study's system prompts (--prompts study:PATH) are read from this file of a checkout of
+# its repository (github.com/kanishkg/cognitive-behaviors, or kanishkg/TinyZero, which holds it too).
+STUDY_API_GEN = os.path.join("generate_cot_datasets", "api_gen.py")
+DEFAULT_MODEL = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4o"}  # the study (api_gen.py:181):
+# claude-3-5-sonnet-20241022, which Anthropic has retired; pass it with --api-model where it still answers
+
+# ---------------------------------------------------------------------------------
+# settings: the flags, (name, default, type, help); defaults follow the study's priming sets
+SETTINGS = [
+    ("condition", "all", str, f"condition(s), comma-separated, or all (the study's eight: "
+     f"{', '.join(CONDITIONS)}); also {', '.join(CONTROLS)}"),
+    ("n", 1000, int, "records per condition"),
+    ("out", "data/priming", str, "output folder (resumed if it already holds records of this run)"),
+    ("seed", 0, int, "seed of the task stream and of each trace's wording and search order"),
+    ("tasks", None, str, "task JSONL ({id, nums, target} per line) to use instead of generated tasks"),
+    ("sizes", "3,4", str, "comma-separated task sizes (3..5), each an equal share"),
+    # the study's priming range; its input numbers as its tasks/countdown.py draws them
+    ("target_min", 10, int, "smallest target of generated tasks"),
+    ("target_max", 25, int, "largest target of generated tasks"),
+    ("num_min", 1, int, "smallest input number of generated tasks"),
+    ("num_max", 24, int, "largest input number of generated tasks"),
+    ("template", "base", str, f"prompt template stored in each record: {', '.join(sorted(countdown.TEMPLATES))}"),
+    ("tokenizer", "tiny", str, "tokenizer for lengths (dots matching, summary): alias, hub id or folder"),
+    ("budget", symbolic.BUDGET, int, "symbolic: complete attempts before giving up with a wrong answer "
+     "(lower: fewer correct)"),
+    ("width", symbolic.WIDTH, int, "symbolic: steps tried from an intermediate state before going further back"),
+    # API sampling as in the study: generate_cot_datasets/api_gen.py (kanishkg/cognitive-behaviors
+    # and TinyZero) sends max_tokens=1024 (line 182) and temperature=0.5 (line 183)
+    ("max_tokens", 1024, int, "API: longest completion in tokens"),
+    ("temperature", 0.5, float, "API: sampling temperature"),
+    ("prompts", "ours", str, "API: system prompts: ours, or study:PATH to read the study's from "
+     f"PATH/{STUDY_API_GEN} (PATH: a checkout of its repository)"),
+    # a 1024-token completion from a busy API can take minutes (the timeout); runs are long
+    # and unattended, so a request waits out more overload (8 retries)
+    *llm.settings("symbolic", "writes the traces", DEFAULT_MODEL, batch="anthropic",
+                  max_retries=8, timeout=600.0),
+]
+MAX_EXTRA = 20                 # no_positive: give up after solving this many x n extra tasks
+TASK_CHUNK = 256               # generated tasks come in seeded chunks so the stream is prefix-stable
 
 
 def log(msg):
@@ -186,429 +170,6 @@ def _task_problem(r):
     if not (isinstance(r["nums"], list) and r["nums"] and all(map(whole, r["nums"])) and whole(r["target"])):
         return '"nums" must be a list of whole numbers and "target" a whole number'
     return None
-
-
-def make_record(task, condition, completion, template, behaviors):
-    """A priming record in the format of docs/DESIGN.md; `correct` is judged from the answer tag."""
-    expr = countdown.extract_answer(completion)
-    return {"id": task["id"], "prompt": countdown.make_prompt(task["nums"], task["target"], template),
-            "completion": completion, "nums": list(task["nums"]), "target": task["target"],
-            "condition": condition,
-            "correct": countdown.check_equation(expr, task["nums"], task["target"]),
-            "behaviors": behaviors}
-
-
-# ---------------------------------------------------------------------------------
-# symbolic writer: phrase lists. A key's prefix before the dot names the behavior a
-# sentence counts for; neutral keys count for nothing. The writer picks one wording per
-# sentence with its seeded RNG so that no single sentence is learned by rote.
-
-PHRASES = {
-    "open": ["We have {nums} and need to reach {t}.",
-             "The numbers are {nums}; I need {t}.",
-             "I have to combine {nums} into {t}, using each number once.",
-             "Task: make {t} from {nums}.",
-             "Let me find a way to get {t} from {nums}."],
-    "step.try": ["Let me try {shown}, which leaves {left}.",
-                 "Try {shown}. Now I have {left}.",
-                 "{shown}; the numbers left are {left}.",
-                 "Suppose {shown}. That leaves {left}.",
-                 "First combine: {shown}, so I have {left}."],
-    "step.then": ["Then {shown}.", "Next, {shown}.", "Now {shown}.", "And {shown}.", "{shown}."],
-    "answer": ["So the answer is {expr}.", "The equation is {expr}.", "My answer: {expr}.",
-               "So I will write {expr}."],
-    "verification.hit": ["{v} equals the target {t}.",
-                         "That is exactly {t}, the target.",
-                         "Check: {v} = {t}, which matches the target.",
-                         "{v} is the target number, so this works."],
-    "verification.high": ["{v} is not {t}; it is {d} too high.",
-                          "That overshoots: {v} is {d} more than {t}.",
-                          "{v} is above the target {t} by {d}.",
-                          "Compared with {t}, {v} is too big by {d}."],
-    "verification.low": ["{v} is not {t}; it is {d} too low.",
-                         "That falls short: {v} is {d} less than {t}.",
-                         "{v} is below the target {t} by {d}.",
-                         "Compared with {t}, {v} is too small by {d}."],
-    "verification.final": ["Let me verify the whole equation: {expr} = {t}, and each number is "
-                           "used exactly once, so it is correct.",
-                           "Double-check: {expr} evaluates to {t}, the target, using every "
-                           "number once.",
-                           "Verifying: {expr} = {t}, which matches the target."],
-    "verification.closest": ["I have not hit {t} exactly; the closest attempt was {expr} = {v}, "
-                             "off by {d}.",
-                             "No exact match for {t} within my attempts; the nearest was "
-                             "{expr} = {v}, {d} away.",
-                             "Checking my attempts against {t}, none matched; {expr} = {v} "
-                             "came closest (off by {d})."],
-    "backtracking.start": ["Let me go back to the start: {nums}.",
-                           "Back to the original numbers {nums}.",
-                           "I'll abandon this path and return to {nums}.",
-                           "Let me backtrack to the beginning with {nums}.",
-                           "Start over from {nums}."],
-    "backtracking.state": ["Let me go back to {state} and try a different step.",
-                           "Backtrack to {state}.",
-                           "Return to {state} and pick another combination.",
-                           "Going back to {state}.",
-                           "Undo that step; back to {state}."],
-    "backtracking.need": ["Let me go back to making {need} from {state} another way.",
-                          "Backtrack: {need} from {state}, a different option.",
-                          "Return to needing {need} from {state}.",
-                          "Going back to the point where {state} had to make {need}."],
-    "subgoal.set": ["Subgoal: make {s} from {rest}, since {rel} = {w}.",
-                    "Let me set an intermediate goal of {s} using {rest}; then {rel} = {w}.",
-                    "I'll aim for {s} first with {rest}, because {rel} = {w}.",
-                    "A useful subgoal is {s}: if {rest} can make {s}, then {rel} = {w}."],
-    "subgoal.name": ["So my subgoal is {s} from {rest}.",
-                     "That makes {s} an intermediate goal for {rest}.",
-                     "I'll aim for {s} with {rest} first."],
-    "backward.first": ["Working backwards from {w}: if the last step is {rel} = {w}, then {rest} "
-                       "must make {s}.",
-                       "Reasoning backwards: {w} = {rel}, so {rest} would have to produce {s}.",
-                       "In reverse: to end on {w} by {how}, I need {s} from {rest}.",
-                       "Thinking backwards, {w} could come from {rel}; that requires {s} from "
-                       "{rest}."],
-    "backward.next": ["Continuing backwards: {w} = {rel}, so {rest} must give {s}.",
-                      "One more step in reverse: {w} could be {rel}, which needs {s} from {rest}.",
-                      "Backwards again: reaching {w} by {how} means {rest} must make {s}."],
-}
-
-# Regexes (case-insensitive) that find each behavior's sentences in this writer's text:
-# split a completion into sentences at whitespace after a period; a sentence matching a
-# pattern is one instance. tests/test_gen_priming.py checks that these counts equal the
-# recorded ones on every record; classify.py may use them as a starting point.
-MARKERS = {
-    "backtracking": r"\bback to\b|\bbacktrack|\breturn to\b|\bstart over\b",
-    "verification": (r"\bthe target\b|\bis not \d|\btoo (?:high|low|big|small)\b|overshoots|"
-                     r"falls short|\bverif|double-check|closest|nearest"),
-    "subgoal": r"\bsubgoal\b|intermediate goal|\baim for\b",
-    "backward": r"\bbackwards\b|\breverse\b",
-}
-
-# How a missing value x and a kept number a can make the needed value w:
-# form -> (x from w and a, or None when that form cannot apply; value of the form; "how" words)
-FORMS = {
-    "{x} + {a}": (lambda w, a: w - a if w > a else None, lambda x, a: x + a, "adding {a}"),
-    "{x} - {a}": (lambda w, a: w + a, lambda x, a: x - a, "subtracting {a}"),
-    "{a} - {x}": (lambda w, a: a - w if a > w else None, lambda x, a: a - x,
-                  "taking something away from {a}"),
-    "{x} * {a}": (lambda w, a: w // a if a > 1 and w % a == 0 else None, lambda x, a: x * a,
-                  "multiplying by {a}"),
-    "{x} / {a}": (lambda w, a: w * a if a > 1 else None, lambda x, a: x / a, "dividing by {a}"),
-    "{a} / {x}": (lambda w, a: a // w if a % w == 0 and a // w > 1 else None, lambda x, a: a / x,
-                  "dividing {a} by something"),
-}
-PLAN_KINDS = {  # top-level attempt kinds a condition may use (forward is the neutral fallback)
-    "all_strategies": ("combined", "forward", "subgoal", "backward"),
-    "only_backtracking": ("forward",),
-    "backtracking_verification": ("forward",),
-    "backtracking_subgoal": ("subgoal",),
-    "backtracking_backward": ("backward",),
-}
-
-
-def fmt(v):
-    """A number as written in a trace. >>> fmt(Fraction(6)), fmt(Fraction(7, 2)), fmt(5)
-    ('6', '7/2', '5')"""
-    v = Fraction(v)
-    return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
-
-
-def fmt_list(values):
-    """Numbers as a reader lists them.
-
-    >>> fmt_list([44, 19, 3, 1])
-    '44, 19, 3 and 1'
-    """
-    s = [fmt(v) for v in values]
-    return s[0] if len(s) == 1 else ", ".join(s[:-1]) + " and " + s[-1]
-
-
-def wrap(expr):
-    """Parenthesise a compound expression. >>> wrap("3"), wrap("3 + 4")
-    ('3', '(3 + 4)')"""
-    return expr if expr.isdigit() else f"({expr})"
-
-
-def combine(p, q):
-    """The ways a person combines two (value, expr) items: larger first, no negative or
-    fractional results. Returns [(value, expr, shown)].
-
-    >>> [s for _, _, s in combine((3, "3"), (12, "12"))]
-    ['12 + 3 = 15', '12 * 3 = 36', '12 - 3 = 9', '12 / 3 = 4']
-    """
-    (a, ea), (b, eb) = (p, q) if p[0] >= q[0] else (q, p)
-    ea, eb = wrap(ea), wrap(eb)
-    out = [(a + b, f"{ea} + {eb}", f"{a} + {b} = {a + b}"),
-           (a * b, f"{ea} * {eb}", f"{a} * {b} = {a * b}")]
-    if a > b:
-        out.append((a - b, f"{ea} - {eb}", f"{a} - {b} = {a - b}"))
-    if b > 1 and a % b == 0:
-        out.append((a // b, f"{ea} / {eb}", f"{a} / {b} = {a // b}"))
-    return out
-
-
-def outer_step(form, kept):
-    """The step that joins a sub-result x with a kept (value, expr) item via form;
-    returns f(value, expr) -> (value, expr, shown).
-
-    >>> outer_step("{x} * {a}", (4, "4"))(Fraction(6), "3 + 3")
-    (Fraction(24, 1), '(3 + 3) * 4', '6 * 4 = 24')
-    """
-    a, ea = kept
-    apply_ = FORMS[form][1]
-
-    def step(x, ex):
-        value = apply_(Fraction(x), Fraction(a))
-        return value, form.format(x=wrap(ex), a=wrap(ea)), \
-            form.format(x=fmt(x), a=fmt(a)) + f" = {fmt(value)}"
-    return step
-
-
-# ---------------------------------------------------------------------------------
-# symbolic writer: the search. Items are (value, expr) pairs; a "leaf" is the last two
-# numbers of an attempt, where the writer takes whichever operation lands on the current
-# goal (else the closest), completes the equation and, with verification, judges it.
-# Every leaf spends one unit of the budget; when it runs out the writer answers with its
-# closest attempt, which is how wrong traces arise.
-
-class Writer:
-    """One trace for one task under one condition: a seeded, budgeted search whose moves
-    are all written out as sentences; self.counts tallies the behavior sentences."""
-
-    def __init__(self, nums, target, condition, rng, budget, width):
-        self.nums, self.target, self.rng = list(nums), target, rng
-        self.on, self.kinds = DIRECT[condition], PLAN_KINDS[condition]
-        self.budget, self.width = budget, width
-        self.paras, self.counts = [[]], dict.fromkeys(BEHAVIORS, 0)
-        self.best, self.solved = None, None  # (distance, expr, value) / expr
-
-    def say(self, key, newline=False, **kw):
-        behavior = key.split(".")[0]
-        assert behavior not in BEHAVIORS or behavior in self.on, f"{key} outside condition"
-        if newline and self.paras[-1]:
-            self.paras.append([])
-        text = self.rng.choice(PHRASES[key]).format(**kw)
-        self.paras[-1].append(text[0].upper() + text[1:])
-        if behavior in BEHAVIORS:
-            self.counts[behavior] += 1
-
-    def moves(self, items, goal):
-        """Next forward steps [(new_items, shown)], in the order this writer tries them:
-        random, nudged toward results near the goal; steps giving the same numbers once."""
-        out, seen = [], set()
-        for i, j in combinations(range(len(items)), 2):
-            rest = [items[k] for k in range(len(items)) if k not in (i, j)]
-            for v, e, shown in combine(items[i], items[j]):
-                new = rest + [(v, e)]
-                key = tuple(sorted(x for x, _ in new))
-                if key not in seen:
-                    seen.add(key)
-                    score = self.rng.random() + HEURISTIC * abs(math.log(v / goal))
-                    out.append((score, len(out), new, shown))
-        return [(new, shown) for *_, new, shown in sorted(out)]
-
-    def last_steps(self, items, need):
-        """Ways the last step can make `need` from one kept item and the rest:
-        [(form, kept, x, rest)] where the rest must make x; shuffled, common forms first."""
-        out, seen = [], set()
-        for k, kept in enumerate(items):
-            rest = items[:k] + items[k + 1:]
-            for form, (solve_x, _, _) in FORMS.items():
-                x = solve_x(need, kept[0])
-                if x is None or not 1 <= x <= MAX_NEED or (kept[0], form) in seen:
-                    continue
-                seen.add((kept[0], form))
-                rare = 0.0 if form in ("{x} + {a}", "{x} - {a}", "{x} * {a}") else 0.4
-                out.append((self.rng.random() + rare, len(out), (form, kept, x, rest)))
-        return [c for *_, c in sorted(out)]
-
-    def leaf(self, items, goal, finish):
-        """Last two numbers: land on goal if possible, finish the equation, judge it."""
-        options = combine(*items)
-        self.rng.shuffle(options)
-        v, expr, shown = min(options, key=lambda o: abs(o[0] - goal))
-        self.budget -= 1
-        self.say("step.then", shown=shown)
-        value = Fraction(v)
-        for step in finish:  # the outer steps of a subgoal or backward plan
-            value, expr, shown = step(value, expr)
-            self.say("step.then", shown=shown)
-        d = abs(value - self.target)
-        if self.best is None or d < self.best[0]:
-            self.best = (d, expr, value)
-        if "verification" in self.on:
-            key = "hit" if d == 0 else "high" if value > self.target else "low"
-            self.say("verification." + key, v=fmt(value), t=self.target, d=fmt(d))
-        if d == 0:
-            self.solved = expr
-        return d == 0
-
-    def forward(self, items, goal, finish, limit):
-        """Depth-first over pairwise steps toward goal, at most `limit` steps per state."""
-        if len(items) == 2:
-            return self.leaf(items, goal, finish)
-        for k, (new, shown) in enumerate(self.moves(items, goal)):
-            if self.budget <= 0 or k >= limit:
-                return False
-            if k:
-                self.say("backtracking.state", state=fmt_list(v for v, _ in items))
-            self.say("step.try", shown=shown, left=fmt_list(v for v, _ in new))
-            if self.forward(new, goal, finish, limit):
-                return True
-        return False
-
-    def backward(self, items, need, finish, limit):
-        """Chain from `need` back toward the inputs, one inverse step per level."""
-        if len(items) == 2:
-            return self.leaf(items, need, finish)
-        for k, (form, kept, x, rest) in enumerate(self.last_steps(items, need)):
-            if self.budget <= 0 or k >= limit:
-                return False
-            if k:
-                self.say("backtracking.need", need=need, state=fmt_list(v for v, _ in items))
-            self.say("backward.next", **self.relation(form, kept, x, rest, need))
-            if self.backward(rest, x, [outer_step(form, kept)] + finish, limit):
-                return True
-        return False
-
-    def relation(self, form, kept, x, rest, w):
-        """Fields that subgoal and backward sentences share."""
-        return dict(w=w, s=x, rest=fmt_list(v for v, _ in rest), how=FORMS[form][2].format(a=kept[0]),
-                    rel=form.format(x=x, a=kept[0]))
-
-    def attempt(self, kind, plan):
-        """One top-level attempt; plan is a first forward step or a last-step candidate."""
-        if kind == "forward":
-            new, shown = plan
-            self.say("step.try", shown=shown, left=fmt_list(v for v, _ in new))
-            return self.forward(new, self.target, [], self.width)
-        form, kept, x, rest = plan
-        fields = self.relation(form, kept, x, rest, self.target)
-        if kind in ("backward", "combined"):
-            self.say("backward.first", **fields)
-        if kind == "backward":
-            return self.backward(rest, x, [outer_step(form, kept)], self.width)
-        self.say("subgoal.name" if kind == "combined" else "subgoal.set", **fields)
-        return self.forward(rest, x, [outer_step(form, kept)], self.width)
-
-    def next_kind(self, queues, first):
-        """Which kind of attempt comes next (None when nothing is left to try)."""
-        if first and "combined" in self.kinds and queues["last"]:
-            return "combined"
-        kinds = [k for k in self.kinds if queues["forward" if k == "forward" else "last"]]
-        if not kinds:  # the condition's own kinds are spent: plain forward steps are neutral
-            return "forward" if queues["forward"] else None
-        return self.rng.choice(kinds)
-
-    def write(self):
-        """Run the search and return (completion, counts)."""
-        items = [(v, str(v)) for v in self.nums]
-        self.say("open", nums=fmt_list(self.nums), t=self.target)
-        queues = {"forward": deque(self.moves(items, self.target)),
-                  "last": deque(self.last_steps(items, self.target))}
-        first = True
-        while self.budget > 0 and self.solved is None:
-            kind = self.next_kind(queues, first)
-            if kind is None:
-                break
-            if not first:
-                self.say("backtracking.start", newline=True, nums=fmt_list(self.nums))
-            first = False
-            self.attempt(kind, queues["forward" if kind == "forward" else "last"].popleft())
-        if self.best is None:  # every chain stalled before a leaf (rare): one forward attempt
-            self.budget = max(self.budget, 1)
-            self.say("backtracking.start", newline=True, nums=fmt_list(self.nums))
-            self.attempt("forward", queues["forward"].popleft())
-        return self.conclude(), dict(self.counts)
-
-    def conclude(self):
-        """Final check (or closest-attempt remark) and the answer; returns the completion."""
-        verify = "verification" in self.on
-        if self.solved is not None:
-            expr = self.solved
-            if verify:
-                self.say("verification.final", newline=True, expr=expr, t=self.target)
-        else:
-            d, expr, value = self.best
-            if verify:
-                self.say("verification.closest", newline=True, expr=expr, v=fmt(value),
-                         t=self.target, d=fmt(d))
-        self.say("answer", newline=not verify, expr=expr)
-        body = "\n".join(" ".join(p) for p in self.paras)
-        return f"\n{body}\n</think>\n<answer>{expr}</answer>"
-
-
-# ---------------------------------------------------------------------------------
-# symbolic writer: the negative control. The search is silent; only the steps of the
-# solution it found are written, one a line ("Step 1: 12 + 3 = 15."), then the answer.
-
-def straight_solution(nums, target, rng):
-    """(shown steps, expression) of a forward calculation that uses every number once: a
-    seeded depth-first search over combine()'s steps (whole, non-negative numbers), which ends
-    on the target, or on the closest value when those steps cannot reach it (about 1 task in
-    100 of the generated ones needs a fraction or a negative number; it gets a wrong answer)."""
-    best, dead = [], set()  # best: [(distance, steps, expr)]; dead: value sets that cannot finish
-
-    def search(items, steps):
-        if len(items) == 1:
-            d = abs(items[0][0] - target)
-            if not best or d < best[0][0]:
-                best[:] = [(d, steps, items[0][1])]
-            return d == 0
-        key = tuple(sorted(v for v, _ in items))
-        if key in dead:
-            return False
-        pairs = list(combinations(range(len(items)), 2))
-        rng.shuffle(pairs)
-        for i, j in pairs:
-            rest = [items[k] for k in range(len(items)) if k not in (i, j)]
-            options = combine(items[i], items[j])
-            rng.shuffle(options)
-            if any(search(rest + [(v, e)], steps + [shown]) for v, e, shown in options):
-                return True
-        dead.add(key)
-        return False
-
-    search([(v, str(v)) for v in nums], [])
-    return best[0][1], best[0][2]
-
-
-def write_straight(nums, target, rng):
-    """(completion, counts) of a negative-control trace: no behavior, so all counts are 0."""
-    steps, expr = straight_solution(nums, target, rng)
-
-    def say(key, **kw):
-        text = rng.choice(PHRASES[key]).format(**kw)
-        return text[0].upper() + text[1:]
-    lines = [say("open", nums=fmt_list(nums), t=target)]
-    lines += [f"Step {k}: {shown}." for k, shown in enumerate(steps, 1)]
-    lines.append(say("answer", expr=expr))
-    return "\n" + "\n".join(lines) + f"\n</think>\n<answer>{expr}</answer>", dict.fromkeys(BEHAVIORS, 0)
-
-
-def write_symbolic(task, condition, seed=0, budget=DEFAULTS["budget"], width=DEFAULTS["width"],
-                   template="base"):
-    """One symbolic priming record; the same (task, condition, seed) gives the same record.
-    (The negative control always computes its way to the answer: budget and width do not apply.)
-
-    >>> r = write_symbolic({"id": "x", "nums": [3, 2, 4], "target": 24}, "only_backtracking")
-    >>> r["completion"].endswith("</answer>"), r["behaviors"]["verification"]
-    (True, 0)
-    >>> print(write_symbolic({"id": "x", "nums": [3, 2, 4], "target": 24}, "negative_control")["completion"])
-    <BLANKLINE>
-    I have to combine 3, 2 and 4 into 24, using each number once.
-    Step 1: 4 * 3 = 12.
-    Step 2: 12 * 2 = 24.
-    My answer: (4 * 3) * 2.
-    </think>
-    <answer>(4 * 3) * 2</answer>
-    """
-    rng = random.Random(f"{seed}|{condition}|{task['id']}|{task['nums']}|{task['target']}")
-    if not DIRECT[condition]:
-        completion, counts = write_straight(task["nums"], task["target"], rng)
-    else:
-        completion, counts = Writer(task["nums"], task["target"], condition, rng, budget, width).write()
-    return make_record(task, condition, completion, template, counts)
 
 
 # ---------------------------------------------------------------------------------
@@ -750,11 +311,6 @@ def study_user_message(task):
     return countdown.make_prompt(task["nums"], task["target"], "base").rsplit("\n<think>", 1)[0]
 
 
-# The study's system prompts (--prompts study:PATH) are read from this file of a checkout of
-# its repository (github.com/kanishkg/cognitive-behaviors, or kanishkg/TinyZero, which holds it too).
-STUDY_API_GEN = os.path.join("generate_cot_datasets", "api_gen.py")
-
-
 def study_system_prompts(root):
     """{condition: system prompt} from the study's api_gen.py under root, found with ast and
     never run: a dict literal keyed by members of a class whose values are condition names
@@ -828,8 +384,7 @@ class ApiBackend:
 
     def __init__(self, args, prompts=None):
         self.args, self.prompts = args, prompts  # prompts: the study's, or None (ours)
-        self.llm = llm.Client(args.backend, args.model or DEFAULT_MODEL[args.backend], args.base_url,
-                              args.max_retries, args.retry_base, args.timeout, log=log)
+        self.llm = llm.client(args, DEFAULT_MODEL, log=log)
         self.failed = 0
         self.flush_every = 1  # a paid-for record goes to disk the moment it arrives
 
@@ -892,15 +447,18 @@ def check_stamp(args, prompts=None):
     shape them; resuming under different ones would mix two runs, so it is refused."""
     keys = ["backend", "seed", "tasks", "sizes", "num_min", "num_max", "target_min",
             "target_max", "template"] + (["budget", "width"] if args.backend == "symbolic"
-                                         else ["model", "base_url"])
+                                         else ["api_model", "base_url"])
     stamp = json.loads(json.dumps({k: getattr(args, k) for k in keys}))  # tuples -> lists
-    stamp["model"] = stamp.get("model") and (args.model or DEFAULT_MODEL[args.backend])
+    if "api_model" in stamp:  # the model that writes, whether named or the default
+        stamp["api_model"] = args.api_model or DEFAULT_MODEL[args.backend]
     if args.backend != "symbolic":
         stamp["prompts"] = prompts_id(prompts)
     path = os.path.join(args.out, "settings.json")
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
+        if "model" in old:  # written before --model became --api-model (unset then: null)
+            old.setdefault("api_model", old["model"] or DEFAULT_MODEL.get(old.get("backend")))
         diff = [k for k in stamp if old.get(k, "ours" if k == "prompts" else None) != stamp[k]]
         if diff:
             was = ", ".join(f"--{k.replace('_', '-')} {old.get(k)!r}" for k in diff)
@@ -971,7 +529,6 @@ def fill_no_positive(backend, args, base):
 def token_counter(name):
     """texts -> token counts under a tokenizer (alias, hub id or folder). A folder with a
     tokenizer.json is read by the `tokenizers` library directly (fast, no transformers)."""
-    import common
     path = common.resolve_model(name)
     tj = os.path.join(path, "tokenizer.json")
     if os.path.isfile(tj):
@@ -1007,51 +564,10 @@ def summarize(out, count, settings):
 # command line
 
 def build_parser():
-    """One flag per setting in DEFAULTS (its default and type come from there)."""
+    """One flag per row of SETTINGS (the API flags are llm.py's)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-
-    def add(name, help, **kw):
-        d = DEFAULTS[name]
-        if isinstance(d, bool):
-            kw["action"] = "store_true"
-        elif d is not None and "choices" not in kw:
-            kw["type"] = type(d)
-        ap.add_argument("--" + name.replace("_", "-"), default=d, help=help, **kw)
-
-    add("backend", "who writes the traces: the offline symbolic search, Claude, or an "
-        "OpenAI-compatible server", choices=["symbolic", "anthropic", "openai"])
-    add("condition", f"condition(s), comma-separated, or all (the study's eight: {', '.join(CONDITIONS)}); "
-        f"also {', '.join(CONTROLS)}")
-    add("n", "records per condition")
-    add("out", "output folder (resumed if it already holds records of this run)")
-    add("seed", "seed of the task stream and of each trace's wording and search order")
-    add("tasks", "task JSONL ({id, nums, target} per line) to use instead of generated tasks")
-    add("sizes", "comma-separated task sizes (3..5), each an equal share")
-    add("target_min", "smallest target of generated tasks")
-    add("target_max", "largest target of generated tasks")
-    add("num_min", "smallest input number of generated tasks")
-    add("num_max", "largest input number of generated tasks")
-    add("template", "prompt template stored in each record", choices=sorted(countdown.TEMPLATES))
-    add("tokenizer", "tokenizer for lengths (dots matching, summary): alias, hub id or folder")
-    add("budget", "symbolic: complete attempts before giving up with a wrong answer "
-        "(lower: fewer correct)")
-    add("width", "symbolic: steps tried from an intermediate state before going further back")
-    add("model", "API model id; unset: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_MODEL.items()))
-    add("base_url", "API base URL; unset: env ANTHROPIC_BASE_URL / OPENAI_BASE_URL, else the "
-        "public API")
-    add("max_tokens", "API: longest completion in tokens")
-    add("temperature", "API: sampling temperature")
-    add("prompts", "API: system prompts: ours, or study:PATH to read the study's from "
-        f"PATH/{STUDY_API_GEN} (PATH: a checkout of its repository)")
-    add("concurrency", "API: requests in flight at once")
-    add("max_retries", "API: retries of a request on 429, 5xx, overload or a malformed body")
-    add("retry_base", "API: first backoff in seconds (the SDK's backoff, doubling, scaled to start "
-        "here; a server's Retry-After wins)")
-    add("timeout", "API: seconds before one HTTP request is abandoned (and retried)")
-    add("batch", "anthropic: use Message Batches (half price; polls until they end)")
-    add("poll", "anthropic --batch: seconds between status polls")
-    return ap
+    return common.add_settings(ap, SETTINGS)
 
 
 def parse_args(argv=None):
@@ -1074,18 +590,17 @@ def check_args(ap, a):
         a.sizes = tuple(int(s) for s in a.sizes.split(","))
     except ValueError:
         ap.error(f"--sizes must be comma-separated integers, got {a.sizes!r}")
+    api = llm.check(a, "symbolic", batch="anthropic")  # the API flags' problem, if any
     checks = [(a.n >= 1, "--n must be at least 1"),
               (all(3 <= s <= 5 for s in a.sizes), f"--sizes must lie in 3..5, got {a.sizes}"),
               (1 <= a.num_min <= a.num_max, "need 1 <= --num-min <= --num-max"),
               (1 <= a.target_min <= a.target_max, "need 1 <= --target-min <= --target-max"),
               (a.budget >= 1, "--budget must be at least 1 (one attempt)"),
               (a.width >= 1, "--width must be at least 1"),
-              (a.concurrency >= 1, "--concurrency must be at least 1"),
-              (a.max_retries >= 0 and a.retry_base >= 0,
-               "--max-retries and --retry-base must be >= 0"),
-              (a.max_tokens >= 1 and a.timeout > 0 and a.poll >= 0,
-               "--max-tokens and --timeout must be positive, --poll at least 0"),
-              (not a.batch or a.backend == "anthropic", "--batch works only with --backend anthropic"),
+              (api is None, api),
+              (a.max_tokens >= 1, "--max-tokens must be at least 1"),
+              (a.template in countdown.TEMPLATES,
+               f"--template must be one of {', '.join(sorted(countdown.TEMPLATES))}, got {a.template!r}"),
               (a.tasks is None or os.path.isfile(a.tasks), f"--tasks: no such file {a.tasks!r}"),
               (a.backend != "anthropic" or os.environ.get("ANTHROPIC_API_KEY"),
                "--backend anthropic needs ANTHROPIC_API_KEY in the environment"),

@@ -14,6 +14,10 @@ server) and go only into the SDK client; every message that leaves this module h
 their backoff), and a reply the SDK would accept but we cannot use (JSON cut short, lacking the
 fields we read, text the caller's parse() rejects) is retried the same way as a 5xx. A server on
 this machine (127.0.0.1, localhost, ::1) is reached without any HTTP(S)_PROXY of the environment.
+
+The three scripts' API flags are defined here once (settings(), check(), client()): --backend,
+--api-model (the API's model id; --model, where a script has it, is a Hugging Face model),
+--base-url, --concurrency, --max-retries, --retry-base, --timeout, and --batch / --poll.
 """
 import json
 import os
@@ -405,3 +409,71 @@ def run_jobs(items, work, path, concurrency=1, key=None, done=(), desc=None, tot
             append_jsonl(path, buf)
         bar.close()
     return n["done"], n["failed"]
+
+
+# ---------------------------------------------------------------------------------
+# the API flags of the three scripts: one set of names, help texts and checks
+
+BATCH_API = {"anthropic": "Message Batches", "openai": "the Batch API (upload, create, poll, download)"}
+
+
+def settings(offline, does, models, batch=None, concurrency=8, max_retries=6, retry_base=1.0,
+             timeout=300.0, poll=30.0):
+    """(name, default, type, help) rows of the API flags, for common.add_settings. `offline`
+    names the script's own --backend that needs no API, `does` says what a backend does,
+    `models` gives the model per provider when --api-model is unset, and `batch` the provider
+    whose batch API --batch uses (None: no --batch or --poll). The numbers are defaults a
+    script changes where its requests differ (a 1024-token trace takes longer than a count).
+
+    >>> [r[0] for r in settings("rules", "counts the behaviors", {"openai": "gpt-4o-mini"})]
+    ['backend', 'api_model', 'base_url', 'concurrency', 'max_retries', 'retry_base', 'timeout']
+    >>> settings("rules", "judges", {}, batch="openai", poll=5.0)[-1][:2]
+    ('poll', 5.0)
+    """
+    rows = [
+        ("backend", offline, str, f"who {does}: {offline} (offline, no key), anthropic (Claude; "
+         "ANTHROPIC_API_KEY in the environment) or openai (OpenAI or any compatible server, e.g. "
+         "vllm serve; OPENAI_API_KEY)"),
+        ("api_model", None, str, "API model id; unset: " + ", ".join(f"{k} {v}" for k, v in models.items())),
+        ("base_url", None, str, "API base URL, e.g. http://localhost:8000/v1; unset: env ANTHROPIC_BASE_URL / "
+         "OPENAI_BASE_URL, else the public API"),
+        ("concurrency", concurrency, int, "API: requests in flight at once"),
+        ("max_retries", max_retries, int, "API: retries of a request on 429, 5xx, overload, network "
+         "errors or an unreadable reply"),
+        ("retry_base", retry_base, float, "API: first retry wait in seconds (the SDK's backoff, doubling, "
+         "scaled to start here; a server's Retry-After wins)"),
+        ("timeout", timeout, float, "API: seconds before one HTTP request is abandoned (and retried)")]
+    if batch:
+        rows += [("batch", False, bool, f"--backend {batch} only: send the requests through "
+                  f"{BATCH_API[batch]} (half price; results within 24 h)"),
+                 ("poll", poll, float, "--batch: seconds between status polls")]
+    return rows
+
+
+def check(args, offline, batch=None):
+    """The first problem with the API flags of args (one line naming the flag), else None.
+
+    >>> from argparse import Namespace
+    >>> ok = dict(backend="openai", concurrency=8, max_retries=6, retry_base=1.0, timeout=60.0)
+    >>> check(Namespace(**ok), "rules"), check(Namespace(**{**ok, "backend": "gpt"}), "rules")
+    (None, '--backend must be rules, anthropic or openai')
+    >>> check(Namespace(**ok, batch=True, poll=1.0), "rules", batch="anthropic")
+    '--batch works only with --backend anthropic'
+    """
+    a = args
+    for bad, msg in [
+            (a.backend not in (offline, "anthropic", "openai"), f"--backend must be {offline}, anthropic or openai"),
+            (a.concurrency < 1, "--concurrency must be at least 1"),
+            (a.max_retries < 0 or a.retry_base < 0, "--max-retries and --retry-base must be >= 0"),
+            (not a.timeout > 0, "--timeout must be positive"),
+            (batch and a.poll < 0, "--poll must be >= 0"),
+            (batch and a.batch and a.backend != batch, f"--batch works only with --backend {batch}")]:
+        if bad:
+            return msg
+    return None
+
+
+def client(args, models, log=None):
+    """The Client that args' API flags describe (--api-model unset: models[--backend])."""
+    return Client(args.backend, args.api_model or models[args.backend], args.base_url, args.max_retries,
+                  args.retry_base, args.timeout, log=log)

@@ -56,7 +56,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import countdown
-from gen_priming import CONDITIONS, PHRASES, fmt_list
+from gen_priming import CONDITIONS
+from symbolic import PHRASES, fmt_list
 from pipeline import resume_or_overwrite, run, stop_children_on_signals
 
 REPO = os.path.dirname(os.path.abspath(__file__))

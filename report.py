@@ -601,11 +601,11 @@ def screenshot(report, path, width=1200, height=1000, behavior=None, browser=Non
 def synthetic_runs(root, conditions=6, steps=25, per_step=200, max_tokens=1024, every=10, seed=0, prose=False):
     """Run folders under root shaped like a study-scale PPO run: `steps` logged rollout steps
     (1 and every `every`-th), `per_step` responses each, lengths uniform up to ~max_tokens
-    tokens (3.5 characters a token), made of symbolic priming traces (gen_priming.py) joined
+    tokens (3.5 characters a token), made of symbolic priming traces (symbolic.py) joined
     to length. prose: their words shuffled within each response, which breaks the repeats
     that gzip finds in templated traces (a pessimistic stand-in for model prose)."""
     import countdown
-    import gen_priming
+    import symbolic
     rng = random.Random(seed)
     tasks = countdown.generate_tasks(400, seed=seed, sizes=(3, 4))
     conds = [c for c in ("all_strategies", "only_backtracking", "backtracking_verification",
@@ -624,7 +624,7 @@ def synthetic_runs(root, conditions=6, steps=25, per_step=200, max_tokens=1024, 
                 t = tasks[rng.randrange(len(tasks))]
                 want, parts, k = rng.randint(40, max_tokens) * 3.5, [], 0
                 while sum(map(len, parts)) < want:
-                    parts.append(gen_priming.write_symbolic(t, cond, seed=step * 1000 + j * 7 + k)["completion"])
+                    parts.append(symbolic.write_symbolic(t, cond, seed=step * 1000 + j * 7 + k)["completion"])
                     k += 1
                 text = "".join(parts)[:int(want)]
                 if prose:

@@ -417,7 +417,7 @@ def test_openai_chat_retries_missing_tag_and_resume(tmp_path, capsys, monkeypatc
     api = fake_api(untagged={"subgoal"}, fail=[429, 500])
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     args = ["--backend", "openai", "--base-url", api.url + "/v1", "--input", _two_records(tmp_path),
-            "--out", str(tmp_path / "o"), "--backoff", "0.01", "--concurrency", "2"]
+            "--out", str(tmp_path / "o"), "--retry-base", "0.01", "--concurrency", "2"]
     assert classify.main(args) == 0
     out = capsys.readouterr().out
     recs = classify.read_records(str(tmp_path / "o" / "classified.jsonl"))
@@ -456,7 +456,7 @@ def test_malformed_replies_are_retried_then_recorded_missing_and_asked_again(tmp
     try:
         monkeypatch.setenv("OPENAI_API_KEY", KEY)
         args = ["--backend", "openai", "--base-url", srv.url + "/v1", "--input", _two_records(tmp_path),
-                "--out", str(tmp_path / "o"), "--backoff", "0.001", "--max-retries", "2", "--concurrency", "1"]
+                "--out", str(tmp_path / "o"), "--retry-base", "0.001", "--max-retries", "2", "--concurrency", "1"]
         assert classify.main(args) == 0
         cap = capfd.readouterr()
         a, b = classify.read_records(str(tmp_path / "o" / "classified.jsonl"))
@@ -479,7 +479,7 @@ def test_openai_batch_api(tmp_path, capsys, monkeypatch, fake_api):
     api = fake_api(batch_untagged={"backward"}, fail=[500])
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     assert classify.main(["--backend", "openai", "--batch", "--base-url", api.url + "/v1", "--poll", "0.01",
-                          "--backoff", "0.01", "--input", _two_records(tmp_path), "--out", str(tmp_path / "o")]) == 0
+                          "--retry-base", "0.01", "--input", _two_records(tmp_path), "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     paths = [p for _, p, _ in api.log]
     assert paths[:3] == ["/v1/files", "/v1/files", "/v1/batches"]     # a 500 on upload, retried
@@ -494,7 +494,7 @@ def test_openai_batch_api(tmp_path, capsys, monkeypatch, fake_api):
 def test_anthropic_messages(tmp_path, capsys, monkeypatch, fake_api):
     api = fake_api(fail=[529, 429])
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    assert classify.main(["--backend", "anthropic", "--base-url", api.url, "--backoff", "0.01",
+    assert classify.main(["--backend", "anthropic", "--base-url", api.url, "--retry-base", "0.01",
                           "--input", _two_records(tmp_path), "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     recs = classify.read_records(str(tmp_path / "o" / "classified.jsonl"))
@@ -508,6 +508,21 @@ def test_missing_key_is_an_error(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     assert classify.main(["--backend", "anthropic", "--input", _two_records(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "ANTHROPIC_API_KEY" in capsys.readouterr().err
+
+
+def test_api_model_is_the_judge_and_model_is_the_sampled_model(tmp_path, monkeypatch, fake_api):
+    """--api-model names the judge (--judge-model, its old name, still works, unlisted); --model
+    stays the Hugging Face model of sampling mode."""
+    assert classify.parse_args(["--judge-model", "j", "--input", "x"]).api_model == "j"
+    a = classify.parse_args(["--api-model", "j", "--model", "tiny"])
+    assert (a.api_model, a.model) == ("j", "tiny")
+    api = fake_api()
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    assert classify.main(["--backend", "openai", "--base-url", api.url + "/v1", "--api-model", "judge-1",
+                          "--input", _two_records(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    assert {b["model"] for b in api.bodies} == {"judge-1"}
+    recs = classify.read_records(str(tmp_path / "o" / "classified.jsonl"))
+    assert {r["classifier"] for r in recs} == {"openai:judge-1"}
 
 
 # ---------------------------------------------------------------- as the study evaluated behaviors

@@ -80,7 +80,7 @@ def test_classify_through_every_fault(server, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     out = tmp_path / "out"
     rc = classify.main(["--backend", "openai", "--base-url", srv.url + "/v1", "--input", _records(tmp_path),
-                        "--out", str(out), "--backoff", "0.001", "--max-retries", "20", "--concurrency", "2"])
+                        "--out", str(out), "--retry-base", "0.001", "--max-retries", "20", "--concurrency", "2"])
     cap = capfd.readouterr()
     assert rc == 0, cap.err
     recs = classify.read_records(str(out / "classified.jsonl"))
@@ -95,7 +95,7 @@ def test_classify_retries_spent_on_echoing_server(server, tmp_path, monkeypatch,
     srv = server(faults=["echo@400", "malformed_echo@80", "echo@200"])
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     rc = classify.main(["--backend", "openai", "--base-url", srv.url + "/v1", "--input", _records(tmp_path, 1),
-                        "--out", str(tmp_path / "out"), "--backoff", "0.001", "--max-retries", "2",
+                        "--out", str(tmp_path / "out"), "--retry-base", "0.001", "--max-retries", "2",
                         "--concurrency", "1"])
     cap = capfd.readouterr()
     assert rc == 0, cap.err

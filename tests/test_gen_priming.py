@@ -1,4 +1,4 @@
-"""Tests of gen_priming.py: the symbolic writer (behaviors, derived sets, resume, the
+"""Tests of gen_priming.py and its symbolic writer (symbolic.py: behaviors, derived sets, resume, the
 --n 1000 acceptance run) and the API backends against a local fake server."""
 import doctest
 import json
@@ -14,6 +14,7 @@ import pytest
 import countdown
 import gen_priming as gp
 import study
+import symbolic
 from common import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,9 +27,9 @@ def records(out, cond):
 
 
 def marker_counts(completion):
-    """Behavior sentences found by gen_priming.MARKERS (one match per sentence)."""
+    """Behavior sentences found by symbolic.MARKERS (one match per sentence)."""
     sents = [s for s in re.split(r"(?<=\.)\s+", gp.thinking(completion)) if s.strip()]
-    return {b: sum(bool(re.search(p, s, re.I)) for s in sents) for b, p in gp.MARKERS.items()}
+    return {b: sum(bool(re.search(p, s, re.I)) for s in sents) for b, p in symbolic.MARKERS.items()}
 
 
 def assert_no_key(out_dir, *texts):
@@ -84,7 +85,7 @@ def test_five_numbers_and_any_budget():
     for cond, wanted in gp.DIRECT.items():
         for t in tasks:
             for budget in (1, 9):
-                r = gp.write_symbolic(t, cond, 0, budget)
+                r = symbolic.write_symbolic(t, cond, 0, budget)
                 assert marker_counts(r["completion"]) == r["behaviors"]
                 assert all(r["behaviors"][b] == 0 for b in study.BEHAVIORS if b not in wanted)
                 assert countdown.score(r["completion"], t["nums"], t["target"]) > 0
@@ -145,10 +146,10 @@ def test_resume_refuses_other_tasks(tmp_path):
 
 def test_budget_controls_correctness():
     tasks = gp.make_tasks(150, 7)
-    rate = {b: sum(gp.write_symbolic(t, "all_strategies", 0, b)["correct"] for t in tasks) / 150
+    rate = {b: sum(symbolic.write_symbolic(t, "all_strategies", 0, b)["correct"] for t in tasks) / 150
             for b in (1, 3, 12)}
     assert rate[1] < rate[3] < rate[12]
-    one = [gp.write_symbolic(t, "only_backtracking", 0, 1) for t in tasks]
+    one = [symbolic.write_symbolic(t, "only_backtracking", 0, 1) for t in tasks]
     assert all(r["behaviors"]["backtracking"] == 0 for r in one)  # one attempt, nothing to undo
 
 
@@ -239,7 +240,7 @@ def test_bad_flags_say_which_and_why(argv, words, capsys, monkeypatch):
 def test_every_flag_has_help():
     ap = gp.build_parser()
     flags = [a for a in ap._actions if a.option_strings and a.dest != "help"]
-    assert {a.dest for a in flags} == set(gp.DEFAULTS)  # one flag per setting, and back
+    assert {a.dest for a in flags} == {row[0] for row in gp.SETTINGS}  # one flag per setting, and back
     assert all(a.help and len(a.help) > 10 for a in flags)
 
 
@@ -251,6 +252,7 @@ def test_import_has_no_side_effects(tmp_path):
 
 def test_doctests():
     assert doctest.testmod(gp).failed == 0
+    assert doctest.testmod(symbolic).failed == 0
 
 
 # ---------------------------------------------------------------------------------
@@ -299,6 +301,26 @@ def test_api_derived_conditions(server, tmp_path, monkeypatch):
     assert all(gp.thinking(r["completion"]) == "" for r in records(out, "empty_cot"))
     s = json.load(open(os.path.join(out, "summary.json")))["conditions"]
     assert s["all_strategies"]["behaviors"] is None and s["dots"]["records"] == 10
+
+
+def test_api_model_is_sent_and_stamped(server, tmp_path, monkeypatch):
+    """--api-model names the API's model; settings.json records the model that wrote (named or
+    the default), and a folder stamped before the flag was renamed ("model": null, the default)
+    still resumes."""
+    srv = server()
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    out, stamp = str(tmp_path), os.path.join(str(tmp_path), "settings.json")
+    argv = ["--backend", "openai", "--base-url", srv.url + "/v1", "--condition", "only_backtracking",
+            "--n", "2", "--out", out]
+    assert gp.main(argv + ["--api-model", "m-1"]) == 0
+    assert {b["model"] for b in srv.bodies} == {"m-1"}
+    old = json.load(open(stamp))
+    assert old["api_model"] == "m-1" and "model" not in old
+    assert gp.main(argv) == 2  # the default model would mix two runs: refused
+    del old["api_model"]
+    with open(stamp, "w") as f:
+        json.dump({**old, "model": None}, f)
+    assert gp.main(argv) == 0 and gp.main(argv + ["--api-model", "m-1"]) == 2
 
 
 def test_bad_key_stops_cleanly(server, tmp_path, monkeypatch, capfd):
@@ -394,7 +416,8 @@ def test_batch_killed_while_polling_resumes_the_same_batch(server, tmp_path):
 
 def test_api_sampling_defaults_are_the_studys(server, tmp_path, monkeypatch):
     """generate_cot_datasets/api_gen.py:182-183 sends max_tokens=1024, temperature=0.5."""
-    assert (gp.DEFAULTS["temperature"], gp.DEFAULTS["max_tokens"]) == (0.5, 1024)
+    defaults = gp.parse_args([])
+    assert (defaults.temperature, defaults.max_tokens) == (0.5, 1024)
     srv = server()
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -412,7 +435,7 @@ def test_api_sampling_defaults_are_the_studys(server, tmp_path, monkeypatch):
 def test_negative_control_is_a_straight_calculation_with_no_behavior():
     behavior_rules = pytest.importorskip("behavior_rules")
     tasks = gp.make_tasks(300, 11)
-    recs = [gp.write_symbolic(t, "negative_control", seed=4) for t in tasks]
+    recs = [symbolic.write_symbolic(t, "negative_control", seed=4) for t in tasks]
     step = re.compile(r"Step (\d+): (\d+) ([-+*/]) (\d+) = (\d+)\.")
     for r in recs:
         lines = gp.thinking(r["completion"]).strip().split("\n")

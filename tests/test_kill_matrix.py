@@ -121,9 +121,9 @@ def cmd_cls_rules(out, inp):
 
 
 def cmd_cls_judge(out, inp):
-    return ["classify.py", "--backend", "openai", "--base-url", inp["url"] + "/v1", "--judge-model", "fake-judge",
+    return ["classify.py", "--backend", "openai", "--base-url", inp["url"] + "/v1", "--api-model", "fake-judge",
             "--input", inp["traces24"], "--out", out, "--sample-per-step", "0", "--concurrency", "2",
-            "--backoff", "0.001"]
+            "--retry-base", "0.001"]
 
 
 def cmd_curate(out, inp):
@@ -530,13 +530,14 @@ def make_inputs(root):
     import common
     import countdown
     import gen_priming as gp
+    import symbolic
     from fake_llm_server import FakeLLM
     inp = {}
     d = os.path.join(root, "tasks")
     common.write_jsonl(os.path.join(d, "train.jsonl"), countdown.generate_tasks(32, seed=0))
     common.write_jsonl(os.path.join(d, "test.jsonl"), countdown.generate_tasks(8, seed=1))
     inp["tasks"] = d
-    recs = [gp.write_symbolic(t, "all_strategies", 0, 2) for t in gp.make_tasks(500, 5)]
+    recs = [symbolic.write_symbolic(t, "all_strategies", 0, 2) for t in gp.make_tasks(500, 5)]
     for n in (24, 40):
         inp[f"traces{n}"] = os.path.join(root, f"traces{n}.jsonl")
         common.write_jsonl(inp[f"traces{n}"], recs[:n])

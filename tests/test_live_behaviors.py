@@ -13,7 +13,7 @@ import classify
 import study
 import common
 import countdown
-import gen_priming
+import symbolic
 import ppo
 import sampler
 
@@ -24,7 +24,7 @@ CONDS = ("all_strategies", "only_backtracking", "backtracking_backward", "backtr
 def trace(task, i):
     """A symbolic priming trace for task (its thinking and answer): text with every behavior."""
     cond = CONDS[i % len(CONDS)]
-    return gen_priming.write_symbolic(task, cond, seed=i, budget=1 + i % 3)["completion"]
+    return symbolic.write_symbolic(task, cond, seed=i, budget=1 + i % 3)["completion"]
 
 
 @pytest.fixture(scope="module")

@@ -177,3 +177,29 @@ def test_doctests():
     import doctest
     res = doctest.testmod(llm)
     assert res.attempted >= 5 and res.failed == 0
+
+
+API_FLAGS = ["--backend", "openai", "--api-model", "m-1", "--base-url", "http://127.0.0.1:9/v1",
+             "--concurrency", "3", "--max-retries", "2", "--retry-base", "0.5", "--timeout", "9"]
+
+
+@pytest.mark.parametrize("script, extra", [("gen_priming", []), ("classify", ["--input", "x"]),
+                                           ("curate_pretrain", [])])
+def test_the_three_scripts_take_the_same_api_flags(script, extra, capsys):
+    """gen_priming, classify and curate_pretrain read llm.settings' rows: the same names, the same
+    help and the same checks (--model, where a script has one, is a Hugging Face model)."""
+    parse = __import__(script).parse_args
+    a = parse(API_FLAGS + extra)
+    assert (a.backend, a.api_model, a.base_url, a.concurrency, a.max_retries, a.retry_base, a.timeout) == \
+        ("openai", "m-1", "http://127.0.0.1:9/v1", 3, 2, 0.5, 9.0)
+    for bad, words in [(["--backoff", "1"], "unrecognized arguments: --backoff"),
+                       (["--concurrency", "0"], "--concurrency must be at least 1"),
+                       (["--backend", "gpt"], "--backend must be ")]:
+        with pytest.raises(SystemExit) as e:
+            parse(API_FLAGS + extra + bad)
+        assert e.value.code == 2 and words in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    shown = "".join(capsys.readouterr().out.split())   # argparse wraps lines (also at hyphens)
+    for name, _, _, help_ in llm.settings("x", "does", {})[2:]:   # the rows no script words its own
+        assert "".join(help_.split()) in shown, (script, name)

@@ -11,7 +11,7 @@ import behavior_rules
 import study
 import common
 import countdown
-import gen_priming
+import symbolic
 import plot
 import report
 
@@ -29,7 +29,7 @@ def make_run(root, name, steps=(1, 2), n=30, val_steps=(0, 2)):
         for step in these:
             recs = []
             for i, t in enumerate(tasks):
-                rec = gen_priming.write_symbolic(t, CONDS[i % len(CONDS)], seed=step, budget=1 + i % 3)
+                rec = symbolic.write_symbolic(t, CONDS[i % len(CONDS)], seed=step, budget=1 + i % 3)
                 text = rec["completion"]
                 if i % 7 == 3:   # as a model might write it: capitals, unicode operators, words
                     text = "Ok. " + text.replace("*", "×").replace(" = ", " equals ").upper()
