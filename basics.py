@@ -120,8 +120,8 @@ def add_settings(ap, settings):
         flag = "--" + name.replace("_", "-")
         if typ is bool:
             ap.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_)
-        elif typ is list:
-            ap.add_argument(flag, default=default, nargs="+", help=help_)
+        elif typ is list:   # a copy: the table's default list is never the one a run changes
+            ap.add_argument(flag, default=None if default is None else list(default), nargs="+", help=help_)
         else:
             ap.add_argument(flag, default=default, type=typ, help=help_)
     return ap

@@ -299,26 +299,12 @@ def input_files(path, split="rollouts"):
     files = run["val"] if split != "rollouts" and run["val"] else run["rollouts"]
     files = files or sorted(glob.glob(os.path.join(path, "step_*.jsonl")))
     if files:
-        cond = run_condition(path)
+        cond = common.run_condition(path)
         return files, {f: cond for f in files}
     files = sorted(f for f in glob.glob(os.path.join(path, "*.jsonl")) if os.path.basename(f) != "classified.jsonl")
     if not files:
         raise DataError(f"{path}: no rollouts/step_*.jsonl and no *.jsonl inside")
     return files, {f: os.path.splitext(os.path.basename(f))[0] for f in files}
-
-
-def run_condition(run_dir):
-    """A run's condition: config.json's "condition", else the folder name (as plot.py reads it)."""
-    cfg = os.path.join(run_dir, "config.json")
-    if os.path.isfile(cfg):
-        with open(cfg, encoding="utf-8") as f:
-            try:
-                c = json.load(f)
-            except ValueError as e:
-                raise DataError(f"{cfg}: malformed JSON ({e})") from None
-        if isinstance(c, dict) and c.get("condition"):
-            return str(c["condition"])
-    return os.path.basename(os.path.normpath(run_dir))
 
 
 def load_input(path, condition=None, split="rollouts"):

@@ -478,6 +478,28 @@ def save_config(out_dir, cfg):
     write_json(os.path.join(out_dir, "config.json"), cfg)
 
 
+def run_config(run_dir):
+    """A run's config.json as a dict ({} if it has none); malformed JSON is a DataError."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except ValueError as e:   # bad JSON, or bytes that are not UTF-8
+        raise DataError(f"{path}: malformed JSON ({getattr(e, 'msg', e)})") from None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def run_condition(run_dir):
+    """A run's condition: config.json's "condition", else the folder name.
+
+    >>> run_condition("/no/such/out/ppo-qwen/")
+    'ppo-qwen'
+    """
+    return str(run_config(run_dir).get("condition") or os.path.basename(os.path.normpath(run_dir)))
+
+
 def log_step(out_dir, step, metrics, keys=None, total=None, t_start=None):
     """Append metrics to out_dir/metrics.jsonl and print one console line.
 

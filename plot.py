@@ -68,7 +68,18 @@ from study import BEHAVIORS
 
 # ---------------------------------------------------------------------------------
 # settings
-OUT = "out/figs"             # default output folder (out/ is git-ignored)
+SETTINGS = [
+    # (flag, default, type, help)
+    ("csv", [], list, "steps CSVs with the reference columns (one panel each)"),
+    ("runs", [], list, "run folders (metrics.jsonl, config.json, steps.csv)"),
+    ("reference", None, str, "steps CSV whose accuracy curves are overlaid, dashed; study: the study's own "
+     "for the runs' model (or name it: study:llama_results, study:qwen_results; any CSV flag takes study:<table>)"),
+    ("priming", None, str, "gen_priming.py summary.json, or a condition,average_score CSV"),
+    ("base", [], list, "steps CSVs of base models (first step per condition)"),
+    ("stats", None, str, "curate_pretrain.py stats.json (behavior frequency per set)"),
+    ("out", "out/figs", str, "output folder for the figures and results.md"),   # out/ is git-ignored
+    ("html", None, str, "also write the run report (report.py) of --runs to this HTML file"),
+]
 
 # metrics.jsonl keys, first found wins
 ACC_KEYS = ("val/acc", "val/accuracy", "acc", "accuracy")
@@ -192,27 +203,9 @@ def find_steps_csv(run_dir):
     return None
 
 
-def run_config(run_dir):
-    """A run's config.json as a dict ({} if it has none)."""
-    cfg = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(cfg):
-        return {}
-    try:
-        with open(cfg, encoding="utf-8") as f:
-            c = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{cfg}: malformed JSON ({e.msg})") from None
-    return c if isinstance(c, dict) else {}
-
-
-def run_condition(run_dir):
-    """A run's condition: config.json's "condition", else the folder name."""
-    return str(run_config(run_dir).get("condition") or os.path.basename(os.path.normpath(run_dir)))
-
-
 def load_run(run_dir):
     """(condition, curves) of one run folder, or (condition, None) if it holds no data yet."""
-    cond = run_condition(run_dir)
+    cond = common.run_condition(run_dir)
     curves = {}
     steps_csv = find_steps_csv(run_dir)
     if steps_csv:
@@ -612,16 +605,7 @@ def results_markdown(sources, reference=None):
 def _parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--csv", nargs="+", default=[], help="steps CSVs with the reference columns (one panel each)")
-    ap.add_argument("--runs", nargs="+", default=[], help="run folders (metrics.jsonl, config.json, steps.csv)")
-    ap.add_argument("--reference", default=None, help="steps CSV whose accuracy curves are overlaid, dashed; "
-                    "study: the study's own for the runs' model (or name it: study:llama_results, "
-                    "study:qwen_results; any CSV flag takes study:<table>)")
-    ap.add_argument("--priming", default=None, help="gen_priming.py summary.json, or a condition,average_score CSV")
-    ap.add_argument("--base", nargs="+", default=[], help="steps CSVs of base models (first step per condition)")
-    ap.add_argument("--stats", default=None, help="curate_pretrain.py stats.json (behavior frequency per set)")
-    ap.add_argument("--out", default=OUT, help="output folder for the figures and results.md")
-    ap.add_argument("--html", default=None, help="also write the run report (report.py) of --runs to this HTML file")
+    common.add_settings(ap, SETTINGS)
     args = ap.parse_args(argv)
     if not (args.csv or args.runs or args.priming or args.base or args.stats):
         ap.error("nothing to plot: give --csv, --runs, --priming, --base or --stats")
@@ -631,7 +615,7 @@ def _parse_args(argv=None):
 def study_reference(run_dirs):
     """`--reference study`: the study's table of the model the runs start from (config.json's
     "model" or "init" naming Qwen: study:qwen_results), else Llama's (study:llama_results)."""
-    configs = [run_config(d) for d in run_dirs if os.path.isdir(d)]
+    configs = [common.run_config(d) for d in run_dirs if os.path.isdir(d)]
     qwen = any("qwen" in str(c.get(k, "")).lower() for c in configs for k in ("model", "init"))
     table = "study:qwen_results" if qwen else "study:llama_results"
     note(f"--reference study: {table}")

@@ -10,9 +10,10 @@ A run report: ONE self-contained HTML file per run or set of runs, to read in an
 
 What it holds:
   - accuracy, response length and behavior curves per run (the study's dashed beside them with
-    --reference, a steps CSV such as study:llama_results); behaviors come from
-    the run's classify/steps.csv, or from ppo.py's live metrics (behavior/<name> in
-    metrics.jsonl) where it has none; the live split by correct / incorrect responses too;
+    --reference: study for the runs' model, or a steps CSV such as study:llama_results);
+    behaviors come from the run's classify/steps.csv, or from ppo.py's live metrics
+    (behavior/<name> in metrics.jsonl) where it has none; the live split by correct /
+    incorrect responses too;
   - a browser of sampled responses per step, from the runs' rollouts/ and val/ step files:
     every behavior the rules classifier counted (behavior_rules.behavior_spans) highlighted in its
     color, filters for run, split, step, correct / incorrect, behavior present and text,
@@ -46,8 +47,10 @@ from concurrent.futures import ProcessPoolExecutor
 import behavior_rules
 import classify
 import common
+import plot
 import study
 from common import DataError
+from plot_style import RC, add_legend, assign_colors, collect_handles, order_key
 
 # ---------------------------------------------------------------------------------
 # settings
@@ -60,6 +63,24 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 LIVE_KEY = "behavior/{}"      # ppo.py's live metric of a behavior's mean count per response
 STEP_FILE = re.compile(r"step_(\d+)\.jsonl$")
 PAGE_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report_page.html")  # page, style, script
+SETTINGS = [
+    # (flag, default, type, help)
+    ("runs", [], list, "run folders (config.json, metrics.jsonl, rollouts/, val/, classify/)"),
+    ("csv", [], list, "steps CSVs whose curves are drawn too (no responses)"),
+    ("reference", None, str, "steps CSV dashed beside the runs: study (the study's own for the runs' model), "
+     "study:llama_results, study:qwen_results, or a path"),
+    ("out", None, str, "the HTML file (default: RUN/report.html for one run, else report.html)"),
+    ("per_step", PER_STEP, int, "responses kept per (run, split, step) file (0: all)"),
+    ("splits", ",".join(SPLITS), str, "step-file folders to browse, comma-separated"),
+    ("title", None, str, "page title"),
+    ("jobs", JOBS, int, "worker processes that pack the step files"),
+    ("bench", None, str, "write a synthetic study-scale set into this folder and measure its report"),
+    ("bench_conditions", 6, int, "--bench: runs (conditions)"),
+    ("bench_prose", False, bool, "--bench: shuffle each response's words (less compressible)"),
+    ("screenshot", None, str, "save a PNG screenshot of --input's response browser to this path"),
+    ("input", None, str, "--screenshot: the report to photograph"),
+    ("behavior", None, str, "--screenshot: show only responses with this behavior"),
+]
 
 
 def note(msg):
@@ -141,8 +162,7 @@ def pack_all(jobs, n_jobs=JOBS):
 
 def run_label(run_dirs):
     """{run_dir: label}: its condition, or "condition (folder)" when two runs share one."""
-    import plot
-    conds = {d: plot.run_condition(d) for d in run_dirs}
+    conds = {d: common.run_condition(d) for d in run_dirs}
     n = {}
     for c in conds.values():
         n[c] = n.get(c, 0) + 1
@@ -155,7 +175,6 @@ def run_curves(run_dir):
     live: {split ("correct" | "incorrect"): {behavior column: (steps, values)}} from the live
     metrics."""
     import numpy as np
-    import plot
     _, curves = plot.load_run(run_dir)
     curves = dict(curves or {})
     path = os.path.join(run_dir, "metrics.jsonl")
@@ -175,9 +194,8 @@ def run_curves(run_dir):
 
 def svg_of(fig):
     import matplotlib
-    import plot
     buf = io.StringIO()
-    with matplotlib.rc_context({**plot.RC, **SVG_RC}):
+    with matplotlib.rc_context({**RC, **SVG_RC}):
         fig.savefig(buf, format="svg", metadata={"Date": None})
     return buf.getvalue()
 
@@ -185,7 +203,6 @@ def svg_of(fig):
 def fig_behaviors(curves, colors, ref=None, title="Behaviors during PPO"):
     """2x2 panels (one per behavior): mean count per response vs step, one line per run, the
     reference's dashed beside the runs of its conditions (plot.fig_behaviors)."""
-    import plot
     return plot.fig_behaviors({"curves": curves, "name": ""}, colors, ref, title)
 
 
@@ -193,35 +210,33 @@ def fig_split(live, colors):
     """Live behaviors in correct (solid) and incorrect (dotted) responses, 2x2 panels."""
     import matplotlib
     from matplotlib.lines import Line2D
-    import plot
     if not live:
         return None
-    with matplotlib.rc_context(plot.RC):
+    with matplotlib.rc_context(RC):
         fig, panels = plot.behavior_panels()
         for ax, col in panels:
-            for run in sorted(live, key=plot.order_key):
+            for run in sorted(live, key=order_key):
                 for split, style in (("correct", "-"), ("incorrect", ":")):
                     xy = live[run].get(split, {}).get(col)
                     if xy is not None:
                         ax.plot(*xy, color=colors[run], linestyle=style, label=run,
                                 marker="o" if len(xy[0]) <= 2 else None, markersize=4)
             ax.set_ylim(bottom=0)
-        handles, labels = plot.collect_handles([ax for ax, _ in panels])
+        handles, labels = collect_handles([ax for ax, _ in panels])
         handles += [Line2D([], [], color="gray"), Line2D([], [], color="gray", linestyle=":")]
         labels += ["solid: correct responses", "dotted: incorrect responses"]
-        plot.add_legend(fig, handles, labels)
+        add_legend(fig, handles, labels)
         fig.suptitle("Behaviors in correct and incorrect responses (live, every step's rollouts)")
     return fig
 
 
 def figures(curves, live, reference=None, csvs=()):
     """[(name, caption, svg)] of the report's figures."""
-    import plot
     ref = plot.load_csv_source(common.study_table(reference)) if reference else None
     extra = [plot.load_csv_source(p) for p in csvs]
     sources = ([{"name": "our runs", "slug": "runs", "curves": curves}] if curves else []) + extra
     names = [c for s in sources + ([ref] if ref else []) for c in s["curves"]]
-    colors = plot.assign_colors(names)
+    colors = assign_colors(names)
     out = []
     if sources:
         for col, ylabel, title in (("accuracy", "accuracy", "Accuracy during PPO"),
@@ -245,22 +260,10 @@ def figures(curves, live, reference=None, csvs=()):
 # ---------------------------------------------------------------------------------
 # the page
 
-def read_config(run_dir):
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON ({e.msg})") from None
-
-
 def summary_rows(curves):
     """Per run: last accuracy, and each behavior at the first and last step with data."""
-    import plot
     rows = []
-    for run in sorted(curves, key=plot.order_key):
+    for run in sorted(curves, key=order_key):
         cv = curves[run]
         acc = cv.get("accuracy")
         beh = []
@@ -281,12 +284,13 @@ def write_report(runs=(), out="report.html", reference=None, csvs=(), per_step=P
                  title=None, seed=0, jobs=JOBS):
     """Write the report of run folders `runs` (and curves of steps CSVs `csvs`) to `out`;
     returns {"path", "bytes", "responses", "chunks", "raw_bytes", "gz_bytes", "seconds"}."""
-    import plot
     t0 = time.time()
     runs = [r for r in runs]
     for d in runs:
         if not os.path.isdir(d):
             raise DataError(f"{d}: no such run folder (not a directory)")
+    if reference == "study":   # the study's table of the runs' model, as plot.py --reference study
+        reference = plot.study_reference(runs)
     labels = run_label(runs)
     jobs_list, where = [], []
     meta_runs, curves, live = [], {}, {}
@@ -297,10 +301,10 @@ def write_report(runs=(), out="report.html", reference=None, csvs=(), per_step=P
             curves[label] = cv
         if lv:
             live[label] = lv
-        cfg = read_config(d)
+        cfg = common.run_config(d)
         files = step_files(d, tuple(splits))
         meta_runs.append({"name": label, "folder": os.path.basename(os.path.normpath(d)),
-                          "condition": plot.run_condition(d), "config": cfg, "chunks": []})
+                          "condition": common.run_condition(d), "config": cfg, "chunks": []})
         for split, step, path in files:
             jobs_list.append((path, per_step, f"{seed}|{split}|{step}"))
             where.append((i, split, step))
@@ -318,7 +322,7 @@ def write_report(runs=(), out="report.html", reference=None, csvs=(), per_step=P
             except json.JSONDecodeError:
                 pass
         meta_runs[i]["prompt"] = prompts.get(i)
-    colors = plot.assign_colors([r["name"] for r in meta_runs] + list(curves))
+    colors = assign_colors([r["name"] for r in meta_runs] + list(curves))
     for r in meta_runs:
         r["color"] = colors[r["name"]]
     figs = figures(curves, live, reference, csvs) if (curves or csvs) else []
@@ -605,11 +609,11 @@ def synthetic_runs(root, conditions=6, steps=25, per_step=200, max_tokens=1024, 
     to length. prose: their words shuffled within each response, which breaks the repeats
     that gzip finds in templated traces (a pessimistic stand-in for model prose)."""
     import countdown
+    import gen_priming
     import symbolic
     rng = random.Random(seed)
     tasks = countdown.generate_tasks(400, seed=seed, sizes=(3, 4))
-    conds = [c for c in ("all_strategies", "only_backtracking", "backtracking_verification",
-                         "backtracking_subgoal", "backtracking_backward", "negative_control")]
+    conds = list(gen_priming.DIRECT)  # the conditions its symbolic writer writes directly
     names = [f"{conds[i % len(conds)]}" + (f"_{i // len(conds)}" if i >= len(conds) else "") for i in range(conditions)]
     dirs = []
     for ci, name in enumerate(names):
@@ -672,20 +676,7 @@ def bench(root, conditions=6, steps=25, per_step=200, prose=False, reference=Non
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--runs", nargs="+", default=[], help="run folders (config.json, metrics.jsonl, rollouts/, val/, classify/)")
-    ap.add_argument("--csv", nargs="+", default=[], help="steps CSVs whose curves are drawn too (no responses)")
-    ap.add_argument("--reference", default=None, help="the study's steps CSV, dashed beside the runs")
-    ap.add_argument("--out", default=None, help="the HTML file (default: RUN/report.html for one run, else report.html)")
-    ap.add_argument("--per-step", type=int, default=PER_STEP, help="responses kept per (run, split, step) file (0: all)")
-    ap.add_argument("--splits", default=",".join(SPLITS), help="step-file folders to browse, comma-separated")
-    ap.add_argument("--title", default=None, help="page title")
-    ap.add_argument("--jobs", type=int, default=JOBS, help="worker processes that pack the step files")
-    ap.add_argument("--bench", default=None, metavar="DIR", help="write a synthetic study-scale set into DIR and measure its report")
-    ap.add_argument("--bench-conditions", type=int, default=6, help="--bench: runs (conditions)")
-    ap.add_argument("--bench-prose", action="store_true", help="--bench: shuffle each response's words (less compressible)")
-    ap.add_argument("--screenshot", default=None, metavar="PNG", help="save a screenshot of --input's response browser")
-    ap.add_argument("--input", default=None, help="--screenshot: the report to photograph")
-    ap.add_argument("--behavior", default=None, help="--screenshot: show only responses with this behavior")
+    common.add_settings(ap, SETTINGS)
     a = ap.parse_args(argv)
     if not (a.runs or a.csv or a.bench or a.screenshot):
         ap.error("give --runs (or --csv), --bench DIR, or --screenshot PNG --input REPORT")

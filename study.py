@@ -11,7 +11,7 @@ A fifth behavior needs:
 Everything else follows: classify.py asks the judge about it and writes its columns, plot.py
 adds a panel, gen_priming.py's API prompts ask for it or forbid it, curate_pretrain.py's labels
 and rewrites include it. Optional: phrases for curate_pretrain.py's offline document labeller
-(curate_pretrain.CUES; without them that labeller never finds it) and for the symbolic
+(curate_text.CUES; without them that labeller never finds it) and for the symbolic
 writer (symbolic.PHRASES; without them the writer never shows it: its counts stay 0).
 
 A condition is a set of runs: its priming set (which behaviors the traces show, and how

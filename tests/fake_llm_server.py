@@ -48,11 +48,11 @@ def answer_text(user):
         return "I see one instance. <count>1</count>"
     doc = re.search(r"<document>\n(.*)\n</document>", user, re.S)
     if doc:
-        import curate_pretrain as cp
+        import curate_text
         if user.startswith("<document>"):  # labelling
-            labels, solves = cp.rule_labels(doc.group(1))
+            labels, solves = curate_text.rule_labels(doc.group(1))
             return json.dumps({**labels, "solves_problem": solves})
-        q, t, a = cp.frame_document(doc.group(1))
+        q, t, a = curate_text.frame_document(doc.group(1))
         return f"<question>{q or '?'}</question>\n<think>{t or '...'}</think>\n<answer>{a or '?'}</answer>"
     nums = [int(x) for x in re.search(r"(?:Numbers:|Using the numbers) \[([^\]]*)\]", user).group(1).split(",")]
     target = int(re.search(r"(?:Target:|equals) (\d+)", user).group(1))

@@ -17,6 +17,7 @@ import pytest
 
 import common
 import curate_pretrain as cp
+import curate_text
 import llm
 import study
 from conftest import REPO
@@ -47,7 +48,7 @@ def agreement():
     """Per label: fraction of fixture documents where the rules give the known label."""
     hits = dict.fromkeys([*study.BEHAVIORS, "solves_problem"], 0)
     for d in DOCS:
-        labels, solves = cp.rule_labels(d["text"])
+        labels, solves = curate_text.rule_labels(d["text"])
         for k in study.BEHAVIORS:
             hits[k] += labels[k] == d["labels"][k]
         hits["solves_problem"] += solves == d["solves_problem"]
@@ -71,11 +72,12 @@ def test_rule_labels_agree_with_fixture():
 def test_docstring_examples():
     import doctest
     assert doctest.testmod(cp).failed == 0
+    assert doctest.testmod(curate_text).failed == 0
 
 
 def test_frame_keeps_the_documents_words():
     for d in DOCS:
-        q, t, a = cp.frame_document(d["text"])
+        q, t, a = curate_text.frame_document(d["text"])
         assert " ".join(f"{q} {t} {a}".split()) == " ".join(d["text"].split())
 
 
@@ -252,12 +254,12 @@ class FakeLLM:
         if step == "garbage":
             text = "I am not sure."
         elif "<question>" in system:
-            q, t, a = cp.frame_document(doc)
-            if user.startswith(cp.AVOID) and len(doc) % 2:
+            q, t, a = curate_text.frame_document(doc)
+            if user.startswith(curate_text.AVOID) and len(doc) % 2:
                 t += " Let's check this once more."
             text = f"<question>{q or '?'}</question>\n<think>{t or '...'}</think>\n<answer>{a or '?'}</answer>"
         else:
-            labels, solves = cp.rule_labels(doc)
+            labels, solves = curate_text.rule_labels(doc)
             text = json.dumps({**labels, "solves_problem": solves})
         if self.kind == "anthropic":
             return 200, {"id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
@@ -287,7 +289,7 @@ def test_llm_backends_wire_format(tmp_path, fake, capfd):
     ids = ids_in(tmp_path)
     assert sorted(ids) == sorted(d["id"] for d in DOCS)  # the 429, 500 and garbage were retried
     got = {r["id"]: r["labels"] for r in common.read_jsonl(tmp_path / "labels.jsonl")}
-    assert got == {d["id"]: cp.rule_labels(d["text"])[0] for d in DOCS}
+    assert got == {d["id"]: curate_text.rule_labels(d["text"])[0] for d in DOCS}
     rew = common.read_jsonl(tmp_path / "rewrites.jsonl")
     sel = common.read_jsonl(tmp_path / "selected.jsonl")
     assert sorted((r["set"], r["id"]) for r in rew) == sorted((r["set"], r["id"]) for r in sel)

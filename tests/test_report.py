@@ -14,6 +14,7 @@ import countdown
 import symbolic
 import plot
 import report
+from conftest import SHARED
 
 CONDS = ("all_strategies", "only_backtracking", "backtracking_subgoal", "backtracking_backward", "negative_control")
 PER_STEP = 25
@@ -221,3 +222,25 @@ def test_plot_html_writes_the_report(runs, tmp_path):
     assert plot.main(["--runs", *map(str, dirs), "--out", str(out), "--html", str(out / "report.html")]) == 0
     text = (out / "report.html").read_text()
     assert (out / "accuracy.png").exists() and text.startswith("<!DOCTYPE html>") and len(re.findall(r'id="c\d+"', text)) == 9
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(SHARED, "reference", "qwen_results.csv")),
+                    reason="reference CSVs not beside the repo")
+def test_reference_study_picks_the_runs_model(runs, tmp_path, monkeypatch, capsys):
+    """report.py --reference study, as plot.py's: the study's table of the runs' model (Qwen
+    here, from config.json; a pre-filled cache, so no network), dashed beside the runs."""
+    import shutil
+    _, dirs = runs
+    monkeypatch.setattr(common, "CACHE", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / "study" / common.STUDY_COMMIT[:12]
+    cache.mkdir(parents=True)
+    for t in ("llama_results", "qwen_results"):
+        shutil.copy(os.path.join(SHARED, "reference", f"{t}.csv"), cache / f"{t}.csv")
+    run = tmp_path / "ppo-qwen"
+    shutil.copytree(dirs[0], run)
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "model": "qwen2.5-3b"}))
+    out = tmp_path / "report.html"
+    assert report.main(["--runs", str(run), "--reference", "study", "--out", str(out), "--jobs", "1"]) == 0
+    assert "--reference study: study:qwen_results" in capsys.readouterr().err
+    assert "Dashed: the study (study:qwen_results)." in out.read_text()
