@@ -74,27 +74,31 @@ from study import BEHAVIORS
 
 # ---------------------------------------------------------------------------------
 # settings (the CLI flags)
-DEFAULTS = dict(
-    stage="all",              # label, stats, select, rewrite, pack (comma-separated) or all
-    source="open-web-math",   # open-web-math, finemath, a hub dataset id, or a local .jsonl/.parquet/folder; comma-separated for several
-    n_docs=200_000,           # documents to label, split evenly over the sources (the study: 200k)
-    text_field="text",        # field holding the document text
-    shuffle_buffer=10_000,    # hub streams: shuffle buffer for a random sample (0: stream order)
-    seed=0,                   # seed of the stream shuffle and of the selection order
-    out="data/curated",       # output folder
-    rewrite_model=None,       # local Hugging Face model (folder, hub id, alias) that rewrites instead of --backend
-    device=None,              # device of --rewrite-model (default cuda if available)
-    max_doc_chars=12_000,     # documents are cut to this many characters before an LLM reads them
-    max_tokens=5120,          # longest rewrite (API max_tokens, or new tokens of --rewrite-model); the study's
-    temperature=0.0,          # rewrite sampling temperature; the study's (relabel_pretrain_qa.py); labelling uses 0 too
-    shard="0/1",              # label only documents i, i+n, i+2n, ... of the stream (i/n)
-    limit=0,                  # label at most this many new documents in this run (0: no limit)
-    token_budget=8_300_000,   # tokens per set (the study: 8.3M)
-    tokenizer="llama-3.2-3b", # tokenizer that measures the budget (the model you will train)
-    oversample=1.5,           # select this many times the budget (rewrites get dropped, lengths change)
-    chars_per_token=4.0,      # select: estimate of characters per token of the source text
-    length_tolerance=0.5,     # select: largest length difference of a pair, in log2(characters) (0.5: a factor of 1.41)
-)
+# settings: one (flag, default, type, help) row each; `--help` lists them; the API flags are llm.py's
+SETTINGS = [
+    ("stage", "all", str, "label, stats, select, rewrite, pack (comma-separated) or all"),
+    ("source", "open-web-math", str, "open-web-math, finemath, a hub dataset id, or a local .jsonl/.parquet/folder; "
+                                     "comma-separated for several"),
+    ("n_docs", 200_000, int, "documents to label, split evenly over the sources (the study: 200k)"),
+    ("text_field", "text", str, "field holding the document text"),
+    ("shuffle_buffer", 10_000, int, "hub streams: shuffle buffer for a random sample (0: stream order)"),
+    ("seed", 0, int, "seed of the stream shuffle and of the selection order"),
+    ("out", "data/curated", str, "output folder"),
+    ("rewrite_model", None, str, "local Hugging Face model (folder, hub id, alias) that rewrites instead of --backend"),
+    ("device", None, str, "device of --rewrite-model (default cuda if available)"),
+    ("max_doc_chars", 12_000, int, "documents are cut to this many characters before an LLM reads them"),
+    ("max_tokens", 5120, int, "longest rewrite in tokens (API max_tokens, or new tokens of --rewrite-model); the study's"),
+    ("temperature", 0.0, float, "rewrite sampling temperature; the study's (relabel_pretrain_qa.py); labelling uses 0 too"),
+    ("shard", "0/1", str, "label stage: this process takes documents i, i+n, i+2n, ... of the stream (i/n)"),
+    ("limit", 0, int, "label at most this many new documents in this run (0: no limit)"),
+    ("token_budget", 8_300_000, int, "tokens per set (the study: 8.3M)"),
+    ("tokenizer", "llama-3.2-3b", str, "tokenizer that measures the budget (the model you will train): alias, hub id, "
+                                       "folder, tiny"),
+    ("oversample", 1.5, float, "select this many times the budget (rewrites get dropped, lengths change)"),
+    ("chars_per_token", 4.0, float, "select: estimate of characters per token of the source text"),
+    ("length_tolerance", 0.5, float, "select: largest length difference of a rich/minimal pair, in log2(characters) "
+                                     "(0.5: a factor of 1.41)"),
+]
 SOURCES = {  # --source short names -> (hub dataset, config)
     "open-web-math": ("open-web-math/open-web-math", None),
     # the study's config: pretraining_analysis/relabel_pretrain.py:72 of kanishkg/cognitive-behaviors
@@ -661,33 +665,12 @@ def stage_pack(args, llm=None):
 # command line
 
 def parse_args(argv=None):
-    d = DEFAULTS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = ap.add_argument
-    a("--stage", default=d["stage"], help="label, stats, select, rewrite, pack (comma-separated) or all")
-    a("--source", default=d["source"], help="open-web-math, finemath, a hub dataset id, or a local .jsonl/.parquet/folder; comma-separated for several")
-    a("--n-docs", type=int, default=d["n_docs"], help="documents to label, split evenly over the sources")
-    a("--text-field", default=d["text_field"], help="field holding the document text")
-    a("--shuffle-buffer", type=int, default=d["shuffle_buffer"], help="hub streams: shuffle buffer (0: stream order)")
-    a("--seed", type=int, default=d["seed"], help="seed of the stream shuffle and the selection order")
-    a("--out", default=d["out"], help="output folder")
+    common.add_settings(ap, SETTINGS)
     # the API flags (llm.py's); 16 in flight: labelling reads 200k documents, and a vllm server
     # serves many requests at once
     common.add_settings(ap, api_settings("rules", "labels and rewrites", DEFAULT_MODEL, concurrency=16))
-    a("--rewrite-model", default=d["rewrite_model"], help="local HF model that rewrites instead of --backend")
-    a("--device", default=d["device"], help="device of --rewrite-model (default cuda if available)")
-    a("--max-doc-chars", type=int, default=d["max_doc_chars"], help="characters of a document an LLM reads")
-    a("--max-tokens", type=int, default=d["max_tokens"], help="longest rewrite in tokens")
-    a("--temperature", type=float, default=d["temperature"], help="rewrite sampling temperature")
-    a("--shard", default=d["shard"], help="label stage: this process takes documents i, i+n, ... (i/n)")
-    a("--limit", type=int, default=d["limit"], help="label at most this many new documents (0: all)")
-    a("--token-budget", type=int, default=d["token_budget"], help="tokens per set")
-    a("--tokenizer", default=d["tokenizer"], help="tokenizer measuring the budget: alias, hub id, folder, tiny")
-    a("--oversample", type=float, default=d["oversample"], help="select this many times the budget")
-    a("--chars-per-token", type=float, default=d["chars_per_token"], help="select: characters per token estimate")
-    a("--length-tolerance", "--bucket-width", type=float, default=d["length_tolerance"],
-      help="select: largest length difference of a rich/minimal pair in log2(chars) (0.5: a factor of 1.41)")
     args = ap.parse_args(argv)
     args.stages = list(STAGES) if args.stage == "all" else [s.strip() for s in args.stage.split(",")]
     bad = [s for s in args.stages if s not in STAGES]

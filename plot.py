@@ -56,6 +56,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import sys
 
 import numpy as np
@@ -707,15 +708,16 @@ def main(argv=None):
         atomic_write_text(path, table)
         written.append(path)
         print(table)
-    if args.html:  # the run report: curves, the runs' responses with their behaviors marked, settings
-        import report
-        try:
-            s = report.write_report(args.runs, args.html, reference=args.reference if ref else None, csvs=args.csv)
-        except (DataError, OSError) as e:
-            print(f"plot.py: error: {e}", file=sys.stderr)
-            return 2
+    if args.html:  # the run report: report.py, run as its own program (it builds on this file's readers)
+        cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "report.py"),
+               "--out", args.html]
+        cmd += ["--runs", *args.runs] if args.runs else []
+        cmd += ["--reference", args.reference] if ref and args.reference else []
+        cmd += ["--csv", *args.csv] if args.csv else []
+        rc = subprocess.run(cmd).returncode
+        if rc:
+            return rc
         written.append(args.html)
-        print(f"wrote {args.html}: {s['responses']} responses, {s['bytes'] / 2**20:.1f} MB")
     if written:
         print(f"wrote {len(written)} files to {args.out}: " +
               ", ".join(sorted({os.path.basename(p) for p in written})))
