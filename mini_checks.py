@@ -87,11 +87,7 @@ def base_arithmetic(model_path, n, seed, num_range, device, batch=256):
     import common
     from sampler import encode_prompts, hf_generate
     model = common.load_model(model_path, torch.float32, device).eval()
-    tok = common.load_tokenizer(model_path) if hasattr(common, "load_tokenizer") else None
-    if tok is None:
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(model_path)
-    tok.padding_side = "left"
+    tok = common.load_tokenizer(model_path)  # left padding: the answer follows each prompt directly
     lines, right, wrong = arithmetic_lines(n, seed, num_range), 0, []
     for i in range(0, len(lines), batch):
         part = lines[i:i + batch]
