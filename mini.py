@@ -1,128 +1,150 @@
 """
-The study in miniature on one GPU, with no API key and no download: the priming experiment
-end to end (priming -> PPO -> behavior counts -> table and figures) with models trained from
-scratch.
+The study in miniature, with no API key and no download: the priming experiment end to end
+(priming -> manipulation checks -> PPO -> behavior counts -> tables, curves and a reading) with
+models trained from scratch, spread over every visible GPU.
 
-    python mini.py                                  # one H100: ~11 minutes (measured), runs/mini/results.md
+    python mini.py                                  # 4 H200s: 9.2 minutes (measured); runs/mini/results.md
     python mini.py --smoke --out /tmp/mini          # CPU smoke test: a few steps (CI, ~1 minute)
-    python mini.py --conditions base all_strategies empty_cot --seeds 0 1 2 3 --jobs 8
+    python mini.py --conditions base all_strategies empty_cot --seeds 0 1 2 3
 
 The base is NOT a pretrained LM (nothing is downloaded): it is a Llama of the `tiny` family
-(the same locally built tokenizer; SETTINGS["base_size"] sets its shape, ~10M parameters by
-default) with random weights, given a short behaviour-free "pretraining" by sft.py on
-arithmetic text over numbers in the Countdown range: equations ("23 + 19 = 42",
-"(7 * 6) - 5 = 37"), bare calculations that name some numbers and combine them one step at a
-time, and Countdown prompts answered by one such calculation and an <answer> (right only by
-chance): it never checks a result against the target, never tries again, never names a goal
-and never works backwards (`arithmetic_corpus`; the tests check it with classify.py's rules).
-The aim: a base that reads the numbers of a prompt and writes numbers, operators and the
-answer format, as the study's base Llama-3.2-3B does, but shows none of the four behaviors.
+(the same locally built tokenizer; SETTINGS["base_size"], ~10M parameters) with random weights,
+given a behaviour-free "pretraining" by sft.py on arithmetic text in the miniature's task range
+(numbers 1..24, targets 10..25: the study's priming range): single search steps ("13 + 2 = 15.",
+one intermediate result and a number, as a search has them), bare calculations that name some
+numbers and combine them, and Countdown prompts answered by one such calculation and an <answer>
+(right only by chance): it never checks a result against the target, never tries again, never
+names a goal and never works backwards (`arithmetic_corpus`; the tests check it with
+behavior_rules.py's rules). The aim: a base that reads a prompt's numbers, computes right and writes the
+answer format, as the study's Llama-3.2-3B does, but shows none of the four behaviors.
 
 Stages (each a real script run as a subprocess with its command printed; a stage whose output
-exists is skipped, so a killed run resumes; every log sits in the run folder it belongs to):
-  1. countdown.py: train and test tasks, 3 numbers each (SETTINGS["task_sizes"]; the study
-     mixed 3 and 4, out of reach for a model this small).
-  2. `mini.py --make-base`: the base's random init and its arithmetic corpus; sft.py
-     "pretrains" it (two passes over the corpus, packed rows) into OUT/base/final. Meanwhile
-     gen_priming.py --backend symbolic writes each condition's traces: the same task stream
-     and the same number of records for every condition (no_positive takes the wrong
-     all_strategies traces, so it needs extra tasks; empty_cot and dots are derived from
+exists is skipped, so a killed run resumes where it stopped; every log sits in its run folder;
+jobs run --jobs per GPU side by side, each given one GPU by CUDA_VISIBLE_DEVICES):
+  1. countdown.py: train and test tasks, 3 numbers in 1..24, targets 10..25 (7,640 such tasks
+     are solvable; 4 numbers would make search matter more, a random expression hits the target
+     0.5% of the time against 3.4%, but their traces are twice as long: out of this budget).
+  2. `mini.py --make-base` and sft.py: the base's random init, its arithmetic corpus and its
+     pretraining; mini_checks.py: its single-step arithmetic. Meanwhile gen_priming.py --backend
+     symbolic writes each condition's traces on train tasks (the test tasks stay unseen): the
+     same tasks and number of records for every condition (no_positive takes the wrong
+     all_strategies traces, so it needs extra tasks; empty_cot and dots derive from
      all_strategies, as in the study).
-  3. per condition (a pool of --jobs jobs side by side on the one GPU): sft.py primes the base
-     on the condition's traces, every condition with the same optimizer steps x sequences per
-     step, so each sees the same number of examples (token counts differ as the traces do:
-     empty_cot is ~15 tokens a trace, dots as long as all_strategies); classify.py samples the
-     primed model on the validation tasks (accuracy and behaviors before PPO). The `base` row
-     is not primed.
-  4. per condition and seed (the same pool): ppo.py from the primed model (the base for `base`)
-     with identical settings on the same 3-number tasks; the seed sets the prompts drawn and the
-     sampling, so the spread over seeds is PPO's (each condition is primed once, as in the
-     study); classify.py --backend rules counts the behaviors in the logged rollouts.
-  5. mean over seeds per step (OUT/results/mini_seed_mean.csv), plot.py figures next to the
-     study's Llama-3.2-3B curves (OUT/figures), and OUT/results.md + OUT/results.json: validation
-     accuracy before and after PPO (mean +- std and min-max over seeds) and behavior counts at
-     the start and end of PPO, beside the study's table.
-A model this small on 3-number tasks tests whether the study's pattern shows up at all; it is
-not the study's scale (3B models, 250 PPO steps of 256 prompts).
+  3. per condition and seed, one chain each: sft.py primes the base on the condition's traces
+     (once per condition, by the first of its seeds to get there; every condition with the same
+     optimizer steps x sequences; `base` is not primed), then ppo.py runs from the primed model,
+     validating before its first update (step 0: the "before PPO" accuracy and the checks'
+     samples) and every eval_every steps after, with the same code on the same test tasks;
+     classify.py --backend rules counts the behaviors in its logged rollouts.
+  4. the manipulation checks (mini_checks.py), printed with their thresholds and which fail as
+     soon as every run has validated at step 0, before any PPO result is printed.
+  5. OUT/results.md + results.json: the checks, validation accuracy before and after PPO (mean
+     +- std and min-max over seeds) beside the study's Llama-3.2-3B, behavior counts at PPO's
+     start and end, the curves (plot.py, OUT/figures) and a reading computed from the numbers.
+Every setting sits in SETTINGS below and is the same for every condition: only the priming
+data differ. Nothing is tuned per condition or after seeing a condition's result.
 """
 import argparse
 import csv
 import json
 import math
 import os
+import queue
 import random
-import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import countdown
-from gen_priming import CONDITIONS
+import mini_checks
+import study
+from gen_priming import ALL_CONDITIONS, CONDITIONS
 from symbolic import PHRASES, fmt_list
 from pipeline import resume_or_overwrite, run, stop_children_on_signals
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-BEHAVIORS = {"verification": "avg_verifications", "backtracking": "avg_backtracking",
-             "subgoal": "avg_subgoals", "backward": "avg_backwards"}  # classify.py's columns
+BEHAVIORS = {b: e.avg_column for b, e in study.BEHAVIORS.items()}  # steps.csv's columns (study.py)
+PRIMED = ["all_strategies", "only_backtracking", "backtracking_verification", "backtracking_subgoal",
+          "backtracking_backward"]   # the behavior-primed conditions, compared with the controls below
+CONTROLS = ["empty_cot", "dots", "base"]
 
 # ---------------------------------------------------------------------------------
-# settings: GPU defaults (one H100); SMOKE below overrides them for the CPU smoke test
+# settings: GPU defaults; SMOKE below overrides them for the CPU smoke test. Fixed before any
+# condition's result was seen; the same for every condition.
 SETTINGS = dict(
     out="runs/mini",                 # where data, runs, figures and results go
     conditions=["base", *CONDITIONS],  # `base`: PPO from the unprimed base; the rest: gen_priming.py's eight
     seeds=[0, 1, 2],                 # PPO runs per condition (each condition is primed once)
-    jobs=None,                       # runs side by side (one GPU shared): None = 9 on a GPU, 2 on a CPU
+    gpus=None,                       # GPU ids the jobs spread over (None: every visible one; [] on a CPU)
+    jobs=None,                       # jobs side by side per GPU (None: 9 on a GPU, 2 on a CPU)
     device=None,                     # cuda | cpu (None: cuda if available)
-    dtype="bf16",                    # GPU compute: bf16 with fp32 master weights + AdamW states (sft.py bf16-mixed,
-                                     # ppo.py --dtype bf16); fp32 (no tensor cores) saturated an H100 at 9 runs
-    n_train=20000, n_test=256,       # Countdown tasks (countdown.py)
-    task_sizes="3",                  # 3-number tasks for PPO and priming
+    dtype="bf16",                    # GPU compute: bf16 with fp32 master weights + AdamW states
+    n_train=6000, n_test=256,        # Countdown tasks (countdown.py); 7,640 exist in the range below
+    task_sizes="3", num_range=(1, 24), target_range=(10, 25),  # the study's priming range, for every stage
     base_size=dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6,  # ~9.8M parameters
                    num_attention_heads=6, num_key_value_heads=2),
-    base_docs=80000, base_epochs=2,  # arithmetic documents (~15M tokens), passes over them (~1800 steps): a 0.9M
-                                     # model on CPU first copied the prompt's numbers after 750-1000 steps of 16 rows
-    base_format_frac=0.5,            # share of documents that are a prompt + one forward calculation + <answer>
+    base_docs=80000, base_epochs=2,  # arithmetic documents, passes over them
+    base_format_frac=0.4,            # share of documents that are a prompt + one forward calculation + <answer>
     base_len=512, base_batch=32, base_lr=1e-3,  # packed rows of 512 tokens, 32 a step, cosine to 0.1 x lr
+    arith_lines=1000,                # the base's arithmetic check: held-out "a op b =" lines
     priming_n=1000,                  # traces per condition (the study: ~1000)
     priming_budget=2,                # symbolic search attempts before it gives up (~60% correct traces)
-    sft_steps=150, sft_batch=32,     # priming SFT: 4800 sequences = ~5 epochs of 1000, as the study's 5 epochs
-    sft_lr=5e-4, sft_max_len=576,    # the longest traces are ~540 tokens with the prompt
-    ppo_steps=30, ppo_prompts=32, ppo_samples=4,  # PPO: steps x prompts x samples (2 updates a step)
-    ppo_response_len=416,            # the longest primed traces are ~405 tokens
+    sft_steps=300, sft_batch=32,     # priming SFT: 9600 sequences = ~10 epochs of 1000
+    sft_lr=5e-4, sft_max_len=576,    # the longest 3-number traces are ~540 tokens with the prompt
+    ppo_steps=100, ppo_prompts=64, ppo_samples=4,  # PPO: steps x prompts x samples (2 updates a step)
+    ppo_response_len=416,            # the longest priming traces are ~405 tokens
     ppo_actor_lr=2e-5, ppo_critic_lr=1e-4,      # far above the study's 1e-6 / 1e-5 (a 3B model)
-    ppo_micro=32,                    # sequences per forward/backward (64: 9 runs x ~10 GB overflow an 80 GB GPU)
+    ppo_micro=32,                    # sequences per forward/backward
     ppo_engine=None,                 # ppo.py --engine (None: ppo.py's default)
     ppo_save_every=10,               # PPO checkpoints (a killed run resumes from the last one: ppo.py --resume)
-    log_rollouts_every=5,            # rollouts logged at step 1 and every N steps (classified)
+    log_rollouts_every=10,           # rollouts logged at step 1 and every N steps (classified)
+    eval_every=25,                   # validation at step 0 and every N steps (the curves)
     val_size=128, val_samples=4,     # validation: tasks x samples at temperature 1 (before and after PPO)
-    reference="../shared/reference/llama_results.csv",  # the study's Llama-3.2-3B per-step table
+    reference="study:llama_results",  # the study's Llama-3.2-3B per-step table (common.study_table), or a path
 )
 SMOKE = dict(out="runs/mini-smoke", conditions=["base", "all_strategies", "empty_cot"], seeds=[0],
              jobs=2, device="cpu", n_train=200, n_test=16,
              base_size=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                             num_attention_heads=2, num_key_value_heads=1),
-             base_docs=64, base_epochs=1, base_len=256, base_batch=8, priming_n=16, sft_steps=2, sft_batch=4,
-             ppo_steps=2, ppo_prompts=4, ppo_samples=2, ppo_response_len=32, ppo_micro=8,
-             log_rollouts_every=1, val_size=4, val_samples=1)
+             base_docs=64, base_epochs=1, base_len=256, base_batch=8, arith_lines=16, priming_n=16,
+             sft_steps=2, sft_batch=4, ppo_steps=2, ppo_prompts=4, ppo_samples=2, ppo_response_len=32,
+             ppo_micro=8, log_rollouts_every=1, eval_every=1, val_size=4, val_samples=1)
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())  # defaults are in the help texts
     ap.add_argument("--out", default=None, help=f"output folder (default: {SETTINGS['out']}, smoke: {SMOKE['out']})")
     ap.add_argument("--smoke", action="store_true", help="CPU smoke test: a few steps, one seed, two conditions, tiny sizes")
-    ap.add_argument("--jobs", type=int, default=None, help="runs side by side (default: 9 on a GPU, 2 on a CPU)")
+    ap.add_argument("--jobs", type=int, default=None, help="jobs side by side per GPU (default: 9 on a GPU, 2 on a CPU)")
+    ap.add_argument("--gpus", type=int, nargs="*", default=None,
+                    help="GPU ids to spread the jobs over (default: every visible GPU)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help=f"seeds (default: {SETTINGS['seeds']})")
     ap.add_argument("--conditions", nargs="+", default=None,
-                    help=f"conditions: base (no priming) and/or {', '.join(CONDITIONS)} (default: all)")
+                    help=f"conditions: base (no priming) and/or {', '.join(ALL_CONDITIONS)} "
+                         "(default: base and the study's eight)")
     ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available; smoke: cpu)")
+    ap.add_argument("--reference", default=None,
+                    help=f"the study's per-step table: study:llama_results (downloaded once) or a CSV path "
+                         f"(default: {SETTINGS['reference']}; unreachable: results without the study's columns)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="override SETTINGS entries, VALUE as JSON (e.g. ppo_steps=30 'num_range=[1,24]')")
     ap.add_argument("--force", action="store_true", help="re-run stages whose outputs exist")
     ap.add_argument("--make-base", action="store_true",
                     help="the stage that writes the base's random init and arithmetic corpus into OUT, then exits")
     a = ap.parse_args(argv)
     s = dict(SETTINGS, **(SMOKE if a.smoke else {}))
     s.update({k: v for k, v in vars(a).items() if k in s and v is not None})
-    bad = [c for c in s["conditions"] if c != "base" and c not in CONDITIONS]
+    for kv in a.set:
+        key, _, val = kv.partition("=")
+        if key not in SETTINGS or not _:
+            ap.error(f"--set {kv}: expected KEY=VALUE with KEY one of {', '.join(SETTINGS)}")
+        try:
+            s[key] = json.loads(val)
+        except json.JSONDecodeError:
+            s[key] = val  # a bare string
+    bad = [c for c in s["conditions"] if c != "base" and c not in ALL_CONDITIONS]
     if bad:
-        ap.error(f"unknown condition(s) {bad}; choose from base, {', '.join(CONDITIONS)}")
+        ap.error(f"unknown condition(s) {bad}; choose from base, {', '.join(ALL_CONDITIONS)}")
     if s["jobs"] is not None and s["jobs"] < 1:
         ap.error("--jobs must be >= 1")
     s["out"], s["smoke"] = os.path.abspath(s["out"]), a.smoke
@@ -132,51 +154,50 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------
 # the base: random init + behaviour-free arithmetic corpus
 
-def _combine(rng, a, b):
-    """(a op b as text, value) with an integer, non-negative value; op drawn from those that give one."""
-    ops = ["+", "*"] + (["-"] if a >= b else []) + (["/"] if b and a % b == 0 else [])
-    op = rng.choice(ops)
-    return f"{a} {op} {b}", int(countdown.evaluate(f"{a} {op} {b}"))
+def _equation(rng, num_range):
+    """One line of arithmetic in the forms the priming traces write (values <= MAX_VALUE): a
+    search step "13 + 2 = 15.", 40% of the time two steps in one expression "(7 * 3) - 5 = 16."
+    or "5 + (7 * 3) = 26.", and 30% of the time read from its value: "15 = 13 + 2."."""
+    expr, val = mini_checks.search_step(rng, num_range)
+    if rng.random() < 0.4:
+        c = rng.randint(*num_range)
+        outer = rng.random() < 0.5
+        e2, v2 = mini_checks.combine(rng, val, c) if outer else mini_checks.combine(rng, c, val)
+        if v2 <= mini_checks.MAX_VALUE:
+            op = e2.split()[1]
+            expr, val = (f"({expr}) {op} {c}" if outer else f"{c} {op} ({expr})"), v2
+    return f"{val} = {expr}." if rng.random() < 0.3 else f"{expr} = {val}."
 
 
-def _equation(rng):
-    """One line of arithmetic: "23 + 19 = 42." or, a third of the time, "(7 * 6) - 5 = 37."."""
-    n = lambda: rng.randint(1, 99)  # noqa: E731
-    expr, val = _combine(rng, n(), n())
-    if rng.random() < 1 / 3:
-        if rng.random() < 0.5:
-            e2, val = _combine(rng, val, n())
-            expr = f"({expr}) {e2.split(' ', 1)[1]}"
-        else:
-            c = n()
-            e2, val = _combine(rng, c, val)
-            expr = f"{c} {e2.split()[1]} ({expr})"
-    return f"{expr} = {val}."
-
-
-def _calculation(rng):
-    """(task sentence, steps, expression) of one forward calculation over 2-4 numbers: the
+def _calculation(rng, num_range, target_range):
+    """(nums, target, text, expression) of one forward calculation over 2-4 numbers: the
     task in the symbolic writer's neutral opening words, the numbers in a random order, each
     step on the last result; the target is drawn apart, so the result hits it only by chance."""
-    nums = [rng.randint(1, 99) for _ in range(rng.choice((2, 3, 3, 4)))]
-    target = rng.randint(10, 100)
+    nums = [rng.randint(*num_range) for _ in range(rng.choice((2, 3, 3, 3, 4)))]
+    target = rng.randint(*target_range)
     order = rng.sample(nums, len(nums))
     expr, val, steps = str(order[0]), order[0], []
     for x in order[1:]:
-        step, val = _combine(rng, val, x)
+        for _ in range(10):  # a result <= MAX_VALUE where one is at hand, as in the traces
+            step, v = mini_checks.combine(rng, val, x)
+            if v <= mini_checks.MAX_VALUE:
+                break
+        val = v
         steps.append(f"{step} = {val}.")
         expr = f"{expr if expr.isdigit() else '(' + expr + ')'} {step.split()[1]} {x}"
     opening = rng.choice(PHRASES["open"]).format(nums=fmt_list(nums), t=target)
     return nums, target, " ".join([opening] + steps), expr
 
 
-def _worked(rng):
-    """A Countdown prompt answered by one forward calculation and its <answer>, no comment on it."""
-    nums, target, text, expr = _calculation(rng)
-    return countdown.make_prompt(nums, target) + f"\n{text}\n</think>\n<answer>{expr}</answer>"
+def _worked(rng, num_range, target_range):
+    """A 3-number Countdown prompt answered by one forward calculation and its <answer>, no comment on it."""
+    while True:
+        nums, target, text, expr = _calculation(rng, num_range, target_range)
+        if len(nums) == 3:
+            return countdown.make_prompt(nums, target) + f"\n{text}\n</think>\n<answer>{expr}</answer>"
 
 
-def arithmetic_corpus(n_docs, seed=0, format_frac=0.5):
+def arithmetic_corpus(n_docs, seed=0, format_frac=0.5, num_range=(1, 24), target_range=(10, 25)):
     """{"text"} documents for the base's "pretraining": format_frac of them a Countdown prompt
     answered by one forward calculation; the rest, half and half, paragraphs of 3-6 bare
     calculations (numbers named, then combined: copying numbers over a short distance first)
@@ -186,11 +207,11 @@ def arithmetic_corpus(n_docs, seed=0, format_frac=0.5):
     for _ in range(n_docs):
         u = rng.random()
         if u < format_frac:
-            docs.append(_worked(rng))
+            docs.append(_worked(rng, num_range, target_range))
         elif u < (1 + format_frac) / 2:
-            docs.append(" ".join(_calculation(rng)[2] for _ in range(rng.randint(3, 6))))
+            docs.append(" ".join(_calculation(rng, num_range, target_range)[2] for _ in range(rng.randint(3, 6))))
         else:
-            docs.append(" ".join(_equation(rng) for _ in range(rng.randint(3, 8))))
+            docs.append(" ".join(_equation(rng, num_range) for _ in range(rng.randint(3, 8))))
     return [{"text": d} for d in docs]
 
 
@@ -202,7 +223,8 @@ def make_base(s):
     path = common.build_tiny(os.path.join(s["out"], "base", "init"), seed=0, **s["base_size"])
     n = sum(p.numel() for p in common.load_model(path).parameters())
     common.write_json(os.path.join(s["out"], "base", "base.json"), {"parameters": n, **s["base_size"]})
-    docs = arithmetic_corpus(s["base_docs"], seed=0, format_frac=s["base_format_frac"])
+    docs = arithmetic_corpus(s["base_docs"], seed=0, format_frac=s["base_format_frac"],
+                             num_range=tuple(s["num_range"]), target_range=tuple(s["target_range"]))
     common.write_jsonl(os.path.join(s["out"], "data", "pretrain.jsonl"), docs)  # last: the stage's marker
     print(f"base init: {n / 1e6:.2f}M parameters at {path}; corpus: {len(docs)} documents")
 
@@ -210,30 +232,40 @@ def make_base(s):
 # ---------------------------------------------------------------------------------
 # stages as command lines: [(name, cmd, done_marker, log)]
 
-def prelude(s, force):
-    """Tasks, the base and the priming traces; returns the paths the runs need."""
+def paths(s):
     out = s["out"]
     p = dict(data=os.path.join(out, "data", "countdown"), priming=os.path.join(out, "data", "priming"),
              base=os.path.join(out, "base"))
     p["base_final"] = os.path.join(p["base"], "final")
+    p["arith"] = os.path.join(p["base"], "arithmetic.json")
+    return p
+
+
+def prelude(s, p, force):
+    """Tasks and the base's corpus in this process; returns the chains of the base and the priming traces."""
+    out, lo, hi = s["out"], s["num_range"], s["target_range"]
     run(["countdown.py", "--out", p["data"], "--n-train", s["n_train"], "--n-test", s["n_test"],
-         "--sizes", s["task_sizes"]], os.path.join(p["data"], "test.jsonl"), force)
+         "--sizes", s["task_sizes"], "--num-min", lo[0], "--num-max", lo[1], "--target-min", hi[0],
+         "--target-max", hi[1]], os.path.join(p["data"], "test.jsonl"), force)
     run(["mini.py", "--make-base", "--out", out, *(["--smoke"] if s["smoke"] else [])],
         os.path.join(out, "data", "pretrain.jsonl"), force)
     conds = [c for c in s["conditions"] if c != "base"]
     chains = [("base pretraining", [("sft", [
         "sft.py", "--model", os.path.join(p["base"], "init"), "--data", os.path.join(out, "data", "pretrain.jsonl"),
         "--out", p["base"], "--epochs", s["base_epochs"], "--pack", "--max-len", s["base_len"], "--batch-size", s["base_batch"],
-        "--micro-batch", s["base_batch"], "--lr", s["base_lr"], "--eval-frac", 0.01, "--eval-every", 0,
-        "--save-every", 0, "--device", s["device"], *precision(s), resume_or_overwrite(force)],
-        os.path.join(p["base_final"], "config.json"), os.path.join(p["base"], "sft.log"))])]
-    if conds:
+        "--micro-batch", s["base_batch"], "--lr", s["base_lr"], "--min-lr-frac", 0.1, "--eval-frac", 0.01,
+        "--eval-every", 0, "--save-every", 0, "--device", s["device"], *precision(s), resume_or_overwrite(force)],
+        os.path.join(p["base_final"], "config.json"), os.path.join(p["base"], "sft.log")),
+        ("arithmetic", ["mini_checks.py", "--model", p["base_final"], "--out", p["arith"], "--n", s["arith_lines"],
+                        "--num-min", lo[0], "--num-max", lo[1], "--device", s["device"]],
+         p["arith"], os.path.join(p["base"], "arithmetic.log"))])]
+    if conds:  # priming tasks from train.jsonl: the test tasks stay unseen
         chains.append(("priming traces", [("gen_priming", [
             "gen_priming.py", "--backend", "symbolic", "--condition", ",".join(conds), "--n", s["priming_n"],
-            "--out", p["priming"], "--sizes", s["task_sizes"], "--budget", s["priming_budget"],
+            "--out", p["priming"], "--tasks", os.path.join(p["data"], "train.jsonl"), "--budget", s["priming_budget"],
             "--tokenizer", os.path.join(p["base"], "init")],
             os.path.join(p["priming"], "summary.json"), os.path.join(p["priming"], "gen_priming.log"))]))
-    return p, chains
+    return chains
 
 
 def precision(s):
@@ -242,31 +274,29 @@ def precision(s):
 
 
 def prime_stages(cond, s, p, force):
-    """One condition, before PPO: priming SFT of the base (not for `base`) and its validation
-    accuracy and behaviors (classify.py's sampling mode on the PPO validation tasks)."""
+    """One condition's priming SFT of the base."""
     d = os.path.join(s["out"], "primed", cond)
-    dev, init = ["--device", s["device"]], primed_model(cond, s, p)
-    stages = [] if cond == "base" else [("sft", [
+    return [("sft", [
         "sft.py", "--model", p["base_final"], "--data", os.path.join(p["priming"], f"{cond}.jsonl"),
         "--out", os.path.join(d, "sft"), "--max-steps", s["sft_steps"], "--batch-size", s["sft_batch"],
         "--micro-batch", s["sft_batch"], "--lr", s["sft_lr"], "--max-len", s["sft_max_len"], "--overlong", "drop",
-        "--save-every", 0, *dev, *precision(s), resume_or_overwrite(force)],
-        os.path.join(init, "config.json"), os.path.join(d, "sft.log"))]
-    stages.append(("eval0", [
-        "classify.py", "--model", init, "--data", os.path.join(p["data"], "test.jsonl"), "--samples", s["val_size"],
-        "--per-task", s["val_samples"], "--max-new-tokens", s["ppo_response_len"], "--condition", cond,
-        "--gen-batch", s["val_size"] * s["val_samples"], "--sample-per-step", 0, "--out", os.path.join(d, "eval0"), *dev],
-        os.path.join(d, "eval0", "classify", "steps.csv"), os.path.join(d, "eval0.log")))
-    return stages
+        "--save-every", 0, "--device", s["device"], *precision(s), resume_or_overwrite(force)],
+        os.path.join(primed_model(cond, s, p), "config.json"), os.path.join(d, "sft.log"))]
 
 
 def primed_model(cond, s, p):
     return p["base_final"] if cond == "base" else os.path.join(s["out"], "primed", cond, "sft", "final")
 
 
+def run_dir(s, cond, seed):
+    return os.path.join(s["out"], "runs", f"{cond}-s{seed}")
+
+
 def ppo_stages(cond, seed, s, p, force):
-    """One (condition, seed) run: PPO from the primed model, then behavior counts of its rollouts."""
-    d = os.path.join(s["out"], "runs", f"{cond}-s{seed}")
+    """One (condition, seed) run: PPO from the primed model (validating before its first update:
+    the "before PPO" accuracy and the checks' samples), then behavior counts of its rollouts.
+    A killed run resumes from its last checkpoint (ppo.py --resume)."""
+    d = run_dir(s, cond, seed)
     ppo = os.path.join(d, "ppo")
     return [("ppo", [
         "ppo.py", "--model", p["base_final"], "--init", primed_model(cond, s, p), "--data", p["data"], "--out", ppo,
@@ -274,24 +304,58 @@ def ppo_stages(cond, seed, s, p, force):
         "--samples-per-prompt", s["ppo_samples"], "--max-response-len", s["ppo_response_len"],
         "--actor-lr", s["ppo_actor_lr"], "--critic-lr", s["ppo_critic_lr"],
         "--mini-batch-prompts", max(1, s["ppo_prompts"] // 2), "--micro-batch", s["ppo_micro"],
-        "--eval-every", s["ppo_steps"], "--val-size", s["val_size"], "--val-samples", s["val_samples"],
-        "--log-rollouts-every", s["log_rollouts_every"], "--save-every", s["ppo_save_every"], resume_or_overwrite(force), "--no-grad-ckpt",
+        "--eval-every", s["eval_every"], "--val-size", s["val_size"], "--val-samples", s["val_samples"],
+        "--log-rollouts-every", s["log_rollouts_every"], "--save-every", s["ppo_save_every"],
+        resume_or_overwrite(force), "--no-grad-ckpt",
         "--device", s["device"], *(["--dtype", s["dtype"]] if s["device"].startswith("cuda") else []),
         *(["--engine", s["ppo_engine"]] if s["ppo_engine"] else [])],
         os.path.join(ppo, "final", "config.json"), os.path.join(d, "ppo.log")),
-        ("classify", ["classify.py", "--backend", "rules", "--input", ppo, "--out",
-                      os.path.join(ppo, "classify"), "--condition", cond, "--sample-per-step", 0, "--split", "rollouts"],
+        ("classify", ["classify.py", "--backend", "rules", "--input", ppo, "--out", os.path.join(ppo, "classify"),
+                      "--condition", cond, "--sample-per-step", 0, "--split", "rollouts"],
          os.path.join(ppo, "classify", "steps.csv"), os.path.join(d, "classify.log"))]
 
 
-def run_pool(chains, jobs, force, report=lambda name: "done"):
-    """Run chains [(name, stages)] `jobs` at a time, each chain's stages in order; a progress
-    line per finished chain. Returns {name: error} of the chains that failed."""
+def gpu_slots(s):
+    """One env per job slot: --jobs per GPU, the GPUs taken in turn (round-robin), so that the
+    first jobs spread over every GPU; on a CPU, --jobs slots with no GPU."""
+    if not s["device"].startswith("cuda"):
+        return [{}] * (s["jobs"] or 2)
+    gpus = s["gpus"]
+    if gpus is None:
+        vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if vis:
+            gpus = [g.strip() for g in vis.split(",") if g.strip()]
+        else:
+            import torch
+            gpus = list(range(torch.cuda.device_count()))
+    if not gpus:
+        raise SystemExit("mini.py: no GPU visible; pass --device cpu")
+    return [{"CUDA_VISIBLE_DEVICES": str(g)} for _ in range(s["jobs"] or 9) for g in gpus]
+
+
+def run_pool(chains, slots, force, report=lambda name: "done"):
+    """Run chains [(name, stages)] len(slots) at a time, each chain's stages in order with the
+    env of the slot it holds (its GPU); a progress line per finished chain. A stage that several
+    chains share (the same done marker: a condition's priming, for each of its seeds) runs once:
+    the others wait for it, then skip it. Returns {name: error} of the chains that failed."""
+    free, locks, ran = queue.Queue(), {}, set()
+    for env in slots:
+        free.put(env)
+    for _, stages in chains:
+        for _, _, marker, _ in stages:
+            locks.setdefault(marker, threading.Lock())
+
     def chain(stages):
-        for _, cmd, marker, log in stages:
-            run(cmd, marker, force, log=log)
+        env = free.get()
+        try:
+            for _, cmd, marker, log in stages:
+                with locks[marker]:
+                    run(cmd, marker, force and marker not in ran, log=log, env=env)
+                    ran.add(marker)
+        finally:
+            free.put(env)
     failed, t0 = {}, time.time()
-    with ThreadPoolExecutor(max_workers=jobs) as ex:
+    with ThreadPoolExecutor(max_workers=len(slots)) as ex:
         futs = {ex.submit(chain, stages): name for name, stages in chains}
         for i, f in enumerate(as_completed(futs), 1):
             name = futs[f]
@@ -302,6 +366,55 @@ def run_pool(chains, jobs, force, report=lambda name: "done"):
                 failed[name], msg = str(e), "FAILED"
             print(f"[{i}/{len(futs)} finished, {time.time() - t0:.0f}s] {name}: {msg}", flush=True)
     return failed
+
+
+def pool(chains, slots, force, report=lambda name: "done"):
+    """run_pool, stopping with every failed stage's error (finished stages are kept)."""
+    failed = run_pool(chains, slots, force, report)
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(chains)} jobs failed (finished stages are kept: run the "
+                         "same command again to resume):\n\n" + "\n\n".join(failed.values()))
+
+
+# ---------------------------------------------------------------------------------
+# the manipulation checks: before any PPO result
+
+def step0_records(s, cond):
+    """Every seed's validation samples before PPO's first update (ppo.py's val/step_000000.jsonl)."""
+    import common
+    recs = []
+    for seed in s["seeds"]:
+        path = os.path.join(run_dir(s, cond, seed), "ppo", "val", "step_000000.jsonl")
+        if os.path.exists(path):
+            recs += common.read_jsonl(path)
+    return recs
+
+
+def priming_behaviors(s, p, conds):
+    """{condition: mean behavior counts of its priming set} (rules), cached in the priming folder."""
+    import common
+    path = os.path.join(p["priming"], "behavior_means.json")
+    have = json.load(open(path)) if os.path.exists(path) else {}
+    todo = [c for c in conds if c != "base" and c not in have]
+    for c in todo:
+        have[c] = mini_checks.behavior_means(common.read_jsonl(os.path.join(p["priming"], f"{c}.jsonl")), "completion")
+    if todo:
+        common.write_json(path, have)
+    return {c: have[c] for c in conds if c in have}
+
+
+def run_checks(s, p):
+    """Measure every check, write OUT/checks.json and OUT/checks.md, return the markdown."""
+    import common
+    measured = {c: mini_checks.measure(step0_records(s, c)) for c in s["conditions"]}
+    arith = json.load(open(p["arith"])) if os.path.exists(p["arith"]) else None
+    rows = mini_checks.check_rows(arith, measured, priming_behaviors(s, p, s["conditions"]))
+    table = mini_checks.checks_markdown(rows)
+    common.write_json(os.path.join(s["out"], "checks.json"), {
+        "thresholds": mini_checks.THRESHOLDS, "base_arithmetic": arith, "measured": measured,
+        "rows": [dict(zip(("model", "check", "measured", "threshold", "passed"), r)) for r in rows]})
+    common.atomic_write_text(os.path.join(s["out"], "checks.md"), table)
+    return table
 
 
 # ---------------------------------------------------------------------------------
@@ -325,32 +438,23 @@ def fmt_spread(sp, digits=3):
     return f(sp["mean"]) if sp["n"] == 1 else f"{f(sp['mean'])} ± {f(sp['std'])} ({f(sp['min'])}–{f(sp['max'])})"
 
 
-def read_run(out, cond, seed):
-    """One run's numbers: validation accuracy before (the primed model's) and after PPO, and
-    the classified rollouts' behavior means, length and accuracy at PPO's first and last logged step."""
+def read_run(s, cond, seed):
+    """One run's numbers: its validation curve (before PPO = step 0, after = the last step),
+    the share of answers using the task's numbers then, and the classified rollouts' behavior
+    means, length and accuracy per logged step."""
+    import common
     from plot import read_metrics, read_steps_csv
-    before = read_steps_csv(os.path.join(out, "primed", cond, "eval0", "classify", "steps.csv"))[0]
-    d = os.path.join(out, "runs", f"{cond}-s{seed}")
-    vals = [r for r in read_metrics(os.path.join(d, "ppo", "metrics.jsonl")) if "val/acc" in r]
-    rows = sorted(read_steps_csv(os.path.join(d, "ppo", "classify", "steps.csv")), key=lambda r: r["step"])
+    d = os.path.join(run_dir(s, cond, seed), "ppo")
+    curve = {int(r["step"]): r["val/acc"] for r in read_metrics(os.path.join(d, "metrics.jsonl")) if "val/acc" in r}
+    rows = sorted(read_steps_csv(os.path.join(d, "classify", "steps.csv")), key=lambda r: r["step"])
     at = lambda r: {"step": int(r["step"]), "accuracy": r.get("accuracy"), "length": r.get("response_length"),  # noqa: E731
                     **{b: r.get(col) for b, col in BEHAVIORS.items()}}
-    last = os.path.join(d, "ppo", "rollouts", f"step_{int(rows[-1]['step']):06d}.jsonl")
-    return {"val_before": before["accuracy"], "val_after": vals[-1]["val/acc"] if vals else None,
-            "val_after_step": vals[-1]["step"] if vals else None,
-            "numbers_before": number_use(os.path.join(out, "primed", cond, "eval0", "rollouts", "step_000000.jsonl")),
-            "numbers_end": number_use(last),
-            "before": at(before), "start": at(rows[0]), "end": at(rows[-1]), "steps": rows}
-
-
-def number_use(path):
-    """Share of the responses in a rollout file whose answer uses each of the task's numbers
-    exactly once, whatever its value: whether the model reads the prompt at all."""
-    import common
-    recs = common.read_jsonl(path)
-    ok = [sorted(countdown.numbers_in(countdown.extract_answer(r["response"]) or "")) == sorted(r["nums"])
-          for r in recs]
-    return sum(ok) / len(ok) if ok else None
+    last = max(curve) if curve else None
+    numbers = lambda step: (lambda recs: sum(map(mini_checks.uses_numbers, recs)) / max(1, len(recs)))(  # noqa: E731
+        common.read_jsonl(os.path.join(d, "val", f"step_{step:06d}.jsonl")))
+    return {"val_curve": curve, "val_before": curve.get(0), "val_after": curve.get(last), "val_after_step": last,
+            "numbers_before": numbers(0) if 0 in curve else None, "numbers_end": numbers(last) if curve else None,
+            "start": at(rows[0]), "end": at(rows[-1]), "steps": rows}
 
 
 def seed_means(steps_by_cond):
@@ -383,77 +487,168 @@ def _behaviors(means):
     return " / ".join(f"{means[b]:.2f}" if means.get(b) is not None else "-" for b in BEHAVIORS)
 
 
-def results_markdown(summary, study, s):
-    """The table: ours (spread over seeds) beside the study's Llama-3.2-3B, one row per condition."""
-    n_steps, ref = s["ppo_steps"], ("the study (Llama-3.2-3B)" if study else None)
-    lines = ["# The study in miniature: results", "",
-             f"Base: a {summary['base']['parameters'] / 1e6:.1f}M-parameter Llama ({summary['base']['num_hidden_layers']} layers of "
-             f"{summary['base']['hidden_size']}), random init + behaviour-free arithmetic pretraining "
-             f"(not a pretrained LM). PPO: {n_steps} steps x {s['ppo_prompts']} prompts x {s['ppo_samples']} samples, "
-             f"3-number tasks. Validation: {s['val_size']} test tasks x {s['val_samples']} samples at temperature 1. "
-             f"Ours: mean ± std (min–max) over seeds {s['seeds']}." + (
-                 " Study: one run per condition, 250 PPO steps on 3- and 4-number tasks." if study else ""), "",
-             "## Validation accuracy", "",
-             "Before PPO: the primed model (one per condition); after: PPO's seeds. Numbers used: share of "
-             "answers that use each of the task's numbers once, right or not (before PPO / last logged step).", "",
-             "| condition | seeds | before PPO | after PPO | numbers used | "
-             + ("study: step 0 | study: step 250 |" if ref else ""),
-             "| --- | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if ref else "")]
-    for c, v in summary["conditions"].items():
-        st = study.get(c) if study else None
-        used = f"{fmt_spread(v['numbers_before'], 2)} / {fmt_spread(v['numbers_end'], 2)}"
-        lines.append(f"| {c} | {v['n_runs']} | {fmt_spread(v['val_before'])} | {fmt_spread(v['val_after'])} | {used} |"
-                     + (f" {st['start']['accuracy']:.3f} | {st['end']['accuracy']:.3f} |" if st else " - | - |" if ref else ""))
-    lines += ["", "## Behaviors per response (verification / backtracking / subgoal / backward)", "",
-              f"Ours: classified rollouts at PPO step 1 (sampled before the first update) and step {n_steps}, "
-              "means over seeds (spreads in results.json).", "",
-              f"| condition | start | end (step {n_steps}) | " + ("study: step 0 | study: step 250 |" if ref else ""),
-              "| --- | --- | --- |" + (" --- | --- |" if ref else "")]
-    for c, v in summary["conditions"].items():
-        st = study.get(c) if study else None
-        mean = lambda key: {b: (v[key][b] or {}).get("mean") for b in BEHAVIORS}  # noqa: E731
-        lines.append(f"| {c} | {_behaviors(mean('start'))} | {_behaviors(mean('end'))} |" + (
-            f" {_behaviors({b: st['start'][col] for b, col in BEHAVIORS.items()})} |"
-            f" {_behaviors({b: st['end'][col] for b, col in BEHAVIORS.items()})} |" if st else " - | - |" if ref else ""))
-    return "\n".join(lines) + "\n"
-
-
 def summarize(runs, s):
-    """{run key: read_run(...)} -> per condition: spreads over seeds of every number in the table."""
-    conds = {}
+    """{(cond, seed): read_run(...)} -> per condition: spreads over seeds of every number in the
+    tables, and the validation accuracy `late` steps before the end (is the curve flat?)."""
+    conds, out = {}, {}
     for (cond, seed), r in runs.items():
         conds.setdefault(cond, []).append(r)
-    out = {}
     for cond in [c for c in s["conditions"] if c in conds]:
         rs = conds[cond]
-        out[cond] = {"n_runs": len(rs), **{k: spread(r[k] for r in rs[:1]) for k in ("val_before", "numbers_before")},
-                     **{k: spread(r[k] for r in rs) for k in ("val_after", "numbers_end")},  # primed once, PPO per seed
+        late = max(0, s["ppo_steps"] - 2 * s["eval_every"])
+        out[cond] = {"n_runs": len(rs),
+                     **{k: spread(r[k] for r in rs) for k in ("val_before", "val_after", "numbers_before", "numbers_end")},
+                     "val_late": spread(r["val_curve"].get(late) for r in rs), "late_step": late,
+                     "val_after_step": max((r["val_after_step"] for r in rs if r["val_after_step"] is not None), default=None),
                      **{k: {b: spread(r[k][b] for r in rs) for b in [*BEHAVIORS, "accuracy", "length"]}
                         for k in ("start", "end")}}
     return out
 
 
-def report(s, p, keys):
-    """Numbers of every finished run -> results.json, results.md, the seed-mean steps CSV,
-    a filtered copy of the study's CSV and plot.py's figures."""
+def _mean(v, key):
+    return (v.get(key) or {}).get("mean")
+
+
+FLAT = 0.01  # a validation curve that moves less than this over its last 2 x eval_every steps is flat
+
+
+def reading(summary, study):
+    """Which of the study's findings the numbers reproduce, computed from them (one line each)."""
+    out, have = [], lambda cs: [c for c in cs if c in summary and _mean(summary[c], "val_after") is not None]  # noqa: E731
+    primed, controls = have(PRIMED), have(CONTROLS)
+    if primed and controls:
+        p = {c: _mean(summary[c], "val_after") for c in primed}
+        q = {c: _mean(summary[c], "val_after") for c in controls}
+        verdict = ("reproduced" if min(p.values()) > max(q.values()) else
+                   "partly reproduced" if sum(p.values()) / len(p) > sum(q.values()) / len(q) else "not reproduced")
+        out.append(f"- **Behavior-primed above empty_cot / dots / base after PPO: {verdict}.** Behavior-primed "
+                   f"{min(p.values()):.3f}–{max(p.values()):.3f} (mean {sum(p.values()) / len(p):.3f}); controls "
+                   + ", ".join(f"{c} {v:.3f}" for c, v in q.items()) + "." + (
+                       " Study: 0.71–0.77 against 0.34–0.41." if study else ""))
+    if have(["no_positive"]) and have(["all_strategies"]):
+        a, b = summary["no_positive"]["val_after"], summary["all_strategies"]["val_after"]
+        overlap = a["min"] <= b["max"] and b["min"] <= a["max"]
+        out.append(f"- **no_positive (wrong traces only) as good as all_strategies: "
+                   f"{'reproduced' if overlap else 'not reproduced'}** (seed ranges "
+                   f"{'overlap' if overlap else 'do not overlap'}): {fmt_spread(a)} vs {fmt_spread(b)}."
+                   + (" Study: 0.735 vs 0.736." if study else ""))
+    late = {c: _mean(v, "val_after") - _mean(v, "val_late") for c, v in summary.items()
+            if _mean(v, "val_after") is not None and _mean(v, "val_late") is not None}
+    if late:
+        rising, v = {c: d for c, d in late.items() if d > FLAT}, summary[next(iter(late))]
+        out.append(f"- **Flat by the end?** Validation accuracy from step {v['late_step']} to {v['val_after_step']}: "
+                   + (f"still rising by more than {FLAT} in {len(rising)} of {len(late)} conditions ("
+                      + ", ".join(f"{c} +{d:.3f}" for c, d in rising.items()) + "): longer PPO would move these numbers."
+                      if rising else f"within {FLAT} in every condition."))
+    for b in ("verification", "backtracking"):
+        rises = [(c, _mean(v["start"], b), _mean(v["end"], b)) for c, v in summary.items()
+                 if c not in CONTROLS and (_mean(v["start"], b) or 0) >= 0.2]
+        if rises:
+            up = sum(e > st for _, st, e in rises)
+            out.append(f"- **PPO amplifies {b}: {'reproduced' if up == len(rises) else 'partly reproduced' if up else 'not reproduced'}** "
+                       f"({up} of {len(rises)} conditions that start with it end with more): "
+                       + ", ".join(f"{c} {st:.2f} -> {e:.2f}" for c, st, e in rises) + ".")
+    return out
+
+
+def results_markdown(summary, study, checks, s):
+    """results.md: settings, the checks, the accuracy and behavior tables beside the study, the reading."""
+    n_steps, ref = s["ppo_steps"], bool(study)
+    b = summary.get("base_model", {})
+    lines = ["# The study in miniature: results", "",
+             f"Base: a {b.get('parameters', 0) / 1e6:.1f}M-parameter Llama ({b.get('num_hidden_layers')} layers of "
+             f"{b.get('hidden_size')}), random init + behaviour-free arithmetic pretraining (not a pretrained LM). "
+             f"Tasks: {s['task_sizes']} numbers in {s['num_range'][0]}..{s['num_range'][1]}, targets "
+             f"{s['target_range'][0]}..{s['target_range'][1]}. Priming: {s['priming_n']} traces, {s['sft_steps']} steps x "
+             f"{s['sft_batch']} sequences. PPO: {n_steps} steps x {s['ppo_prompts']} prompts x {s['ppo_samples']} samples, "
+             f"responses up to {s['ppo_response_len']} tokens. Validation: {s['val_size']} test tasks x {s['val_samples']} "
+             f"samples at temperature 1, by ppo.py's validation for both before (step 0) and after (step {n_steps}). "
+             f"Seeds {s['seeds']}; mean ± std (min–max) over them.", "",
+             "Every setting was fixed before any condition's result was seen, and nothing differs between conditions "
+             "except the priming data (`base`: none).", "",
+             "## Manipulation checks (before PPO)", "", checks,
+             "## Validation accuracy", "",
+             f"Numbers used: share of answers that use exactly the task's numbers, right or not (before / after). "
+             f"Step {max(0, n_steps - 2 * s['eval_every'])}: the validation {2 * s['eval_every']} steps before the end "
+             "(a flat curve: the same as after).", "",
+             f"| condition | seeds | before PPO | after PPO (step {n_steps}) | step {max(0, n_steps - 2 * s['eval_every'])} | numbers used | "
+             + ("study: step 0 | study: step 250 |" if ref else ""),
+             "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if ref else "")]
+    for c, v in summary.items():
+        if c == "base_model":
+            continue
+        st = study.get(c) if study else None
+        used = f"{fmt_spread(v['numbers_before'], 2)} / {fmt_spread(v['numbers_end'], 2)}"
+        lines.append(f"| {c} | {v['n_runs']} | {fmt_spread(v['val_before'])} | {fmt_spread(v['val_after'])} | "
+                     f"{fmt_spread(v['val_late'])} | {used} |"
+                     + (f" {st['start']['accuracy']:.3f} | {st['end']['accuracy']:.3f} |" if st else " - | - |" if ref else ""))
+    lines += ["", "## Behaviors per response (verification / backtracking / subgoal / backward)", "",
+              f"Classified rollouts (rules) at PPO step 1 (sampled before the first update) and step {n_steps}, "
+              "means over seeds (spreads in results.json).", "",
+              f"| condition | start | end (step {n_steps}) | " + ("study: step 0 | study: step 250 |" if ref else ""),
+              "| --- | --- | --- |" + (" --- | --- |" if ref else "")]
+    for c, v in summary.items():
+        if c == "base_model":
+            continue
+        st = study.get(c) if study else None
+        mean = lambda key: {b: (v[key][b] or {}).get("mean") for b in BEHAVIORS}  # noqa: E731
+        lines.append(f"| {c} | {_behaviors(mean('start'))} | {_behaviors(mean('end'))} |" + (
+            f" {_behaviors({b: st['start'][col] for b, col in BEHAVIORS.items()})} |"
+            f" {_behaviors({b: st['end'][col] for b, col in BEHAVIORS.items()})} |" if st else " - | - |" if ref else ""))
+    caveat = (["", "Some manipulation checks fail (above): the models PPO starts from are not all what the study's "
+               "claim is about, so read these findings as this miniature's, not as a test of the claim."]
+              if "checks FAIL" in checks else [])
+    lines += ["", "## Reading (computed from the tables above)", "",
+              *reading({c: v for c, v in summary.items() if c != "base_model"}, study), *caveat, "",
+              "Figures: figures/accuracy.png (rollouts, validation and the study's), figures/behaviors_*.png, "
+              "figures/length.png, figures/priming.png."]
+    return "\n".join(lines) + "\n"
+
+
+def val_seed_means(runs):
+    """Validation accuracy per (condition, step), mean over seeds: a steps CSV's rows."""
+    by = {}
+    for (cond, _), r in runs.items():
+        for step, acc in r["val_curve"].items():
+            by.setdefault((cond, step), []).append(acc)
+    return [{"condition": c, "step": st, "accuracy": round(sum(v) / len(v), 6)} for (c, st), v in sorted(by.items())]
+
+
+def study_reference(s):
+    """The study's table as a local path, or None (with a note) where it is out of reach."""
+    import common
+    try:
+        path = common.study_table(s["reference"])
+    except common.DataError as e:
+        print(f"note: {e}; results without the study's columns", flush=True)
+        return None
+    if not os.path.isabs(path):
+        path = os.path.join(REPO, path)
+    if not os.path.exists(path):
+        print(f"note: no study table at {path}; results without the study's columns", flush=True)
+        return None
+    return path
+
+
+def report(s, p, keys, checks):
+    """Numbers of every finished run -> results.json, results.md, the seed-mean CSVs (rollouts
+    and validation), a filtered copy of the study's CSV and plot.py's figures."""
     import common
     from classify import write_steps_csv
     res = os.path.join(s["out"], "results")
-    runs = {k: read_run(s["out"], *k) for k in keys}
+    runs = {k: read_run(s, *k) for k in keys}
     steps = {}
     for (cond, _), r in runs.items():
         steps.setdefault(cond, []).extend(r.pop("steps"))
-    ours = os.path.join(res, "mini_seed_mean.csv")
+    ours, val = os.path.join(res, "mini_seed_mean.csv"), os.path.join(res, "mini_val_seed_mean.csv")
     write_steps_csv(ours, seed_means(steps))
-    ref = s["reference"] if os.path.isabs(s["reference"]) else os.path.join(REPO, s["reference"])
-    study, csvs = {}, [ours]
-    if os.path.exists(ref):
+    write_steps_csv(val, val_seed_means(runs))
+    ref, study, csvs = study_reference(s), {}, [ours, val]
+    if ref:
         study = study_rows(ref, set(s["conditions"]))
         csvs.append(filter_csv(ref, set(s["conditions"]), os.path.join(res, "study_llama-3.2-3b.csv")))
-    else:
-        print(f"note: no study table at {ref}; results without the study's columns", flush=True)
     with open(os.path.join(p["base"], "base.json")) as f:
-        summary = {"base": json.load(f), "conditions": summarize(runs, s)}
+        summary = {"base_model": json.load(f), **summarize(runs, s)}
     common.write_json(os.path.join(s["out"], "results.json"), {
         "settings": s, "summary": summary, "study": study,
         "runs": [{"condition": k[0], "seed": k[1], **v} for k, v in runs.items()]})
@@ -461,10 +656,10 @@ def report(s, p, keys):
     priming = os.path.join(p["priming"], "summary.json")
     run(["plot.py", "--csv", *csvs, *(["--priming", priming] if os.path.exists(priming) else []),
          "--out", figs], "", True, log=os.path.join(figs, "plot.log"))
-    run(["report.py", "--runs", *[os.path.join(s["out"], "runs", f"{c}-s{seed}", "ppo") for c, seed in keys],  # the run report
-         *(["--reference", ref] if os.path.exists(ref) else []), "--title", "mini.py: the priming study in miniature",
+    run(["report.py", "--runs", *[os.path.join(run_dir(s, c, seed), "ppo") for c, seed in keys],  # the run report
+         *(["--reference", ref] if ref else []), "--title", "mini.py: the priming study in miniature",
          "--out", os.path.join(s["out"], "report.html")], "", True, log=os.path.join(s["out"], "report.log"))
-    table = results_markdown(summary, study, s)
+    table = results_markdown(summary, study, checks, s)
     common.atomic_write_text(os.path.join(s["out"], "results.md"), table)
     return table
 
@@ -489,46 +684,53 @@ def main(argv=None):
     if s["device"] is None:
         import torch
         s["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    jobs = s["jobs"] or (9 if s["device"].startswith("cuda") else 2)
-    t0 = time.time()
-    print(f"mini: {len(s['conditions'])} conditions x {len(s['seeds'])} seeds on {s['device']}, "
-          f"{jobs} jobs at a time, into {s['out']}", flush=True)
+    slots, t0 = gpu_slots(s), time.time()
+    gpus = sorted({e["CUDA_VISIBLE_DEVICES"] for e in slots if e})
+    print(f"mini: {len(s['conditions'])} conditions x {len(s['seeds'])} seeds on {s['device']}"
+          + (f" (GPUs {', '.join(gpus)})" if gpus else "") + f", {len(slots)} jobs at a time, into {s['out']}", flush=True)
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # many processes, one GPU
-    p, chains = prelude(s, a.force)
-    pool(chains, jobs, a.force)
-    pool([(f"{c} before PPO", prime_stages(c, s, p, a.force)) for c in s["conditions"]], jobs, a.force,
-         report=lambda name: before_line(s, name.split()[0]))
+    p = paths(s)
+    pool(prelude(s, p, a.force), slots, a.force)
     keys = [(c, seed) for seed in s["seeds"] for c in s["conditions"]]
-    pool([(f"{c} seed {seed}", ppo_stages(c, seed, s, p, a.force)) for c, seed in keys], jobs, a.force,
-         report=lambda name: progress(s, name.split()[0], int(name.split()[-1])))
-    table = report(s, p, keys)
+    # one chain per run: its condition's priming (run once, by the first of its seeds to get
+    # there), then PPO; the checks print as soon as every run has validated before its first update
+    checks = ChecksWhenReady(s, p, t0)
+    pool([(f"{c} seed {seed}", (prime_stages(c, s, p, a.force) if c != "base" else []) + ppo_stages(c, seed, s, p, a.force))
+          for c, seed in keys], slots, a.force)
+    table = report(s, p, keys, checks.finish())
     print("\n" + table)
-    print(f"mini done in {time.time() - t0:.0f}s: {s['out']}/results.md, results.json, figures/, report.html")
+    print(f"mini done in {time.time() - t0:.0f}s: {s['out']}/results.md, results.json, checks.md, figures/, report.html")
 
 
-def pool(chains, jobs, force, report=lambda name: "done"):
-    """run_pool, stopping with every failed stage's error (finished stages are kept)."""
-    failed = run_pool(chains, jobs, force, report)
-    if failed:
-        raise SystemExit(f"{len(failed)} of {len(chains)} jobs failed (finished stages are kept: run the "
-                         "same command again to resume):\n\n" + "\n\n".join(failed.values()))
+class ChecksWhenReady(threading.Thread):
+    """Prints the checks (run_checks) once every run's step-0 validation file exists, while PPO
+    goes on; finish() makes sure they were printed and returns their markdown."""
 
+    def __init__(self, s, p, t0):
+        super().__init__(daemon=True)
+        self.s, self.p, self.t0, self.table, self.stop = s, p, t0, None, threading.Event()
+        self.start()
 
-def before_line(s, cond):
-    from plot import read_steps_csv
-    d = os.path.join(s["out"], "primed", cond, "eval0")
-    r = read_steps_csv(os.path.join(d, "classify", "steps.csv"))[0]
-    return (f"val acc {r['accuracy']:.3f}, answers using the task's numbers "
-            f"{number_use(os.path.join(d, 'rollouts', 'step_000000.jsonl')):.2f}, "
-            f"behaviors (v/b/s/w) {_behaviors({b: r[c] for b, c in BEHAVIORS.items()})}")
+    def ready(self):
+        return all(os.path.exists(os.path.join(run_dir(self.s, c, seed), "ppo", "val", "step_000000.jsonl"))
+                   for c in self.s["conditions"] for seed in self.s["seeds"])
 
+    def run(self):
+        while not self.stop.wait(5):
+            if self.ready():
+                self.report()
+                return
 
-def progress(s, cond, seed):
-    """The one-line summary of a finished run."""
-    r = read_run(s["out"], cond, seed)
-    after = "-" if r["val_after"] is None else f"{r['val_after']:.3f}"
-    return (f"val acc {r['val_before']:.3f} -> {after}; behaviors (v/b/s/w) "
-            f"{_behaviors(r['start'])} -> {_behaviors(r['end'])}")
+    def report(self):
+        self.table = run_checks(self.s, self.p)
+        print(f"\n## Manipulation checks (before PPO; {time.time() - self.t0:.0f}s)\n\n{self.table}", flush=True)
+
+    def finish(self):
+        self.stop.set()
+        self.join()
+        if self.table is None:
+            self.report()
+        return self.table
 
 
 if __name__ == "__main__":

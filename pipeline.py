@@ -106,19 +106,21 @@ def stop_children_on_signals():
         signal.signal(s, stop_children)
 
 
-def run(cmd, done_marker, force, log=None):
+def run(cmd, done_marker, force, log=None, env=None):
     """Run one stage unless its output exists; print the command so it can be copied.
     log: a file that gets the stage's stdout and stderr instead of the console (stages that
-    run side by side); a failure then quotes its last lines. Returns True if it ran."""
+    run side by side); a failure then quotes its last lines. env: variables set for this stage
+    alone (mini.py gives each its GPU). Returns True if it ran."""
     line = " ".join(shlex.quote(str(c)) for c in cmd)
     if os.path.exists(done_marker) and not force:
         print(f"[skip] {line}  (exists: {done_marker})", flush=True)
         return False
-    print(f"[run ] {line}" + (f"  > {log}" if log else ""), flush=True)
+    where = "".join(f"{k}={v} " for k, v in (env or {}).items())
+    print(f"[run ] {where}{line}" + (f"  > {log}" if log else ""), flush=True)
     t0 = time.time()
     # one thread per stage: the tiny model is too small to gain from more, and on a small
     # shared CPU PyTorch's thread pool oversubscribes the cores
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), **(env or {}))
     argv, cwd = [sys.executable] + [str(c) for c in cmd], os.path.dirname(os.path.abspath(__file__))
     if log:
         os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)

@@ -11,6 +11,7 @@ import pytest
 import behavior_rules
 import countdown
 import mini
+import mini_checks
 import plot
 from conftest import REPO, SHARED
 
@@ -36,13 +37,11 @@ def test_seed_means_average_each_step_over_seeds():
     assert out[1] == {"condition": "a", "step": 5, "accuracy": 0.5}
 
 
-def test_number_use_counts_answers_that_read_the_prompt(tmp_path):
-    path = tmp_path / "r.jsonl"
+def test_uses_numbers_counts_answers_that_read_the_prompt():
     recs = [{"nums": [3, 5, 7], "response": "...<answer>(7 - 3) * 5</answer>"},   # wrong value, right numbers
             {"nums": [3, 5, 7], "response": "<answer>3 + 5</answer>"},             # 7 unused
             {"nums": [3, 5, 7], "response": "no answer"}]
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    assert mini.number_use(str(path)) == pytest.approx(1 / 3)
+    assert [mini_checks.uses_numbers(r) for r in recs] == [True, False, False]
 
 
 def test_arithmetic_corpus_is_behavior_free_and_well_formed():
@@ -54,38 +53,118 @@ def test_arithmetic_corpus_is_behavior_free_and_well_formed():
         prompt, response = text.rsplit("<think>", 1)
         m = re.search(r"numbers \[([^\]]*)\], create an equation that equals (\d+)", prompt)
         nums, target = [int(x) for x in m.group(1).split(",")], int(m.group(2))
+        assert len(nums) == 3 and all(1 <= x <= 24 for x in nums) and 10 <= target <= 25  # the tasks' range
         assert prompt + "<think>" == countdown.make_prompt(nums, target)
         assert countdown.score(response, nums, target) >= 0.1, response  # every number used once
         assert not any(behavior_rules.count_behaviors(response, nums, target).values()), response
+    fwd = dec = 0
     for d in docs:
-        for lhs, rhs in re.findall(r"([\d()+\-*/ ]+?) = (\d+)\.", d["text"]):
+        for lhs, rhs in re.findall(r"(?<![\d)] )([\d()+\-*/ ]+?) = (\d+)\.", d["text"]):
             assert countdown.evaluate(lhs) == int(rhs), d["text"]  # the arithmetic is right
+            fwd += 1
+        for val, expr in re.findall(r"(?:^|\. )(\d+) = ([\d()+\-*/ ]+?)\.", d["text"]):
+            if any(o in expr for o in "+-*/"):
+                assert countdown.evaluate(expr) == int(val), d["text"]  # ... read from its value too
+                dec += 1
+    assert fwd > 500 and dec > 50
+
+
+def test_checks_pass_and_fail_on_their_thresholds():
+    good = {"nums": [3, 5, 7], "target": 20,
+            "response": "3 + 5 = 8. 8 * 7 = 56. Too big. Let me try again. 7 - 3 = 4. 4 * 5 = 20."
+                        "</think><answer>(7 - 3) * 5</answer>"}
+    bad = {"nums": [3, 5, 7], "target": 20, "response": "3 + 5 = 9. 9 * 7 = 20</think><answer>9 * 7</answer>"}
+    m = mini_checks.measure([good] * 9 + [bad])
+    assert m["closes"] == 1.0 and m["numbers"] == pytest.approx(0.9) and m["statements"] == 38
+    assert m["arithmetic"] == pytest.approx(36 / 38)   # the bad response's two statements are wrong
+    priming = {"all_strategies": mini_checks.behavior_means([good], "response")}
+    rows = mini_checks.check_rows({"accuracy": 0.99, "n": 100}, {"all_strategies": m}, priming)
+    verdict = {r[1]: r[4] for r in rows}
+    assert verdict == {"single-step arithmetic, greedy": True, "closes </answer> within the budget": True,
+                       "answer uses exactly the task's numbers": True, "arithmetic statements right": False,
+                       "behaviors match the priming set (model vs set)": True}
+    table = mini_checks.checks_markdown(rows)
+    assert "**1 of 5 checks FAIL:** all_strategies: arithmetic statements right (0.947 of 38)" in table
+    assert mini_checks.checks_markdown(rows[:1]).strip().endswith("All 1 checks pass.")
+
+
+def test_arithmetic_lines_are_right_and_in_range():
+    lines = mini_checks.arithmetic_lines(300, seed=5, num_range=(1, 24))
+    assert len({p for p, _ in lines}) == 300
+    for prompt, val in lines:
+        expr = prompt.removesuffix(" =")
+        assert countdown.evaluate(expr) == val and max(countdown.numbers_in(expr) + [val]) <= mini_checks.MAX_VALUE
+
+
+def test_doctests():
+    import doctest
+    assert doctest.testmod(mini_checks).failed == 0
 
 
 def test_mini_smoke(tmp_path):
     out = tmp_path / "mini"
-    r = subprocess.run([sys.executable, "mini.py", "--smoke", "--out", str(out)],
+    ref = os.path.join(SHARED, "reference", "llama_results.csv")
+    r = subprocess.run([sys.executable, "mini.py", "--smoke", "--out", str(out),
+                        *(["--reference", ref] if os.path.exists(ref) else [])],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "mini done" in r.stdout and r.stdout.count(" finished, ") == 2 + 2 * len(CONDS)
+    assert "mini done" in r.stdout and r.stdout.count(" finished, ") == 2 + len(CONDS)
     table = (out / "results.md").read_text()
     assert table in r.stdout
+    # the checks are computed and printed before any PPO result (whether they pass is not asserted)
+    checks = json.loads((out / "checks.json").read_text())
+    models = {row["model"] for row in checks["rows"]}
+    assert models == set(CONDS) and all(isinstance(row["passed"], bool) for row in checks["rows"])
+    assert len(checks["rows"]) == 2 + 4 * (len(CONDS) - 1)
+    assert checks["base_arithmetic"]["n"] == mini.SMOKE["arith_lines"]
+    assert re.search(r"checks FAIL|checks pass", (out / "checks.md").read_text())
+    assert r.stdout.index("## Manipulation checks") < r.stdout.index("# The study in miniature: results")
+    assert (out / "checks.md").read_text() in table
     res = json.loads((out / "results.json").read_text())
-    assert list(res["summary"]["conditions"]) == list(CONDS)
+    assert list(res["summary"]) == ["base_model", *CONDS]
     assert sorted(x["condition"] for x in res["runs"]) == sorted(CONDS)
     for c in CONDS:
         assert re.search(rf"^\| {c} \| 1 \| \d\.\d{{3}} \| \d\.\d{{3}} \|", table, re.M), c
         run = out / "runs" / f"{c}-s0"
-        assert (run / "ppo.log").exists() and (out / "primed" / c / "eval0.log").exists()
+        assert (run / "ppo.log").exists() and (run / "ppo" / "val" / "step_000000.jsonl").exists()
         recs = [json.loads(x) for x in (run / "ppo" / "classify" / "classified.jsonl").read_text().splitlines()]
         assert recs and all(r["classifier"] == "rules" and "backtracking" in r for r in recs)
-        s = res["summary"]["conditions"][c]
+        s = res["summary"][c]
         assert 0 <= s["val_before"]["mean"] <= 1 and 0 <= s["val_after"]["mean"] <= 1
+        one = next(x for x in res["runs"] if x["condition"] == c)
+        assert set(one["val_curve"]) == {"0", "1", "2"}  # before PPO and after, by ppo.py's validation
     assert not (out / "primed" / "base" / "sft").exists()  # the base row is not primed
     rows = plot.read_steps_csv(str(out / "results" / "mini_seed_mean.csv"))
     assert {r["condition"] for r in rows} == set(CONDS) and {r["step"] for r in rows} == {1, 2}
+    val = plot.read_steps_csv(str(out / "results" / "mini_val_seed_mean.csv"))
+    assert {r["step"] for r in val} == {0, 1, 2}
     for name in ("accuracy.png", "behaviors_mini_seed_mean.png", "priming.png"):
         assert os.path.getsize(out / "figures" / name) > 200, name
-    if os.path.exists(os.path.join(SHARED, "reference", "llama_results.csv")):
+    if os.path.exists(ref):
         assert "study: step 250" in table and "| base | 1 |" in table
         assert res["study"]["all_strategies"]["end"]["step"] == 250
+
+
+def test_gpu_slots_spread_jobs_over_gpus():
+    s = dict(mini.SETTINGS, device="cuda", gpus=[0, 1, 2, 3], jobs=2)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in mini.gpu_slots(s)] == ["0", "1", "2", "3"] * 2
+    assert mini.gpu_slots(dict(s, device="cpu", jobs=3)) == [{}, {}, {}]
+
+
+def test_shared_stage_runs_once(tmp_path, monkeypatch):
+    """Chains that share a stage (a condition's priming, one per seed) run it once, on the slot of
+    the first chain that gets there; every chain's own stages run with its slot's env."""
+    calls = []
+
+    def fake_run(cmd, marker, force, log=None, env=None):
+        if os.path.exists(marker) and not force:
+            return False
+        calls.append((cmd[0], env["CUDA_VISIBLE_DEVICES"]))
+        open(marker, "w").close()
+        return True
+    monkeypatch.setattr(mini, "run", fake_run)
+    shared = ("sft", ["prime"], str(tmp_path / "primed"), None)
+    chains = [(f"seed {i}", [shared, ("ppo", [f"ppo{i}"], str(tmp_path / f"ppo{i}"), None)]) for i in range(3)]
+    assert mini.run_pool(chains, [{"CUDA_VISIBLE_DEVICES": g} for g in "01"], force=True) == {}
+    assert [c for c, _ in calls].count("prime") == 1 and sorted(c for c, _ in calls if c != "prime") == [
+        "ppo0", "ppo1", "ppo2"]
