@@ -85,6 +85,8 @@ SETTINGS = dict(
                    num_attention_heads=6, num_key_value_heads=2),
     base_docs=80000, base_epochs=2,  # arithmetic documents, passes over them
     base_format_frac=0.4,            # share of documents that are a prompt + one forward calculation + <answer>
+    base_restate=0.0,                # share of calculations restated as one equation, "So (16 - 4) + 10 = 22."
+                                     # (0.5 measured: closing checks right more often, numbers used less: docs/mini/calibration2.md)
     base_len=512, base_batch=32, base_lr=1e-3,  # packed rows of 512 tokens, 32 a step, cosine to 0.1 x lr
     arith_lines=1000,                # the base's arithmetic check: held-out "a op b =" lines
     priming_n=1000,                  # traces per condition (the study: ~1000)
@@ -102,6 +104,7 @@ SETTINGS = dict(
     val_size=128, val_samples=4,     # validation: tasks x samples at temperature 1 (before and after PPO)
     reference="study:llama_results",  # the study's Llama-3.2-3B per-step table (common.study_table), or a path
 )
+BASE_SETTINGS = ("base_size", "base_docs", "base_format_frac", "base_restate", "num_range", "target_range")  # make_base's
 SMOKE = dict(out="runs/mini-smoke", conditions=["base", "all_strategies", "empty_cot"], seeds=[0],
              jobs=2, device="cpu", n_train=200, n_test=16,
              base_size=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -169,10 +172,12 @@ def _equation(rng, num_range):
     return f"{val} = {expr}." if rng.random() < 0.3 else f"{expr} = {val}."
 
 
-def _calculation(rng, num_range, target_range):
-    """(nums, target, text, expression) of one forward calculation over 2-4 numbers: the
+def _calculation(rng, num_range, target_range, restate=0.0):
+    """(nums, target, text, expression, value) of one forward calculation over 2-4 numbers: the
     task in the symbolic writer's neutral opening words, the numbers in a random order, each
-    step on the last result; the target is drawn apart, so the result hits it only by chance."""
+    step on the last result; the target is drawn apart, so the result hits it only by chance.
+    With probability `restate` the text ends on the whole calculation as one equation
+    (`_restatement`)."""
     nums = [rng.randint(*num_range) for _ in range(rng.choice((2, 3, 3, 3, 4)))]
     target = rng.randint(*target_range)
     order = rng.sample(nums, len(nums))
@@ -186,30 +191,58 @@ def _calculation(rng, num_range, target_range):
         steps.append(f"{step} = {val}.")
         expr = f"{expr if expr.isdigit() else '(' + expr + ')'} {step.split()[1]} {x}"
     opening = rng.choice(PHRASES["open"]).format(nums=fmt_list(nums), t=target)
-    return nums, target, " ".join([opening] + steps), expr
+    text = " ".join([opening] + steps)
+    if restate and rng.random() < restate:
+        text += " " + _restatement(expr, val)
+    return nums, target, text, expr, val
 
 
-def _worked(rng, num_range, target_range):
+def _restatement(expr, val):
+    """A calculation's steps restated as one equation with the value they reached, the form of
+    the priming traces' closing check ("Verifying: (16 - 4) + 10 = 22, ...") without its
+    comparison with the target: it restates, it does not check (behavior_rules.py counts no
+    verification in it). Without it a ~10M base saw nested expressions only with values it had
+    to compute in one go, and its primed models wrote the target after the closing expression
+    whatever the steps had reached.
+
+    >>> _restatement("(16 - 4) + 10", 22)
+    'So (16 - 4) + 10 = 22.'
+    """
+    return f"So {expr} = {val}."
+
+
+def _worked(rng, num_range, target_range, restate=0.0):
     """A 3-number Countdown prompt answered by one forward calculation and its <answer>, no comment on it."""
     while True:
-        nums, target, text, expr = _calculation(rng, num_range, target_range)
+        nums, target, text, expr, _ = _calculation(rng, num_range, target_range, restate)
         if len(nums) == 3:
             return countdown.make_prompt(nums, target) + f"\n{text}\n</think>\n<answer>{expr}</answer>"
 
 
-def arithmetic_corpus(n_docs, seed=0, format_frac=0.5, num_range=(1, 24), target_range=(10, 25)):
+def _paragraph(rng, num_range, target_range, restate=0.0):
+    """3-6 bare calculations; with probability `restate`, one of them restated again at the end
+    (the expression and value of an attempt further back, as a closing check names them)."""
+    calcs = [_calculation(rng, num_range, target_range, restate) for _ in range(rng.randint(3, 6))]
+    text = " ".join(c[2] for c in calcs)
+    if restate and rng.random() < restate:
+        text += " " + _restatement(*rng.choice(calcs)[3:])
+    return text
+
+
+def arithmetic_corpus(n_docs, seed=0, format_frac=0.5, num_range=(1, 24), target_range=(10, 25), restate=0.0):
     """{"text"} documents for the base's "pretraining": format_frac of them a Countdown prompt
     answered by one forward calculation; the rest, half and half, paragraphs of 3-6 bare
     calculations (numbers named, then combined: copying numbers over a short distance first)
-    and paragraphs of 3-8 equations. Deterministic."""
+    and paragraphs of 3-8 equations. `restate`: the share of calculations restated as one
+    equation (`_restatement`; 0 gives the corpus made before it existed). Deterministic."""
     rng = random.Random(seed)
     docs = []
     for _ in range(n_docs):
         u = rng.random()
         if u < format_frac:
-            docs.append(_worked(rng, num_range, target_range))
+            docs.append(_worked(rng, num_range, target_range, restate))
         elif u < (1 + format_frac) / 2:
-            docs.append(" ".join(_calculation(rng, num_range, target_range)[2] for _ in range(rng.randint(3, 6))))
+            docs.append(_paragraph(rng, num_range, target_range, restate))
         else:
             docs.append(" ".join(_equation(rng, num_range) for _ in range(rng.randint(3, 8))))
     return [{"text": d} for d in docs]
@@ -224,7 +257,8 @@ def make_base(s):
     n = sum(p.numel() for p in common.load_model(path).parameters())
     common.write_json(os.path.join(s["out"], "base", "base.json"), {"parameters": n, **s["base_size"]})
     docs = arithmetic_corpus(s["base_docs"], seed=0, format_frac=s["base_format_frac"],
-                             num_range=tuple(s["num_range"]), target_range=tuple(s["target_range"]))
+                             num_range=tuple(s["num_range"]), target_range=tuple(s["target_range"]),
+                             restate=s["base_restate"])
     common.write_jsonl(os.path.join(s["out"], "data", "pretrain.jsonl"), docs)  # last: the stage's marker
     print(f"base init: {n / 1e6:.2f}M parameters at {path}; corpus: {len(docs)} documents")
 
@@ -247,7 +281,8 @@ def prelude(s, p, force):
     run(["countdown.py", "--out", p["data"], "--n-train", s["n_train"], "--n-test", s["n_test"],
          "--sizes", s["task_sizes"], "--num-min", lo[0], "--num-max", lo[1], "--target-min", hi[0],
          "--target-max", hi[1]], os.path.join(p["data"], "test.jsonl"), force)
-    run(["mini.py", "--make-base", "--out", out, *(["--smoke"] if s["smoke"] else [])],
+    run(["mini.py", "--make-base", "--out", out, *(["--smoke"] if s["smoke"] else []),  # the base's settings
+         "--set", *[f"{k}={json.dumps(s[k], separators=(',', ':'))}" for k in BASE_SETTINGS]],  # as resolved here
         os.path.join(out, "data", "pretrain.jsonl"), force)
     conds = [c for c in s["conditions"] if c != "base"]
     chains = [("base pretraining", [("sft", [

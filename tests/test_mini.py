@@ -45,8 +45,8 @@ def test_uses_numbers_counts_answers_that_read_the_prompt():
 
 
 def test_arithmetic_corpus_is_behavior_free_and_well_formed():
-    docs = mini.arithmetic_corpus(400, seed=3, format_frac=0.25)
-    assert docs == mini.arithmetic_corpus(400, seed=3, format_frac=0.25)  # deterministic
+    docs = mini.arithmetic_corpus(400, seed=3, format_frac=0.25, restate=0.5)
+    assert docs == mini.arithmetic_corpus(400, seed=3, format_frac=0.25, restate=0.5)  # deterministic
     worked = [d["text"] for d in docs if "<think>" in d["text"]]
     assert 60 < len(worked) < 140
     for text in worked:
@@ -57,16 +57,17 @@ def test_arithmetic_corpus_is_behavior_free_and_well_formed():
         assert prompt + "<think>" == countdown.make_prompt(nums, target)
         assert countdown.score(response, nums, target) >= 0.1, response  # every number used once
         assert not any(behavior_rules.count_behaviors(response, nums, target).values()), response
-    fwd = dec = 0
+    fwd = dec = restated = 0
     for d in docs:
         for lhs, rhs in re.findall(r"(?<![\d)] )([\d()+\-*/ ]+?) = (\d+)\.", d["text"]):
             assert countdown.evaluate(lhs) == int(rhs), d["text"]  # the arithmetic is right
             fwd += 1
+            restated += lhs.lstrip().startswith("(") and f"So {lhs.strip()} = {rhs}." in d["text"]
         for val, expr in re.findall(r"(?:^|\. )(\d+) = ([\d()+\-*/ ]+?)\.", d["text"]):
             if any(o in expr for o in "+-*/"):
                 assert countdown.evaluate(expr) == int(val), d["text"]  # ... read from its value too
                 dec += 1
-    assert fwd > 500 and dec > 50
+    assert fwd > 500 and dec > 50 and restated > 100  # nested restatements ("So (16 - 4) + 10 = 22.") are right
 
 
 def test_checks_pass_and_fail_on_their_thresholds():
@@ -168,3 +169,17 @@ def test_shared_stage_runs_once(tmp_path, monkeypatch):
     assert mini.run_pool(chains, [{"CUDA_VISIBLE_DEVICES": g} for g in "01"], force=True) == {}
     assert [c for c, _ in calls].count("prime") == 1 and sorted(c for c, _ in calls if c != "prime") == [
         "ppo0", "ppo1", "ppo2"]
+
+
+def test_make_base_stage_gets_the_resolved_base_settings(tmp_path, monkeypatch):
+    # the base is made in a child process: --set overrides of its settings must reach it
+    cmds = []
+    monkeypatch.setattr(mini, "run", lambda cmd, *a, **k: cmds.append(cmd))
+    _, s = mini.parse_args(["--smoke", "--out", str(tmp_path), "--set", "base_docs=7", "base_restate=0.5"])
+    s["device"] = "cpu"
+    mini.prelude(s, mini.paths(s), force=False)
+    make = next(c for c in cmds if "--make-base" in c)
+    _, child = mini.parse_args([str(x) for x in make[1:]])
+    same = lambda d: json.loads(json.dumps({k: d[k] for k in mini.BASE_SETTINGS}))  # noqa: E731  (tuples as lists)
+    assert same(child) == same(s)
+    assert child["base_docs"] == 7 and child["base_restate"] == 0.5
