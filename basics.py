@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import tempfile
+import typing
 
 
 # ---------------------------------------------------------------------------------
@@ -109,22 +110,57 @@ def read_jsonl_tolerant(path):
 
 def add_settings(ap, settings):
     """Add one flag per (name, default, type, help) row: bool rows get --x / --no-x, list rows
-    take one or more values (--x a b c), other types one value.
+    take one or more values (--x a b c; list[int]: each an int), other types one value.
 
     >>> ap = add_settings(argparse.ArgumentParser(), [("max_len", 8, int, "tokens"), ("pack", False, bool, "pack"),
-    ...                                               ("names", ["a"], list, "names")])
-    >>> vars(ap.parse_args(["--max-len", "4", "--pack", "--names", "b", "c"]))
-    {'max_len': 4, 'pack': True, 'names': ['b', 'c']}
+    ...                                               ("names", ["a"], list, "names"), ("seeds", [0], list[int], "")])
+    >>> vars(ap.parse_args(["--max-len", "4", "--pack", "--names", "b", "c", "--seeds", "1", "2"]))
+    {'max_len': 4, 'pack': True, 'names': ['b', 'c'], 'seeds': [1, 2]}
     """
     for name, default, typ, help_ in settings:
         flag = "--" + name.replace("_", "-")
         if typ is bool:
             ap.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_)
-        elif typ is list:   # a copy: the table's default list is never the one a run changes
-            ap.add_argument(flag, default=None if default is None else list(default), nargs="+", help=help_)
+        elif typ is list or typing.get_origin(typ) is list:   # a copy: the run never changes the table's list
+            ap.add_argument(flag, default=None if default is None else list(default), nargs="+",
+                            type=(typing.get_args(typ) or (None,))[0], help=help_)
         else:
             ap.add_argument(flag, default=default, type=typ, help=help_)
     return ap
+
+
+def json_value(text):
+    """The type of a settings row whose value is a dict or a list of fixed shape: the flag's
+    value read as JSON (mini.py --base-size '{"hidden_size": 64}').
+
+    >>> json_value('[1, 24]'), json_value('{"hidden_size": 64}')
+    ([1, 24], {'hidden_size': 64})
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text!r}") from None
+
+
+def settings_argv(settings, values, names):
+    """The flags that hand values of these rows to a child process, which add_settings' parser
+    reads back to the same values (JSON rows as JSON, lists as several values; no None).
+
+    >>> rows = [("docs", 1, int, ""), ("span", [1, 2], json_value, ""), ("seeds", [0], list[int], ""),
+    ...         ("pack", True, bool, "")]
+    >>> settings_argv(rows, {"docs": 7, "span": (1, 24), "seeds": [0, 1], "pack": False}, [r[0] for r in rows])
+    ['--docs', '7', '--span', '[1,24]', '--seeds', '0', '1', '--no-pack']
+    """
+    typ, out = {row[0]: row[2] for row in settings}, []
+    for k in names:
+        v, flag = values[k], k.replace("_", "-")
+        if typ[k] is bool:
+            out.append(("--" if v else "--no-") + flag)
+        elif typ[k] is json_value:
+            out += ["--" + flag, json.dumps(v, separators=(",", ":"))]
+        else:
+            out += ["--" + flag, *([str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)])]
+    return out
 
 
 def fill_defaults(args, settings, values):

@@ -6,9 +6,10 @@ models trained from scratch, spread over every visible GPU.
     python mini.py                                  # 4 H200s: 9.2 minutes (measured); runs/mini/results.md
     python mini.py --smoke --out /tmp/mini          # CPU smoke test: a few steps (CI, ~1 minute)
     python mini.py --conditions base all_strategies empty_cot --seeds 0 1 2 3
+    python mini.py --ppo-steps 250 --base-size '{"hidden_size": 512, "num_hidden_layers": 8}'   # any setting
 
 The base is NOT a pretrained LM (nothing is downloaded): it is a Llama of the `tiny` family
-(the same locally built tokenizer; SETTINGS["base_size"], ~10M parameters) with random weights,
+(the same locally built tokenizer; --base-size, ~10M parameters) with random weights,
 given a behaviour-free "pretraining" by sft.py on arithmetic text in the miniature's task range
 (numbers 1..24, targets 10..25: the study's priming range): single search steps ("13 + 2 = 15.",
 one intermediate result and a number, as a search has them), bare calculations that name some
@@ -41,8 +42,8 @@ jobs run --jobs per GPU side by side, each given one GPU by CUDA_VISIBLE_DEVICES
   5. OUT/results.md + results.json: the checks, validation accuracy before and after PPO (mean
      +- std and min-max over seeds) beside the study's Llama-3.2-3B, behavior counts at PPO's
      start and end, the curves (plot.py, OUT/figures) and a reading computed from the numbers.
-Every setting sits in SETTINGS below and is the same for every condition: only the priming
-data differ. Nothing is tuned per condition or after seeing a condition's result.
+Every setting is a flag (SETTINGS below; --help lists them) and is the same for every
+condition: only the priming data differ. Nothing is tuned per condition or after seeing a condition's result.
 """
 import argparse
 import csv
@@ -51,10 +52,12 @@ import math
 import os
 import queue
 import random
+import shlex
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
+import basics
 import countdown
 import mini_checks
 import study
@@ -69,41 +72,65 @@ PRIMED = ["all_strategies", "only_backtracking", "backtracking_verification", "b
 CONTROLS = ["empty_cot", "dots", "base"]
 
 # ---------------------------------------------------------------------------------
-# settings: GPU defaults; SMOKE below overrides them for the CPU smoke test. Fixed before any
-# condition's result was seen; the same for every condition.
-SETTINGS = dict(
-    out="runs/mini",                 # where data, runs, figures and results go
-    conditions=["base", *CONDITIONS],  # `base`: PPO from the unprimed base; the rest: gen_priming.py's eight
-    seeds=[0, 1, 2],                 # PPO runs per condition (each condition is primed once)
-    gpus=None,                       # GPU ids the jobs spread over (None: every visible one; [] on a CPU)
-    jobs=None,                       # jobs side by side per GPU (None: 9 on a GPU, 2 on a CPU)
-    device=None,                     # cuda | cpu (None: cuda if available)
-    dtype="bf16",                    # GPU compute: bf16 with fp32 master weights + AdamW states
-    n_train=6000, n_test=256,        # Countdown tasks (countdown.py); 7,640 exist in the range below
-    task_sizes="3", num_range=(1, 24), target_range=(10, 25),  # the study's priming range, for every stage
-    base_size=dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6,  # ~9.8M parameters
-                   num_attention_heads=6, num_key_value_heads=2),
-    base_docs=80000, base_epochs=2,  # arithmetic documents, passes over them
-    base_format_frac=0.4,            # share of documents that are a prompt + one forward calculation + <answer>
-    base_restate=0.0,                # share of calculations restated as one equation, "So (16 - 4) + 10 = 22."
-                                     # (0.5 measured: closing checks right more often, numbers used less: docs/mini/calibration2.md)
-    base_len=512, base_batch=32, base_lr=1e-3,  # packed rows of 512 tokens, 32 a step, cosine to 0.1 x lr
-    arith_lines=1000,                # the base's arithmetic check: held-out "a op b =" lines
-    priming_n=1000,                  # traces per condition (the study: ~1000)
-    priming_budget=2,                # symbolic search attempts before it gives up (~60% correct traces)
-    sft_steps=300, sft_batch=32,     # priming SFT: 9600 sequences = ~10 epochs of 1000
-    sft_lr=5e-4, sft_max_len=576,    # the longest 3-number traces are ~540 tokens with the prompt
-    ppo_steps=100, ppo_prompts=64, ppo_samples=4,  # PPO: steps x prompts x samples (2 updates a step)
-    ppo_response_len=416,            # the longest priming traces are ~405 tokens
-    ppo_actor_lr=2e-5, ppo_critic_lr=1e-4,      # far above the study's 1e-6 / 1e-5 (a 3B model)
-    ppo_micro=32,                    # sequences per forward/backward
-    ppo_engine=None,                 # ppo.py --engine (None: ppo.py's default)
-    ppo_save_every=10,               # PPO checkpoints (a killed run resumes from the last one: ppo.py --resume)
-    log_rollouts_every=10,           # rollouts logged at step 1 and every N steps (classified)
-    eval_every=25,                   # validation at step 0 and every N steps (the curves)
-    val_size=128, val_samples=4,     # validation: tasks x samples at temperature 1 (before and after PPO)
-    reference="study:llama_results",  # the study's Llama-3.2-3B per-step table (common.study_table), or a path
-)
+# settings: GPU defaults, each a flag (--help lists them); SMOKE below replaces them for the CPU
+# smoke test. Fixed before any condition's result was seen; the same for every condition.
+
+SETTINGS = [
+    # (flag, default, type, help)
+    ("out", "runs/mini", str, "where data, runs, checks, figures and results go"),
+    ("smoke", False, bool, "CPU smoke test: SMOKE's tiny sizes (listed below) where no flag sets them"),
+    ("force", False, bool, "re-run stages whose outputs exist"),
+    ("make_base", False, bool, "the stage that writes the base's random init and arithmetic corpus into "
+                               "--out, then exits (mini.py runs it with the resolved --base-* settings)"),
+    ("conditions", ["base", *CONDITIONS], list, "base (PPO from the unprimed base) and/or gen_priming.py's "
+                                                f"conditions: {', '.join(ALL_CONDITIONS)}"),
+    ("seeds", [0, 1, 2], list[int], "PPO runs per condition, one per seed (each condition is primed once)"),
+    ("gpus", None, list[int], "GPU ids the jobs spread over; None: every visible one"),
+    ("jobs", None, int, "jobs side by side per GPU; None: 9 on a GPU, 2 on a CPU"),
+    ("device", None, str, "cuda | cpu; None: cuda if available"),
+    ("dtype", "bf16", str, "GPU compute: bf16 = bf16 compute with fp32 master weights and AdamW states "
+                           "(sft.py --precision bf16-mixed, ppo.py --dtype bf16)"),
+    ("reference", "study:llama_results", str, "the study's Llama-3.2-3B per-step table (common.study_table): "
+                                              "study:llama_results (downloaded once) or a CSV path; "
+                                              "unreachable: results without the study's columns"),
+    ("n_train", 6000, int, "Countdown training tasks (countdown.py); 7,640 exist in the task range"),
+    ("n_test", 256, int, "Countdown test tasks: PPO's validation, never primed on"),
+    ("task_sizes", "3", str, "numbers per task (countdown.py --sizes)"),
+    ("num_range", [1, 24], basics.json_value, "task numbers [min, max] as JSON, every stage (the study's priming range)"),
+    ("target_range", [10, 25], basics.json_value, "targets [min, max] as JSON, every stage (the study's priming range)"),
+    ("base_size", dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
+                       num_key_value_heads=2), basics.json_value,
+     "the base's architecture as JSON: overrides of the tiny family's config (~9.8M parameters)"),
+    ("base_docs", 80000, int, "documents in the base's arithmetic pretraining corpus"),
+    ("base_epochs", 2, int, "base pretraining: passes over the corpus"),
+    ("base_format_frac", 0.4, float, "share of documents that are a prompt + one forward calculation + <answer>"),
+    ("base_restate", 0.0, float, 'share of calculations restated as one equation, "So (16 - 4) + 10 = 22." '
+                                 "(0.5 measured: closing checks right more often, numbers used less: "
+                                 "docs/mini/calibration2.md)"),
+    ("base_len", 512, int, "base pretraining: packed rows of this many tokens"),
+    ("base_batch", 32, int, "base pretraining: rows per step"),
+    ("base_lr", 1e-3, float, "base pretraining: peak learning rate (cosine to 0.1 x it)"),
+    ("arith_lines", 1000, int, 'the base\'s arithmetic check: held-out "a op b =" lines (mini_checks.py)'),
+    ("priming_n", 1000, int, "priming traces per condition (the study: ~1000)"),
+    ("priming_budget", 2, int, "symbolic search attempts before it gives up (3 in 5 traces correct)"),
+    ("sft_steps", 300, int, "priming SFT steps, every condition (300 x 32 = 9600 sequences: ~10 epochs of 1000)"),
+    ("sft_batch", 32, int, "priming SFT sequences per step"),
+    ("sft_lr", 5e-4, float, "priming SFT learning rate"),
+    ("sft_max_len", 576, int, "priming SFT sequence length (the longest traces are ~540 tokens with the prompt)"),
+    ("ppo_steps", 100, int, "PPO steps (2 updates a step)"),
+    ("ppo_prompts", 64, int, "PPO prompts per step"),
+    ("ppo_samples", 4, int, "PPO samples per prompt"),
+    ("ppo_response_len", 416, int, "PPO response tokens (the longest priming traces are ~405)"),
+    ("ppo_actor_lr", 2e-5, float, "PPO actor learning rate (far above the study's 1e-6, for a 3B model)"),
+    ("ppo_critic_lr", 1e-4, float, "PPO critic learning rate (far above the study's 1e-5, for a 3B model)"),
+    ("ppo_micro", 32, int, "PPO sequences per forward/backward"),
+    ("ppo_engine", None, str, "ppo.py --engine; None: ppo.py's default"),
+    ("ppo_save_every", 10, int, "PPO checkpoints every N steps (a killed run resumes from the last: ppo.py --resume)"),
+    ("log_rollouts_every", 10, int, "rollouts logged at step 1 and every N steps (classified)"),
+    ("eval_every", 25, int, "validation at step 0 and every N steps (the curves)"),
+    ("val_size", 128, int, "validation tasks, before and after PPO"),
+    ("val_samples", 4, int, "validation samples per task, at temperature 1"),
+]
 BASE_SETTINGS = ("base_size", "base_docs", "base_format_frac", "base_restate", "num_range", "target_range")  # make_base's
 SMOKE = dict(out="runs/mini-smoke", conditions=["base", "all_strategies", "empty_cot"], seeds=[0],
              jobs=2, device="cpu", n_train=200, n_test=16,
@@ -115,43 +142,29 @@ SMOKE = dict(out="runs/mini-smoke", conditions=["base", "all_strategies", "empty
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())  # defaults are in the help texts
-    ap.add_argument("--out", default=None, help=f"output folder (default: {SETTINGS['out']}, smoke: {SMOKE['out']})")
-    ap.add_argument("--smoke", action="store_true", help="CPU smoke test: a few steps, one seed, two conditions, tiny sizes")
-    ap.add_argument("--jobs", type=int, default=None, help="jobs side by side per GPU (default: 9 on a GPU, 2 on a CPU)")
-    ap.add_argument("--gpus", type=int, nargs="*", default=None,
-                    help="GPU ids to spread the jobs over (default: every visible GPU)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=None, help=f"seeds (default: {SETTINGS['seeds']})")
-    ap.add_argument("--conditions", nargs="+", default=None,
-                    help=f"conditions: base (no priming) and/or {', '.join(ALL_CONDITIONS)} "
-                         "(default: base and the study's eight)")
-    ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available; smoke: cpu)")
-    ap.add_argument("--reference", default=None,
-                    help=f"the study's per-step table: study:llama_results (downloaded once) or a CSV path "
-                         f"(default: {SETTINGS['reference']}; unreachable: results without the study's columns)")
-    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="override SETTINGS entries, VALUE as JSON (e.g. ppo_steps=30 'num_range=[1,24]')")
-    ap.add_argument("--force", action="store_true", help="re-run stages whose outputs exist")
-    ap.add_argument("--make-base", action="store_true",
-                    help="the stage that writes the base's random init and arithmetic corpus into OUT, then exits")
-    a = ap.parse_args(argv)
-    s = dict(SETTINGS, **(SMOKE if a.smoke else {}))
-    s.update({k: v for k, v in vars(a).items() if k in s and v is not None})
-    for kv in a.set:
-        key, _, val = kv.partition("=")
-        if key not in SETTINGS or not _:
-            ap.error(f"--set {kv}: expected KEY=VALUE with KEY one of {', '.join(SETTINGS)}")
-        try:
-            s[key] = json.loads(val)
-        except json.JSONDecodeError:
-            s[key] = val  # a bare string
-    bad = [c for c in s["conditions"] if c != "base" and c not in ALL_CONDITIONS]
-    if bad:
-        ap.error(f"unknown condition(s) {bad}; choose from base, {', '.join(ALL_CONDITIONS)}")
-    if s["jobs"] is not None and s["jobs"] < 1:
-        ap.error("--jobs must be >= 1")
-    s["out"], s["smoke"] = os.path.abspath(s["out"]), a.smoke
-    return a, s
+    """(the flags, the resolved settings: {name: value} of every row, --out made absolute)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog="--smoke sets, "
+                                 f"where no flag does: {shlex.join(basics.settings_argv(SETTINGS, SMOKE, SMOKE))}")
+    a = basics.add_settings(ap, SETTINGS).parse_args(argv)
+    if a.smoke:
+        basics.fill_defaults(a, SETTINGS, SMOKE)
+    for ok, msg in checks(a):
+        if not ok:
+            ap.error(msg)
+    a.out = os.path.abspath(a.out)
+    return a, vars(a).copy()
+
+
+def checks(a):
+    """(condition, message) pairs the resolved settings must meet, checked at parse time."""
+    pair = lambda r: isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r) and r[0] <= r[1]  # noqa: E731
+    bad = [c for c in a.conditions if c != "base" and c not in ALL_CONDITIONS]
+    return [(not bad, f"--conditions: unknown {bad}; choose from base, {', '.join(ALL_CONDITIONS)}"),
+            (a.jobs is None or a.jobs >= 1, "--jobs must be >= 1"),
+            (pair(a.num_range) and a.num_range[0] >= 1, "--num-range must be [min, max], integers, 1 <= min <= max"),
+            (pair(a.target_range), "--target-range must be [min, max], integers, min <= max"),
+            (isinstance(a.base_size, dict), "--base-size must be a JSON object of config fields")]
 
 
 # ---------------------------------------------------------------------------------
@@ -281,8 +294,8 @@ def prelude(s, p, force):
     run(["countdown.py", "--out", p["data"], "--n-train", s["n_train"], "--n-test", s["n_test"],
          "--sizes", s["task_sizes"], "--num-min", lo[0], "--num-max", lo[1], "--target-min", hi[0],
          "--target-max", hi[1]], os.path.join(p["data"], "test.jsonl"), force)
-    run(["mini.py", "--make-base", "--out", out, *(["--smoke"] if s["smoke"] else []),  # the base's settings
-         "--set", *[f"{k}={json.dumps(s[k], separators=(',', ':'))}" for k in BASE_SETTINGS]],  # as resolved here
+    run(["mini.py", "--make-base", "--out", out,
+         *basics.settings_argv(SETTINGS, s, BASE_SETTINGS)],  # the base's settings as resolved here
         os.path.join(out, "data", "pretrain.jsonl"), force)
     conds = [c for c in s["conditions"] if c != "base"]
     chains = [("base pretraining", [("sft", [

@@ -214,17 +214,25 @@ def checks_markdown(rows):
     return "\n".join(lines) + "\n"
 
 
+SETTINGS = [
+    # (flag, default, type, help): the CLI of the base's arithmetic check
+    ("model", None, str, "the base model folder (required)"),
+    ("out", None, str, "JSON file for the result (required)"),
+    ("n", 1000, int, "arithmetic lines"),
+    ("seed", 12345, int, "seed of the lines (the pretraining corpus uses 0)"),
+    ("num_min", 1, int, "smallest task number"),
+    ("num_max", 24, int, "largest task number"),
+    ("device", None, str, "cuda | cpu; None: cuda if available"),
+]
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-    ap.add_argument("--model", required=True, help="the base model folder")
-    ap.add_argument("--out", required=True, help="JSON file for the result")
-    ap.add_argument("--n", type=int, default=1000, help="arithmetic lines (default: 1000)")
-    ap.add_argument("--seed", type=int, default=12345, help="seed of the lines (the corpus uses 0; default: 12345)")
-    ap.add_argument("--num-min", type=int, default=1, help="smallest task number (default: 1)")
-    ap.add_argument("--num-max", type=int, default=24, help="largest task number (default: 24)")
-    ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
-    a = ap.parse_args(argv)
     import common
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = common.add_settings(ap, SETTINGS).parse_args(argv)
+    if a.model is None or a.out is None:
+        ap.error("--model and --out are required")
     if not os.path.isdir(a.model):
         common.die(f"--model {a.model}: no such folder", "mini_checks.py")
     if a.n < 1 or a.num_min < 1 or a.num_max < a.num_min:

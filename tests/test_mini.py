@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import basics
 import behavior_rules
 import countdown
 import mini
@@ -100,6 +101,9 @@ def test_arithmetic_lines_are_right_and_in_range():
 def test_doctests():
     import doctest
     assert doctest.testmod(mini_checks).failed == 0
+    assert doctest.testmod(mini).failed == 0
+    res = doctest.testmod(basics)   # its settings helpers: mini's flags and the --make-base child's
+    assert res.attempted >= 6 and res.failed == 0
 
 
 def test_mini_smoke(tmp_path):
@@ -147,7 +151,7 @@ def test_mini_smoke(tmp_path):
 
 
 def test_gpu_slots_spread_jobs_over_gpus():
-    s = dict(mini.SETTINGS, device="cuda", gpus=[0, 1, 2, 3], jobs=2)
+    s = dict(mini.parse_args([])[1], device="cuda", gpus=[0, 1, 2, 3], jobs=2)
     assert [e["CUDA_VISIBLE_DEVICES"] for e in mini.gpu_slots(s)] == ["0", "1", "2", "3"] * 2
     assert mini.gpu_slots(dict(s, device="cpu", jobs=3)) == [{}, {}, {}]
 
@@ -172,14 +176,48 @@ def test_shared_stage_runs_once(tmp_path, monkeypatch):
 
 
 def test_make_base_stage_gets_the_resolved_base_settings(tmp_path, monkeypatch):
-    # the base is made in a child process: --set overrides of its settings must reach it
+    # the base is made in a child process: the base's settings as resolved here (flags and
+    # --smoke's sizes) must reach it, though the child gets no --smoke
     cmds = []
     monkeypatch.setattr(mini, "run", lambda cmd, *a, **k: cmds.append(cmd))
-    _, s = mini.parse_args(["--smoke", "--out", str(tmp_path), "--set", "base_docs=7", "base_restate=0.5"])
+    _, s = mini.parse_args(["--smoke", "--out", str(tmp_path), "--base-docs", "7", "--base-restate", "0.5",
+                            "--target-range", "[12, 20]"])
     s["device"] = "cpu"
     mini.prelude(s, mini.paths(s), force=False)
     make = next(c for c in cmds if "--make-base" in c)
+    assert "--smoke" not in make
     _, child = mini.parse_args([str(x) for x in make[1:]])
     same = lambda d: json.loads(json.dumps({k: d[k] for k in mini.BASE_SETTINGS}))  # noqa: E731  (tuples as lists)
     assert same(child) == same(s)
-    assert child["base_docs"] == 7 and child["base_restate"] == 0.5
+    assert child["base_docs"] == 7 and child["base_restate"] == 0.5 and child["target_range"] == [12, 20]
+    assert child["base_size"] == mini.SMOKE["base_size"] != mini.parse_args([])[1]["base_size"]
+
+
+def test_every_setting_is_a_flag():
+    defaults = {name: default for name, default, _, _ in mini.SETTINGS}
+    _, s = mini.parse_args([])
+    assert {k: v for k, v in s.items() if k != "out"} == {k: v for k, v in defaults.items() if k != "out"}
+    # --smoke fills SMOKE's sizes where no flag set them; flags keep their values, typed
+    _, s = mini.parse_args(["--smoke", "--ppo-steps", "7", "--seeds", "4", "5", "--gpus", "1",
+                            "--base-size", '{"hidden_size": 32}', "--num-range", "[2, 20]"])
+    assert s["ppo_steps"] == 7 and s["seeds"] == [4, 5] and s["gpus"] == [1]
+    assert s["base_size"] == {"hidden_size": 32} and s["num_range"] == [2, 20]
+    assert s["sft_steps"] == mini.SMOKE["sft_steps"] and s["device"] == "cpu" and s["smoke"] is True
+    # every resolved setting survives the trip to a child process's flags
+    names = [k for k, v in s.items() if v is not None]
+    _, back = mini.parse_args(basics.settings_argv(mini.SETTINGS, s, names))
+    assert {k: back[k] for k in names} == {k: s[k] for k in names}
+
+
+@pytest.mark.parametrize("argv", [["--num-range", "[3]"], ["--num-range", "[1,"], ["--target-range", "[9, 2]"],
+                                  ["--base-size", "[64]"], ["--seeds", "x"], ["--conditions", "nope"], ["--jobs", "0"]])
+def test_bad_settings_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        mini.parse_args(argv)
+    assert e.value.code == 2 and argv[0] in capsys.readouterr().err
+
+
+def test_mini_checks_cli_needs_model_and_out(capsys):
+    with pytest.raises(SystemExit) as e:
+        mini_checks.main(["--out", "x.json"])
+    assert e.value.code == 2 and "--model and --out are required" in capsys.readouterr().err

@@ -1,15 +1,16 @@
 #!/bin/bash
 # Calibration of the miniature: base pretraining + priming of all eight conditions + the checks
 # (PPO's step-0 validation; each PPO run is stopped once it has written it), two candidates side by side on one GPU.
+# (Run as `--set ppo_steps=1 base_docs=100000 ...`; written here with the flags that replaced --set.)
 export PYTHONUNBUFFERED=1
 T0=$(date +%s)
-BIG='base_size={"hidden_size":512,"intermediate_size":1408,"num_hidden_layers":8,"num_attention_heads":8,"num_key_value_heads":4}'
+BIG='{"hidden_size":512,"intermediate_size":1408,"num_hidden_layers":8,"num_attention_heads":8,"num_key_value_heads":4}'
 CONDS="base all_strategies only_backtracking backtracking_verification backtracking_subgoal backtracking_backward empty_cot dots no_positive"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 declare -A PID DONE
 for c in r0 r5; do
   r=0; [ $c = r5 ] && r=0.5
-  python3 mini.py --out /tmp/cal-$c --seeds 0 --set ppo_steps=1 base_docs=100000 "$BIG" base_restate=$r > $OUT/cal_$c.log 2>&1 &
+  python3 mini.py --out /tmp/cal-$c --seeds 0 --ppo-steps 1 --base-docs 100000 --base-size "$BIG" --base-restate $r > $OUT/cal_$c.log 2>&1 &
   PID[$c]=$!
 done
 while true; do
@@ -27,7 +28,7 @@ while true; do
     if [ $n = 9 ]; then
       DONE[$c]=$now; echo "$c: all step-0 validations at ${now}s"
       r=0; [ $c = r5 ] && r=0.5
-      python3 -c "import mini; a, s = mini.parse_args(['--out', '/tmp/cal-$c', '--seeds', '0', '--set', 'base_docs=100000', '$BIG', 'base_restate=$r']); print(mini.run_checks(s, mini.paths(s)))" > $OUT/checks_$c.md 2>&1
+      python3 -c "import mini; a, s = mini.parse_args(['--out', '/tmp/cal-$c', '--seeds', '0', '--base-docs', '100000', '--base-size', '$BIG', '--base-restate', '$r']); print(mini.run_checks(s, mini.paths(s)))" > $OUT/checks_$c.md 2>&1
       kill -TERM ${PID[$c]}
     fi
   done
