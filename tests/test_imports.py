@@ -91,8 +91,8 @@ def test_shared_flags_have_one_wording():
     import common
     seen = set()
     for m in MODULES:
-        if m in ("conftest", "mini") or "SETTINGS" not in open(os.path.join(REPO, m + ".py")).read():
-            continue   # mini.py: settings of its own kind (the lead converts it)
+        if m == "conftest" or "SETTINGS" not in open(os.path.join(REPO, m + ".py")).read():
+            continue
         rows = getattr(importlib.import_module(m), "SETTINGS", None)
         if not isinstance(rows, list):
             continue
