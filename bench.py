@@ -4,7 +4,8 @@ figure is a ratio against ceilings taken on the same machine (README, "Speed").
 
     python bench.py                                   # GPU: Qwen2.5-3B shape, random weights
     python bench.py --parts ppo                       # only the PPO step (study shape)
-    python bench.py --parts ppo --ngpu 2              # the same step under torchrun on 2 GPUs
+    python bench.py --parts ppo --ngpu 1,2,4          # the same step at 1, 2 and 4 GPUs: scaling table
+    python bench.py --parts ppo --ngpu 1,1:study      # forced lengths against the study's lengths
     python bench.py --model tiny --device cpu         # CPU smoke run (CI), seconds
 
 Parts (--parts, comma-separated):
@@ -17,8 +18,13 @@ Parts (--parts, comma-separated):
   train       forward+backward tokens/s and MFU (6N FLOPs per token) of the actor's loss, with
               and without gradient checkpointing; the optimizer step (fp32 master on GPU / CPU)
   profile     kernel times of a few eager decode steps at 512 sequences (where the step goes)
-  ppo         one PPO step of the study's shape (ppo.py, forced lengths): each phase's time,
-              the peak memory, tokens/s; --ngpu N runs it under torchrun
+  ppo         one PPO step of the study's shape (ppo.py): each phase's time, the peak GPU and
+              host memory, tokens/s, padding waste. --ngpu 1,2,4 runs it at each world size
+              (torchrun, FSDP2, when > 1) and prints a scaling table; an item N:study or
+              N:forced sets that run's lengths. --lengths forced: every response --ppo-len
+              tokens; study: lengths drawn from the study's (sampler.STUDY_LENGTHS, mean 331 of
+              a --ppo-study-len cap of 1,024). --concurrent: runs share the machine, each on its
+              own GPUs and their share of the CPU cores, starting in order as GPUs free up.
 The table is printed last; every figure goes to --out (JSON).
 """
 import argparse
@@ -50,14 +56,21 @@ SETTINGS = [
     ("ppo_len", 512, int, "ppo part: forced response tokens"),
     ("ppo_steps", 2, int, "ppo part: steps run (the last one is reported: the first captures graphs)"),
     ("ppo_args", "", str, "ppo part: extra ppo.py flags, e.g. '--micro-batch 8 --no-grad-ckpt'"),
-    ("ngpu", 1, int, "ppo part: GPUs (torchrun when > 1)"),
+    ("ngpu", "1", str, "ppo part: world sizes, comma-separated (torchrun when > 1); N:study / N:forced "
+                       "sets that run's lengths"),
+    ("lengths", "forced", str, "ppo part: response lengths of runs without their own: forced (--ppo-len "
+                               "each) | study (drawn: sampler.STUDY_LENGTHS up to --ppo-study-len)"),
+    ("ppo_study_len", 1024, int, "ppo part: the length cap of --lengths study (the study's 1,024)"),
+    ("concurrent", False, bool, "ppo part: runs share the machine (own GPUs and cores each) instead of "
+                                "one after another"),
     ("out", "out/bench/bench.json", str, "where the full figures go"),
 ]
 
 
 # on a CPU (a smoke run: under a minute), settings left at their GPU defaults take these
 CPU_SIZES = dict(batch_sizes="4,8", hf_batch_sizes="8", prompt_len=16, new_tokens=12,
-                 train_configs="nockpt:2", train_seq=32, ppo_prompts=2, ppo_samples=2, ppo_len=8, ppo_steps=1)
+                 train_configs="nockpt:2", train_seq=32, ppo_prompts=2, ppo_samples=2, ppo_len=8, ppo_steps=1,
+                 ppo_study_len=32)
 
 
 def parse_args(argv=None):
@@ -81,8 +94,14 @@ def parse_args(argv=None):
         a.hf_batch_sizes = [int(x) for x in a.hf_batch_sizes.split(",") if x]
     except ValueError:
         ap.error("--batch-sizes and --hf-batch-sizes take comma-separated integers")
-    if min(a.batch_sizes + a.hf_batch_sizes + [a.prompt_len, a.new_tokens, a.train_seq, a.ppo_prompts,
-                                               a.ppo_samples, a.ppo_len, a.ppo_steps, a.ngpu]) <= 0:
+    if a.lengths not in ("forced", "study"):
+        ap.error("--lengths must be forced or study")
+    try:
+        a.runs = ppo_runs(a.ngpu, a.lengths)
+    except ValueError:
+        ap.error(f"--ngpu: comma-separated world sizes, each maybe with :forced or :study, not {a.ngpu!r}")
+    if min(a.batch_sizes + a.hf_batch_sizes + [a.prompt_len, a.new_tokens, a.train_seq, a.ppo_prompts, a.ppo_samples,
+                                               a.ppo_len, a.ppo_steps, a.ppo_study_len] + [n for n, _ in a.runs]) <= 0:
         ap.error("sizes, lengths, steps and --ngpu must be > 0")
     return a
 
@@ -341,41 +360,149 @@ def bench_optimizer(model, args):
 
 
 # ---------------------------------------------------------------------------------
-# one PPO step of the study's shape, through ppo.py itself
+# one PPO step of the study's shape, through ppo.py itself, at one or more world sizes
+
+def ppo_runs(spec, lengths):
+    """--ngpu's runs as (world size, lengths) pairs.
+
+    >>> ppo_runs("1,2,4,1:study", "forced")
+    [(1, 'forced'), (2, 'forced'), (4, 'forced'), (1, 'study')]
+    """
+    runs = []
+    for item in spec.split(","):
+        n, _, mode = item.partition(":")
+        if (mode or lengths) not in ("forced", "study"):
+            raise ValueError(item)
+        runs.append((int(n), mode or lengths))
+    return runs
+
 
 def bench_ppo(args, ceil, res):
-    out = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"ppo_{args.ngpu}gpu")
-    data = os.path.join(os.path.dirname(os.path.abspath(args.out)), "countdown")
+    """Every --ngpu run, one after another or (--concurrent) side by side; one row each."""
     here = os.path.dirname(os.path.abspath(__file__))
+    data = os.path.join(os.path.dirname(os.path.abspath(args.out)), "countdown")
     if not os.path.exists(os.path.join(data, "test.jsonl")):
         subprocess.run([sys.executable, os.path.join(here, "countdown.py"), "--out", data, "--n-train", "2000",
                         "--n-test", "64"], check=True, stdout=subprocess.DEVNULL)
+    cuda = args.device.startswith("cuda")
+    visible = (os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if os.environ.get("CUDA_VISIBLE_DEVICES")
+               else [str(i) for i in range(torch.cuda.device_count())]) if cuda else []
+    if cuda and max(n for n, _ in args.runs) > len(visible):
+        common.die(f"--ngpu: {max(n for n, _ in args.runs)} GPUs asked, {len(visible)} visible", "bench.py")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pending, running, free = list(args.runs), [], list(range(len(visible)))
+    while pending or running:
+        n = pending[0][0] if pending else 0
+        if pending and (not running or (args.concurrent and cuda and n <= len(free))):
+            gpus = sorted(free)[:n] if cuda else []
+            free = [g for g in free if g not in gpus]
+            running.append(launch_ppo(args, *pending.pop(0), data, here, [visible[g] for g in gpus],
+                                      share(cores, gpus, len(visible)) if args.concurrent else None) + (gpus,))
+            continue
+        done = [r for r in running if r[0].poll() is not None]
+        if not done:
+            time.sleep(1)
+            continue
+        proc, row, log, gpus = done[0]
+        running.remove(done[0])
+        free += gpus
+        if proc.returncode:   # the other runs go on (an OOM at one world size leaves the rest)
+            with open(log) as f:
+                tail = f.readlines()[-40:]
+            sys.stderr.write("".join(tail))
+            print(f"[{row['ngpu']}gpu_{row['lengths']}] FAILED (exit {proc.returncode}); log: {log}", flush=True)
+            res.setdefault("failed", []).append({**row, "exit": proc.returncode, "log_tail": tail[-5:]})
+            continue
+        new = ppo_row(row, ceil, args)   # replaces a row of the same run from an earlier call
+        res["ppo"] = [r for r in res.get("ppo", []) if (r["ngpu"], r.get("lengths")) != (new["ngpu"], new["lengths"])]
+        res["ppo"].append(new)
+        common.write_json(args.out, res)       # each run's row kept, should a later one be cut short
+        print(json.dumps(new), flush=True)
+
+
+def share(cores, gpus, n_visible):
+    """The CPU cores that go with these GPUs: an equal, contiguous block per GPU."""
+    per = max(1, len(cores) // max(1, n_visible))
+    return [c for g in gpus for c in cores[g * per:(g + 1) * per]] or cores
+
+
+def launch_ppo(args, n, lengths, data, here, gpus, cores):
+    """Start one ppo.py run (torchrun when n > 1) in the background, its output to a log
+    file beside --out. Returns (process, what its row needs, log path)."""
+    tag = f"{n}gpu_{lengths}"
+    out = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"ppo_{tag}")
+    R = args.ppo_len if lengths == "forced" else args.ppo_study_len
     flags = ["--model", args.model, "--data", data, "--out", out, "--steps", args.ppo_steps,
              "--prompts-per-step", args.ppo_prompts, "--samples-per-prompt", args.ppo_samples,
-             "--max-response-len", args.ppo_len, "--force-response-len", args.ppo_len,
+             "--max-response-len", R, *(["--force-response-len", R] if lengths == "forced" else
+                                        ["--force-lengths", "study"]),
              "--eval-every", 0, "--log-rollouts-every", 0, "--save-every", 0, "--no-save-final", "--overwrite",
              "--device", args.device.split(":")[0], *args.ppo_args.split()]
-    launch = [sys.executable] if args.ngpu == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.ngpu}"]
+    launch = [sys.executable] if n == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
     cmd = launch + [os.path.join(here, "ppo.py")] + [str(f) for f in flags]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=here)
-    ms = common.read_jsonl(os.path.join(out, "metrics.jsonl"))
+    env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {}))
+    log = out + ".log"
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    print(f"[{tag}] {' '.join(cmd)}" + (f"  (GPUs {','.join(gpus)}, {len(cores)} cores)" if cores else ""),
+          flush=True)
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=here, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
+    return proc, {"ngpu": n, "lengths": lengths, "out": out, "cmd": cmd[len(launch):]}, log
+
+
+def ppo_row(row, ceil, args):
+    """The figures of a finished run, from its metrics.jsonl (the last step: the first compiles)."""
+    ms = common.read_jsonl(os.path.join(row["out"], "metrics.jsonl"))
     m = ms[-1]
     n = common.count_params(args.model.split(":", 1)[1]) if args.model.startswith("random:") else None
     phases = {k[5:]: v for k, v in m.items() if k.startswith("time/")}
-    row = {"ngpu": args.ngpu, "phases_s": phases, "peak_gb": m.get("mem/peak_gb"),
-           "tokens_per_s": m.get("tokens_per_s"), "logp_diff": m.get("rollout/logp_diff"),
+    out = {"ngpu": row["ngpu"], "lengths": row["lengths"], "phases_s": phases, "peak_gb": m.get("mem/peak_gb"),
+           "host_gb": m.get("mem/host_peak_gb"), "tokens_per_s": m.get("tokens_per_s"),
+           "response_length": m.get("response_length/mean"), "pad_waste": m.get("perf/pad_waste"),
+           "pad_waste_unsorted": m.get("perf/pad_waste_unsorted"), "logp_diff": m.get("rollout/logp_diff"),
            "kl_step1": ms[0].get("kl"),   # policy and reference start equal (random: too): exactly 0
-           "cmd": cmd[len(launch):]}
+           "fsdp": row["ngpu"] > 1 and "--no-fsdp" not in args.ppo_args.split(), "cmd": row["cmd"]}
     if n and m.get("tokens/rank"):   # per-GPU MFU of each pass: 2N (forward) or 6N FLOPs per token
         for phase, f in (("old_logp", 2), ("ref_logp", 2), ("values", 2), ("actor_update", 6), ("critic_update", 6)):
             if phases.get(phase):
                 rate = f * n * m["tokens/rank"] / phases[phase]
-                row[f"mfu_vs_measured/{phase}"] = rate / ceil["matmul_flops_per_s"] if ceil else None
-                row[f"mfu_vs_peak/{phase}"] = common.mfu(rate, args.device)
-    res.setdefault("ppo", []).append(row)
-    print(json.dumps(row), flush=True)
+                out[f"mfu_vs_measured/{phase}"] = rate / ceil["matmul_flops_per_s"] if ceil else None
+                out[f"mfu_vs_peak/{phase}"] = common.mfu(rate, args.device)
+    return out
+
+
+def host_at(rows, n=8):
+    """Host memory of n ranks from the FSDP runs' peak RSS per rank: a + b / N fitted to two or
+    more world sizes (what is sharded shrinks as 1/N, the rest stays), else the one measured
+    per-rank figure (an upper bound: it only shrinks with N). (total GB, per-rank GB) or None."""
+    pts = sorted({(r["ngpu"], r["host_gb"]) for r in rows if r.get("fsdp") and r.get("host_gb")})
+    if not pts:
+        return None
+    if len({k for k, _ in pts}) < 2:
+        return n * pts[-1][1], pts[-1][1]
+    xs, ys = [1 / k for k, _ in pts], [v for _, v in pts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    per = max(0.0, my - b * mx + b / n)
+    return n * per, per
+
+
+def scaling_table(rows):
+    """Step time, tokens/s and speed-up (against 1 GPU with the same lengths), peak GPU and
+    host memory per rank, padding waste; then the host memory 8 ranks would need."""
+    lines = ["GPUs lengths  step s  tokens/s  speed-up  GPU GB/rank  host GB/rank  resp. len  pad waste (unsorted)"]
+    for r in rows:
+        base = next((b for b in rows if b["ngpu"] == 1 and b["lengths"] == r["lengths"]), None)
+        up = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
+        lines.append(f"{r['ngpu']:>4} {r['lengths']:<7} {r['phases_s'].get('step', 0):7.1f} {r['tokens_per_s']:9,.0f} "
+                     f"{up:>9} {r['peak_gb'] or 0:12.1f} {r['host_gb'] or 0:13.1f} {r['response_length'] or 0:10.0f}  "
+                     f"{r['pad_waste'] or 0:.3f} ({r['pad_waste_unsorted'] or 0:.3f})")
+    h = host_at(rows)
+    if h:
+        lines.append(f"host memory at 8 ranks (FSDP, from the runs' peak RSS per rank): {h[0]:.1f} GB ({h[1]:.1f} per rank)")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------
@@ -412,7 +539,12 @@ def table(res):
         ph = ", ".join(f"{k} {v:.1f}" for k, v in r["phases_s"].items())
         mf = ", ".join(f"{k.split('/')[1]} {100 * v:.0f}%" for k, v in r.items()
                        if k.startswith("mfu_vs_measured/") and v is not None)
-        lines.append(f"ppo {r['ngpu']} GPU: {ph} s; peak {r['peak_gb']:.1f} GB; MFU {mf}")
+        lines.append(f"ppo {r['ngpu']} GPU, {r.get('lengths', 'forced')} lengths: {ph} s; peak {r['peak_gb']:.1f} GB; "
+                     f"MFU {mf}")
+    if res.get("ppo"):
+        lines.append(scaling_table([r for r in res["ppo"] if "lengths" in r]))
+    for r in res.get("failed", []):
+        lines.append(f"ppo {r['ngpu']} GPU, {r['lengths']} lengths: FAILED (exit {r['exit']}), log {r['out']}.log")
     return "\n".join(lines)
 
 
@@ -444,9 +576,14 @@ def main(argv=None):
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
     if "ppo" in args.parts:
+        res.pop("failed", None)
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()           # the runs need GPU 0's memory
         bench_ppo(args, res.get("ceilings"), res)
     common.write_json(args.out, res)
     print(f"\nfull figures: {args.out}\n" + table(res))
+    if res.get("failed"):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

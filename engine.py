@@ -204,7 +204,7 @@ def sample_fused(logits, temperature, greedy, seed, block=1024):
 
 
 # per-row state, [rows, ...] each: moved together when the batch is compacted
-ROW_BUFFERS = ("valid", "tok", "pos", "done", "length", "out_tok", "out_logp")
+ROW_BUFFERS = ("valid", "tok", "pos", "done", "length", "limit", "out_tok", "out_logp")
 
 
 class Engine:
@@ -267,6 +267,7 @@ class Engine:
         self.pos = torch.zeros(rows, dtype=torch.long, device=dev)            # its position id
         self.done = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.length = torch.zeros(rows, dtype=torch.long, device=dev)        # tokens kept so far
+        self.limit = torch.zeros(rows, dtype=torch.long, device=dev)         # a row stops at this length
         self.slot = torch.zeros((), dtype=torch.long, device=dev)             # its cache slot
         self.col = torch.zeros((), dtype=torch.long, device=dev)              # output column
         self.temperature = torch.ones((), dtype=torch.float32, device=dev)
@@ -397,7 +398,7 @@ class Engine:
         self.out_tok[:B].index_copy_(1, self.col.view(1), new[:, None])
         self.out_logp[:B].index_copy_(1, self.col.view(1), logp[:, None])
         self.length[:B].add_(live.long())
-        stop = (new == self.eos_id) & self.eos_on
+        stop = ((new == self.eos_id) & self.eos_on) | (self.length[:B] >= self.limit[:B])
         for seq in (self._stop_tensor(s) for s in mode[3]):      # stop token sequences
             m = len(seq)
             cols = (self.col - torch.arange(m - 1, -1, -1, device=new.device)).clamp(min=0)
@@ -470,17 +471,19 @@ class Engine:
 
     @torch.no_grad()
     def generate(self, prompt_ids, prompt_mask, max_new, temperature=1.0, top_k=0, top_p=1.0,
-                 force_len=0, stop_seqs=(), prefill_rows=64):
+                 force_len=0, stop_seqs=(), prefill_rows=64, lengths=None):
         """Sample (temperature > 0) or greedy-decode max_new tokens after left-padded prompts.
 
         prompt_ids, prompt_mask: [N, P]. stop_seqs: token-id lists that end a row (like EOS).
-        force_len > 0: ignore EOS and stop sequences (benchmarks). Returns Output.
+        force_len > 0: ignore EOS and stop sequences (benchmarks). lengths [N]: ignore them too
+        and end row i after lengths[i] tokens (benchmarks of varied lengths). Returns Output.
         """
         N, P = prompt_ids.shape
         R = max_new
         self._allocate(max(N, self.min_batch), P + R)
         self._fuse_qkv()
         dev = self.device
+        force_len = force_len or lengths is not None
         stops = () if force_len else tuple(tuple(int(t) for t in s) for s in stop_seqs)
         greedy = temperature <= 0
         mode = (greedy, 0 if greedy else int(top_k), 1.0 if greedy else float(top_p), stops)
@@ -499,6 +502,9 @@ class Engine:
         self.done[:B] = False
         self.done[N:B] = True                                          # padding rows
         self.length[:B] = 0
+        self.limit[:B] = R
+        if lengths is not None:
+            self.limit[:N] = lengths.to(dev).clamp(1, R)
         self.pos[:B] = mask.long().sum(-1) - 1    # _record advances it to token 0's position
         self.slot.fill_(P - 1)                    # ... and this to token 0's cache slot
         self.col.fill_(0)

@@ -135,12 +135,14 @@ class MasterAdamW:
                 p.copy_(saved)
 
 
-def make_optimizer(module, lr, args, device):
-    """Plain AdamW for fp32 models; MasterAdamW (fp32 master, maybe on CPU) for bf16 ones."""
+def make_optimizer(module, lr, args, device, sharded=False):
+    """Plain AdamW for fp32 models (sharded: FSDP's fp32 shards, fused on the GPU); MasterAdamW
+    (fp32 master, maybe on CPU) for bf16 ones."""
     kw = dict(lr=lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
     params = list(module.parameters())
-    if all(p.dtype == torch.float32 for p in params):
-        return torch.optim.AdamW([p for p in params if p.requires_grad], **kw)
+    if all(p.dtype == torch.float32 for p in params):   # FSDP's shards: the states are sharded alike
+        fused = sharded and str(device).startswith("cuda")
+        return torch.optim.AdamW([p for p in params if p.requires_grad], fused=fused or None, **kw)
     where = args.optim_device
     if where == "auto" and not str(device).startswith("cuda"):
         where = "cpu"
@@ -149,9 +151,10 @@ def make_optimizer(module, lr, args, device):
         n = sum(p.numel() for p in params)
         total = torch.cuda.get_device_properties(device).total_memory
         where = "cuda" if 2 * 12 * n < 0.45 * total else "cpu"
-    if where == "cpu":  # torchrun sets OMP_NUM_THREADS=1; the CPU Adam step needs the cores
-        torch.set_num_threads(max(torch.get_num_threads(),
-                                  (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    if where == "cpu":  # torchrun sets OMP_NUM_THREADS=1; the CPU Adam step needs the cores (those
+        # this process may run on: bench.py --concurrent gives each run its share)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(torch.get_num_threads(), cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     # on the CPU the step runs in the background, hidden behind the other model's GPU work
     return MasterAdamW(params, device=device if where == "cuda" else "cpu",
                        background=where == "cpu" and str(device).startswith("cuda"), **kw)

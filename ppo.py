@@ -6,8 +6,13 @@ PPO from scratch on Countdown, as the study ran it (TinyZero / veRL defaults).
         --steps 20 --prompts-per-step 8 --samples-per-prompt 4 --max-response-len 128
     # one GPU, the study's settings (256 prompts x 4 samples, 1024-token responses, 250 steps)
     python ppo.py --model qwen2.5-3b --data data/countdown --out out/ppo-qwen
-    # several GPUs: prompts are sharded by rank, gradients synchronised with DDP
-    torchrun --nproc_per_node=2 ppo.py --model llama-3.2-3b --init out/sft-llama/final --out out/ppo-llama
+    # several GPUs: prompts sharded by rank; actor, critic and reference sharded with FSDP2
+    # (fp32 master shards and AdamW states on the GPUs, bf16 compute; --no-fsdp: DDP)
+    torchrun --standalone --nproc_per_node=4 ppo.py --model llama-3.2-3b --init out/sft-llama/final \
+        --out out/ppo-llama
+    # several hosts (not yet run): the same command on each, --out and --data on a shared disk
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST0:29500 --rdzv-id=ppo-llama \
+        ppo.py --model llama-3.2-3b --init out/sft-llama/final --out out/ppo-llama
 
 What one step does (each line below is a block in `train_step`):
   1. draw P prompts from train.jsonl and sample K responses each at temperature 1.0;
@@ -24,6 +29,11 @@ What one step does (each line below is a block in `train_step`):
      clipped value loss, averaged over tokens, with gradient clipping. Actor and critic take
      turns mini-batch by mini-batch: where AdamW runs on the CPU (a 3B pair on one GPU), one
      model's step runs in a background thread while the other computes on the GPU.
+The passes of 3 and 6 run rows of like length together (micro-batches sorted by response
+length, each cut to the columns its rows use: perf/pad_waste is the padding left). With
+FSDP2 under torchrun (shard.py), each rank holds 1/N of every weight, gradient and AdamW state;
+rollouts read a bf16 replica of the policy refreshed from the shards before each sampling, and
+checkpoints hold full weights (fp32) and name-keyed states, resumable at any number of ranks.
 Only response tokens up to and including the first EOS count anywhere (mask). Variants:
 `--adv-estimator grpo` (group-normalised scores, no critic; https://arxiv.org/abs/2402.03300),
 `--kl-in-loss` (k3 KL as a loss term instead of a reward penalty), `--kl-target` (adaptive
@@ -41,9 +51,11 @@ import torch
 import torch.nn as nn
 
 import common
+import shard
 from optim import MasterAdamW, accumulate_fp32, all_reduce_mean_, clip_fp32_, make_optimizer, set_lr
 import sampler
-from sampler import position_ids, token_logprobs, unwrap
+from sampler import position_ids, token_logprobs
+from shard import unwrap
 
 # ---------------------------------------------------------------------------------
 # settings: the flags and their defaults (the study's PPO run); `--help` lists them all
@@ -80,6 +92,8 @@ SETTINGS = [
     ("grad_clip", 1.0, float, "gradient norm clip"),
     ("entropy_coef", 0.001, float, "entropy bonus: the actor loss subtracts coef x token-mean entropy"),
     ("grad_ckpt", None, bool, "gradient checkpointing (default: on for GPU)"),
+    ("fsdp", None, bool, "under torchrun: shard actor, critic and reference with FSDP2 (fp32 master shards and "
+                         "AdamW states on the GPUs, bf16 compute); default: on with 2+ ranks; --no-fsdp: DDP"),
     ("optim_device", "auto", str, "where fp32 master weights + Adam states live: auto | cuda | cpu"),
     ("eval_every", 10, int, "validation every N steps and before the first (0: never)"),
     ("val_size", 1024, int, "test tasks used for validation (the first N of test.jsonl)"),
@@ -275,7 +289,8 @@ class Critic(nn.Module):
         h = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
                        position_ids=position_ids).last_hidden_state   # [B, L, H]
         # the value of the state *before* each response token: positions -n_resp-1 .. -2
-        return self.head(h[:, -n_resp - 1:-1].float()).squeeze(-1)      # [B, n_resp]
+        # [B, n_resp]; a copy, not a view: FSDP2 warns that in-place ops on a view would skip its hook
+        return self.head(h[:, -n_resp - 1:-1].float()).squeeze(-1).clone()
 
 
 def wait_for(*opts, timings=None):
@@ -292,9 +307,10 @@ def wait_for(*opts, timings=None):
 # ---------------------------------------------------------------------------------
 # the critic's pass (the policy's log-probs and the sampler live in sampler.py)
 
-def critic_values(critic, seq, attn, n_resp, micro):
-    return torch.cat([critic(seq[i:i + micro], attn[i:i + micro], position_ids(attn[i:i + micro]),
-                             n_resp) for i in range(0, seq.shape[0], micro)])
+def critic_values(critic, seq, attn, n_resp, micro, pads=None):
+    """Values [N, n_resp] in micro-batches of rows of like length, each cut to the columns it uses."""
+    return sampler.over_micro_batches(lambda s, a, r: (critic(s, a, position_ids(a), r),),
+                                      seq, attn, n_resp, micro, pads)[0]
 
 
 # ---------------------------------------------------------------------------------
@@ -313,22 +329,23 @@ def draw_tasks(tasks, step, args, dist):
     return [tasks[i] for i in idx[dist["rank"]::dist["world_size"]]]
 
 
-def compute_advantages(b, policy, ref, critic, args, kl_coef, timings, opt_c=None, dist=None):
+def compute_advantages(b, policy, ref, critic, args, kl_coef, timings, opt_c=None, dist=None, pads=None):
     """Old/ref log-probs, values, KL-penalised token rewards, advantages and returns.
-    opt_c: the critic's optimizer, whose last step may still be running (update())."""
+    opt_c: the critic's optimizer, whose last step may still be running (update()).
+    pads: sampler.count_padding's counters."""
     seq, attn, mask, R = b["seq"], b["attn"], b["mask"], b["mask"].shape[1]
     mb = args.forward_micro_batch or 2 * args.micro_batch   # no activations kept: more rows fit
     with torch.no_grad():
         t = time.time()
         T = args.temperature   # the log-probs of the distribution sampled from: logits / T (veRL)
-        b["old_logp"] = token_logprobs(policy, seq, attn, R, mb, temperature=T)
+        b["old_logp"] = token_logprobs(policy, seq, attn, R, mb, temperature=T, pads=pads)
         sync_time(timings, "old_logp", t)
         t = time.time()
-        b["ref_logp"] = token_logprobs(ref, seq, attn, R, mb, temperature=T)
+        b["ref_logp"] = token_logprobs(ref, seq, attn, R, mb, temperature=T, pads=pads)
         sync_time(timings, "ref_logp", t)
         wait_for(opt_c, timings=timings)
         t = time.time()
-        b["values"] = critic_values(critic, seq, attn, R, mb) if critic is not None else torch.zeros_like(mask)
+        b["values"] = critic_values(critic, seq, attn, R, mb, pads) if critic is not None else torch.zeros_like(mask)
         sync_time(timings, "values", t)
     kl = kl_penalty(b["old_logp"], b["ref_logp"], args.kl_kind) * mask       # [N, R]
     last = (mask.sum(1).long() - 1).clamp(min=0)
@@ -361,7 +378,7 @@ def minibatches(n, args, dist, gen):
             yield perm[i:i + size]
 
 
-def update(learners, b, args, dist, gen, timings):
+def update(learners, b, args, dist, gen, timings, pads=None):
     """PPO updates. learners: (name, model, optimizer, loss_fn) tuples, e.g. the actor and the
     critic. Mini-batches alternate between them, so that one's optimizer step (on the CPU, in
     the background) overlaps the other's forward/backward on the GPU. Each loss is a token-mean
@@ -373,41 +390,49 @@ def update(learners, b, args, dist, gen, timings):
         for name, model, opt, loss_fn in learners:
             wait_for(opt, timings=timings)    # this model's previous step must have landed
             t = time.time()
-            bad += not minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats[name])
+            bad += not minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats[name], pads)
             sync_time(timings, f"{name}_update", t)
     return {name: {k: v / max(1, n_mb) for k, v in st.items()} for name, st in stats.items()}, bad
 
 
-def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats):
-    """Accumulate gradients over micro-batches of idx, clip, step. False if skipped.
-    fp32 weights: .grad accumulates and DDP all-reduces in the last backward. Low-precision
-    weights (MasterAdamW): the sum is kept in fp32 (accumulate_fp32) and all-reduced in fp32."""
+def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats, pads=None):
+    """Accumulate gradients over micro-batches of idx (rows of like response length together,
+    sampler.micro_batches), clip, step. False if skipped. A micro-batch's loss weighs by its
+    share of the mini-batch's response tokens on all ranks, times the number of ranks (whose
+    gradients are averaged): the gradient of the token-mean over the global mini-batch, as one
+    process computes it. fp32 weights: .grad accumulates; DDP all-reduces in the last backward,
+    FSDP reduce-scatters in each (into fp32 shards). Low-precision weights (MasterAdamW): the
+    sum is kept in fp32 (accumulate_fp32) and all-reduced in fp32."""
     import contextlib
     model.train()
-    n_tok = b["mask"][idx].sum().clamp(min=1)
-    micro = [idx[i:i + args.micro_batch] for i in range(0, len(idx), args.micro_batch)]
+    world = dist.get("world_size", 1)
+    n_tok = shard.global_sum(b["mask"][idx].sum(), dist).clamp(min=1)
+    micro = sampler.micro_batches(b["mask"].sum(1), args.micro_batch, idx)
+    if "attn" in b:
+        sampler.count_padding(pads, b["attn"], b["mask"].shape[1], micro)
     fp32_acc = isinstance(opt, MasterAdamW)
+    ddp = dist["ddp"] and not shard.is_sharded(model)
     params = [p for p in model.parameters() if p.requires_grad]
     finite, acc = True, None
     for j, m in enumerate(micro):
-        ddp_sync = dist["ddp"] and not fp32_acc and j == len(micro) - 1
-        with contextlib.nullcontext() if (not dist["ddp"] or ddp_sync) else model.no_sync():
+        sync = not ddp or (not fp32_acc and j == len(micro) - 1)
+        with contextlib.nullcontext() if sync else model.no_sync():
             loss, s = loss_fn(model, b, m)
-            loss = loss * b["mask"][m].sum() / n_tok
+            w = b["mask"][m].sum() / n_tok * world
             finite &= bool(torch.isfinite(loss))
-            loss.backward()
+            (loss * w).backward()
         if fp32_acc:
             acc = accumulate_fp32(params, acc)
-        w = float(b["mask"][m].sum() / n_tok)
         for k, v in s.items():
-            stats[k] = stats.get(k, 0.0) + float(v.detach()) * w
+            stats[k] = stats.get(k, 0.0) + float(v.detach()) * float(w)
     if fp32_acc:
         if dist["ddp"]:
             all_reduce_mean_(acc, dist)
         gnorm = clip_fp32_(acc, args.grad_clip)
     else:
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-    ok = finite and bool(torch.isfinite(gnorm))
+        gnorm = shard.full(torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip))
+    # every rank takes the step or none does (a rank alone stepping would leave the others behind)
+    ok = shard.global_sum(torch.tensor(float(not finite)), dist).item() == 0 and bool(torch.isfinite(gnorm))
     if ok:
         opt.step(acc) if fp32_acc else opt.step()
     opt.zero_grad(set_to_none=True)
@@ -417,14 +442,15 @@ def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats):
 
 def actor_loss_fn(args, kl_coef):
     def fn(policy, b, m):
-        seq, attn, mask = b["seq"][m], b["attn"][m], b["mask"][m]
-        logp, ent = token_logprobs(policy, seq, attn, mask.shape[1], len(m), temperature=args.temperature,
+        v = sampler.micro_view(b, m)
+        mask = v["mask"]
+        logp, ent = token_logprobs(policy, v["seq"], v["attn"], mask.shape[1], len(m), temperature=args.temperature,
                                    entropy=True, entropy_grad=args.entropy_coef > 0)
-        pg_loss, clipfrac = policy_loss(logp, b["old_logp"][m], b["adv"][m], mask, args.clip)
+        pg_loss, clipfrac = policy_loss(logp, v["old_logp"], v["adv"], mask, args.clip)
         loss = pg_loss - args.entropy_coef * masked_mean(ent, mask)   # entropy bonus (veRL dp_actor)
         if args.kl_in_loss:
-            loss = loss + kl_coef * masked_mean(kl_penalty(logp, b["ref_logp"][m], "k3"), mask)
-        approx_kl = masked_mean(0.5 * (logp.detach() - b["old_logp"][m]) ** 2, mask)
+            loss = loss + kl_coef * masked_mean(kl_penalty(logp, v["ref_logp"], "k3"), mask)
+        approx_kl = masked_mean(0.5 * (logp.detach() - v["old_logp"]) ** 2, mask)
         return loss, {"losses/policy": pg_loss.detach(), "losses/actor": loss.detach(), "clipfrac": clipfrac,
                       "approx_kl": approx_kl, "entropy": masked_mean(ent.detach(), mask)}
     return fn
@@ -432,9 +458,9 @@ def actor_loss_fn(args, kl_coef):
 
 def critic_loss_fn(args):
     def fn(critic, b, m):
-        seq, attn, mask = b["seq"][m], b["attn"][m], b["mask"][m]
-        v = critic(seq, attn, position_ids(attn), mask.shape[1])
-        loss = value_loss(v, b["values"][m], b["returns"][m], mask, args.value_clip)
+        v = sampler.micro_view(b, m)
+        values = critic(v["seq"], v["attn"], position_ids(v["attn"]), v["mask"].shape[1])
+        loss = value_loss(values, v["values"], v["returns"], v["mask"], args.value_clip)
         return loss, {"losses/value": loss.detach()}
     return fn
 
@@ -483,7 +509,7 @@ def validate(policy, tokenizer, tasks, args, dist, reward_fn, step):
     torch.manual_seed(args.seed * 1_000_003 + 999_983 * (step + 1) + dist["rank"])   # the same samples on a re-run
     recs = sampler.sample_tasks(policy, tokenizer, mine, args.val_samples, 1.0, step=step, **kw)
     greedy = [r["reward"] for r in sampler.sample_tasks(policy, tokenizer, mine, 1, 0.0, **kw)]
-    recs, greedy = gather_list(recs, dist), gather_list(greedy, dist)
+    recs, greedy = shard.gather_list(recs, dist), shard.gather_list(greedy, dist)
     mean = lambda xs: sum(xs) / max(1, len(xs))
     return {"val/acc": mean([r["reward"] >= 1 for r in recs]),
             "val/format_rate": mean([r["reward"] > 0 for r in recs]),
@@ -491,44 +517,30 @@ def validate(policy, tokenizer, tasks, args, dist, reward_fn, step):
             "val/score_greedy": mean(greedy)}, recs     # score_greedy: the study's val/test_score
 
 
-def gather_list(items, dist):
-    if not dist["ddp"]:
-        return items
-    import torch.distributed as tdist
-    out = [None] * dist["world_size"]
-    tdist.all_gather_object(out, items)
-    return [x for part in out for x in part]
-
-
-def check_in_sync(models, opts, dist):
-    """Under torchrun: raise unless every rank holds the same weights. DDP keeps them equal
-    only if every rank takes every optimizer step on the same all-reduced gradients; a
-    difference would otherwise drift on silently. One float64 checksum per model, compared
-    across ranks before each checkpoint (collective: all ranks call it)."""
-    if not dist["ddp"]:
-        return
-    import torch.distributed as tdist
-    wait_for(*opts)
-    sums = torch.stack([torch.stack([p.detach().double().sum() for p in unwrap(m).parameters()]).sum()
-                        for m in models if m is not None]).to(dist["device"])
-    every = [torch.empty_like(sums) for _ in range(dist["world_size"])]
-    tdist.all_gather(every, sums)
-    if any(not torch.equal(e, every[0]) for e in every):
-        raise RuntimeError(f"ranks' weights differ (checksums {[e.tolist() for e in every]}): "
-                           "DDP lost sync; not saving a checkpoint from rank 0 alone")
-
-
-def save_checkpoint(path, policy, critic, opt_a, opt_c, tokenizer, state, args):
-    """Policy as a Hugging Face folder; critic, optimisers and RNG in trainer_state.pt;
-    trainer_state.json (written last) marks the checkpoint complete."""
+def save_checkpoint(paths, models, state, args, dist):
+    """Policy as a Hugging Face folder; critic, optimisers (keyed by parameter name, fp32 masters
+    apart: shard.checkpoint_state) and RNG in trainer_state.pt; trainer_state.json (written
+    last) marks the checkpoint complete. The same state goes to each of paths. Under FSDP the
+    weights (fp32: the masters) and optimizer states are gathered first, a collective: every
+    rank calls this, rank 0 writes."""
+    tokenizer, policy, _, critic, opt_a, opt_c = models[:6]
     wait_for(opt_a, opt_c)
+    fsdp = shard.is_sharded(policy)
+    sd_a, osd_a, masters_a = shard.checkpoint_state(unwrap(policy), opt_a, fsdp)
+    sd_c, osd_c, masters_c = shard.checkpoint_state(unwrap(critic), opt_c, fsdp) if critic is not None else [None] * 3
+    if not dist["master"]:
+        return
+    if critic is not None and sd_c is None:
+        sd_c = unwrap(critic).state_dict()
+
     def extra(tmp):
-        torch.save({"critic": unwrap(critic).state_dict() if critic is not None else None,
-                    "opt_actor": opt_a.state_dict(),
-                    "opt_critic": opt_c.state_dict() if opt_c is not None else None,
-                    "torch_rng": torch.get_rng_state()}, os.path.join(tmp, "trainer_state.pt"))
+        torch.save({"critic": sd_c, "opt_actor": osd_a, "opt_critic": osd_c, "masters_actor": masters_a,
+                    "masters_critic": masters_c, "torch_rng": torch.get_rng_state()},
+                   os.path.join(tmp, "trainer_state.pt"))
         common.write_json(os.path.join(tmp, "trainer_state.json"), state)
-    common.save_hf(unwrap(policy), tokenizer, path, extra=extra, cfg={"stage": "ppo", **vars(args)})
+    model = shard.WithState(unwrap(policy), sd_a) if sd_a is not None else unwrap(policy)
+    for path in paths:
+        common.save_hf(model, tokenizer, path, extra=extra, cfg={"stage": "ppo", **vars(args)})
 
 
 def truncate_metrics(out, step):
@@ -542,7 +554,8 @@ def truncate_metrics(out, step):
 # set-up and the loop
 
 def build(args, dist):
-    """Tokenizer, policy, reference, critic and optimisers; resumed if asked."""
+    """Tokenizer, policy, reference, critic, optimisers and, under FSDP, the policy's rollout
+    replica (shard.replica; else None); resumed if asked."""
     device = dist["device"]
     init = args.init or args.model
     tokenizer = common.load_tokenizer(args.model)
@@ -551,39 +564,60 @@ def build(args, dist):
     problem = common.vocab_problem(tokenizer, ckpt or init)
     if problem:
         common.die(problem, "ppo.py")
-    policy = common.load_model(args.model, dtype, device, init=ckpt or init)
+    fsdp = dist["ddp"] and args.fsdp is not False
+    # mmap: every rank reads the same pages (a 3B pair's full AdamW states are ~50 GB)
+    rs = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", weights_only=False,
+                    mmap=True) if ckpt else {}
+    weights = torch.float32 if fsdp else dtype       # under FSDP the sharded weights are the fp32 masters
+    compute = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+
+    def load(src, masters=None, state=None, critic=False):
+        m = common.load_model(args.model, weights, device, init=src)
+        m = Critic(m) if critic else m
+        for sd in (state, masters):                 # the critic's weights, then fp32 masters where saved
+            if sd:
+                m.load_state_dict(sd, strict=sd is state)
+        if args.grad_ckpt if args.grad_ckpt is not None else device.startswith("cuda"):
+            # non-reentrant checkpointing is the variant that works under DDP and FSDP
+            (m.trunk if critic else m).gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        return shard.shard_model(m, compute, [m.head] if critic else ()) if fsdp else m
+    policy = load(ckpt or init, rs.get("masters_actor"))
+    policy.config.use_cache = not fsdp  # generation needs the cache even with checkpointing on
+    critic = load(init, rs.get("masters_critic"), rs.get("critic"), critic=True) if args.adv_estimator == "gae" else None
     ref = common.load_model(args.model, dtype, device, init=init).eval().requires_grad_(False)
-    critic = Critic(common.load_model(args.model, dtype, device, init=init)) \
-        if args.adv_estimator == "gae" else None
-    grad_ckpt = args.grad_ckpt if args.grad_ckpt is not None else device.startswith("cuda")
-    if grad_ckpt:  # non-reentrant checkpointing is the variant that works under DDP
-        kw = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
-        policy.gradient_checkpointing_enable(**kw)
-        if critic is not None:
-            critic.trunk.gradient_checkpointing_enable(**kw)
-    policy.config.use_cache = True  # generation needs the cache even with checkpointing on
-    opt_a = make_optimizer(policy, args.actor_lr, args, device)
-    opt_c = make_optimizer(critic, args.critic_lr, args, device) if critic is not None else None
+    ref = shard.shard_model(ref) if fsdp else ref
+    opt_a, opt_c = (make_optimizer(m, lr, args, device, sharded=fsdp) if m is not None else None
+                    for m, lr in ((policy, args.actor_lr), (critic, args.critic_lr)))
     state = {"step": 0, "kl_coef": args.kl_coef, "bad_steps": 0}
     if ckpt:
-        rs = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", weights_only=False)
+        fp32 = lambda: common.load_model(args.model, torch.float32, "cpu", init=ckpt).state_dict()  # noqa: E731
+        shard.restore_optimizer(policy, opt_a, rs["opt_actor"], lambda: rs.get("masters_actor") or fp32(), fsdp)
         if critic is not None:
-            critic.load_state_dict(rs["critic"])
-            opt_c.load_state_dict(rs["opt_critic"])
-        opt_a.load_state_dict(rs["opt_actor"])
+            shard.restore_optimizer(critic, opt_c, rs["opt_critic"], lambda: rs.get("masters_critic") or rs["critic"], fsdp)
         with open(os.path.join(ckpt, "trainer_state.json")) as f:
             state = json.load(f)
-    if dist["ddp"]:
+    if dist["ddp"] and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         ids = [dist["local_rank"]] if device.startswith("cuda") else None
         policy = DDP(policy, device_ids=ids)
         critic = DDP(critic, device_ids=ids) if critic is not None else None
-    return tokenizer, policy, ref, critic, opt_a, opt_c, state, ckpt
+    replica = shard.replica(policy, compute) if fsdp else None
+    return tokenizer, policy, ref, critic, opt_a, opt_c, state, ckpt, replica
+
+
+def rollout_model(models):
+    """What samples: the policy, or under FSDP its replica refreshed from the shards (collective)."""
+    policy, replica = models[1], models[6]
+    if replica is None:
+        return policy
+    shard.refresh(replica, policy)
+    return replica
 
 
 def train_step(step, tasks, models, state, args, dist, reward_fn):
     """One PPO step (see the module docstring); returns the metrics dict."""
-    tokenizer, policy, ref, critic, opt_a, opt_c = models
+    tokenizer, policy, ref, critic, opt_a, opt_c = models[:6]
     device = dist["device"]
     torch.manual_seed(args.seed * 1_000_003 + step * dist["world_size"] + dist["rank"])
     gen = torch.Generator().manual_seed(args.seed + step)
@@ -591,20 +625,26 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
     # 1-2. sample and score; count the behaviors in each response (the rules of behavior_rules.py)
-    b = sampler.sample_batch(policy, tokenizer, draw_tasks(tasks, step, args, dist), args.samples_per_prompt,
+    t0 = time.time()
+    roll = rollout_model(models)
+    sync_time(timings, "sync_weights", t0)
+    b = sampler.sample_batch(roll, tokenizer, draw_tasks(tasks, step, args, dist), args.samples_per_prompt,
                              args.temperature, args, reward_fn)
+    if roll is not policy:
+        shard.release(roll)
     timings["time/generate"], timings["time/score"] = b["time_generate"], b["time_score"]
     import behavior_rules
     t0 = time.time()
     b["behaviors"] = [behavior_rules.count_behaviors(txt, t["nums"], t["target"]) for txt, t in zip(b["texts"], b["tasks"])]
     timings["time/behaviors"] = time.time() - t0
     # 3-5. old/ref log-probs, values, rewards, advantages
-    b = compute_advantages(b, policy, ref, critic, args, state["kl_coef"], timings, opt_c, dist)
+    pads = {}   # tokens the passes below process, and how many of them are padding
+    b = compute_advantages(b, policy, ref, critic, args, state["kl_coef"], timings, opt_c, dist, pads)
     # 6. PPO updates: actor and critic, mini-batch by mini-batch
     learners = [("actor", policy, opt_a, actor_loss_fn(args, state["kl_coef"]))]
     if critic is not None:
         learners.append(("critic", critic, opt_c, critic_loss_fn(args)))
-    stats, bad = update(learners, b, args, dist, gen, timings)
+    stats, bad = update(learners, b, args, dist, gen, timings, pads)
     a_stats, c_stats = stats["actor"], stats.get("critic", {})
     wait_for(opt_a, timings=timings)   # the next rollout needs the new policy; the critic's step may run on
     dt = time.time() - t_step
@@ -613,8 +653,32 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
     m.update(timings)
     m["tokens_per_s"] = float(b["lengths"].sum()) / dt
     m["tokens/rank"] = float(b["attn"].sum())            # prompt + response tokens through each pass
+    m = global_metrics(m, pads, dist)
+    m.update({"kl_coef": state["kl_coef"], "lr/actor": opt_a.param_groups[0]["lr"],
+              "lr/critic": opt_c.param_groups[0]["lr"] if opt_c else 0.0, "time/step": dt,
+              "skipped_updates": bad})
+    if args.log_rollouts_every and (step % args.log_rollouts_every == 0 or step == 1):
+        recs = shard.gather_list(sampler.records(b, step), dist)
+        if dist["master"]:
+            common.write_jsonl(os.path.join(args.out, "rollouts", f"step_{step:06d}.jsonl"), recs)
+    return m, bad
+
+
+def global_metrics(m, pads, dist):
+    """A step's metrics over all ranks: means, the largest rank's memory, and ratios of sums
+    (padding, behaviors). pads: sampler.count_padding's counters."""
+    device = dist["device"]
+    m.update({f"_pad/{k}": float(v) for k, v in pads.items()})
+    mem = {"mem/peak_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.startswith("cuda") else 0.0,
+           "mem/host_peak_gb": shard.host_peak_gb()}
     m = common.all_reduce_mean(m, dist)
+    m.update(shard.all_reduce_max(mem, dist))             # per rank: the largest
     m["tokens_per_s"] *= dist["world_size"]
+    # padding: ratios of the sums over every pass and rank (the means' ratio is the sums')
+    pad = {k[5:]: m.pop(k) for k in [k for k in m if k.startswith("_pad/")]}
+    if pad.get("processed"):
+        m["perf/pad_waste"] = 1 - pad["real"] / pad["processed"]
+        m["perf/pad_waste_unsorted"] = 1 - pad["real"] / pad["full"]   # had every pass run at full width
     # behaviors: the mean of the ranks' sums over the mean of their counts is the global mean
     # (a mean of per-rank means would be too, for the whole batch, whose shares are equal,
     # but not for the correct / incorrect splits, whose sizes differ by rank); a split with
@@ -626,15 +690,7 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
             m[k[len("_sum/"):]] = total / n
     for k in [k for k in m if k.startswith("_n")]:
         del m[k]
-    m.update({"kl_coef": state["kl_coef"], "lr/actor": opt_a.param_groups[0]["lr"],
-              "lr/critic": opt_c.param_groups[0]["lr"] if opt_c else 0.0, "time/step": dt,
-              "skipped_updates": bad,
-              "mem/peak_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.startswith("cuda") else 0.0})
-    if args.log_rollouts_every and (step % args.log_rollouts_every == 0 or step == 1):
-        recs = gather_list(sampler.records(b, step), dist)
-        if dist["master"]:
-            common.write_jsonl(os.path.join(args.out, "rollouts", f"step_{step:06d}.jsonl"), recs)
-    return m, bad
+    return m
 
 
 CONSOLE = ["score/mean", "acc", "val/acc", "kl", "losses/policy", "losses/value", "entropy",
@@ -645,7 +701,8 @@ CONSOLE = ["score/mean", "acc", "val/acc", "kl", "losses/policy", "losses/value"
 # settings that may differ between a run and its --resume (length, logging, speed, placement)
 RESUME_FREE = ("resume", "overwrite", "steps", "device", "wandb", "save_every", "keep",
                "log_rollouts_every", "max_bad_steps", "engine", "vllm_mem", "micro_batch",
-               "forward_micro_batch", "optim_device", "grad_ckpt", "save_final", "world_size")
+               "forward_micro_batch", "optim_device", "grad_ckpt", "save_final", "world_size", "fsdp",
+               "force_lengths")
 
 
 def load_tasks(args):
@@ -662,8 +719,10 @@ def load_tasks(args):
 
 def run_validation(step, models, test_tasks, args, dist, reward_fn):
     """Validate, write the samples to val/step_XXXXXX.jsonl (rank 0) and return the metrics."""
-    tokenizer, policy = models[0], models[1]
-    m, recs = validate(policy, tokenizer, test_tasks, args, dist, reward_fn, step)
+    roll = rollout_model(models)
+    m, recs = validate(roll, models[0], test_tasks, args, dist, reward_fn, step)
+    if roll is not models[1]:
+        shard.release(roll)
     if dist["master"]:
         common.write_jsonl(os.path.join(args.out, "val", f"step_{step:06d}.jsonl"), recs)
     return m
@@ -687,8 +746,8 @@ def train(args, reward_fn=None):
     if dist["ddp"]:
         import torch.distributed as tdist
         tdist.barrier()                                  # rank 0 has tidied the folder
-    tokenizer, policy, ref, critic, opt_a, opt_c, state, ckpt = build(args, dist)
-    models = (tokenizer, policy, ref, critic, opt_a, opt_c)
+    tokenizer, policy, ref, critic, opt_a, opt_c, state, ckpt, replica = build(args, dist)
+    models = (tokenizer, policy, ref, critic, opt_a, opt_c, replica)
     kl_ctl = AdaptiveKL(state["kl_coef"], args.kl_target, args.kl_horizon)
     if dist["master"]:
         os.makedirs(args.out, exist_ok=True)
@@ -727,19 +786,24 @@ def train(args, reward_fn=None):
             raise SystemExit(f"stopping: {state['bad_steps']} consecutive steps had a non-finite loss "
                              f"(updates skipped); the last good checkpoint is intact in {args.out}/ckpt")
         if args.save_every and step % args.save_every == 0 and step != args.steps and not bad:
-            check_in_sync((policy, critic), (opt_a, opt_c), dist)
+            wait_for(opt_a, opt_c)
+            shard.check_in_sync((policy, critic), dist)
+            save_checkpoint([common.ckpt_dir(args.out, step)], models, state, args, dist)
             if dist["master"]:
-                save_checkpoint(common.ckpt_dir(args.out, step), policy, critic, opt_a, opt_c, tokenizer, state, args)
                 common.prune_checkpoints(args.out, args.keep)
     if first <= args.steps and args.save_final:
-        check_in_sync((policy, critic), (opt_a, opt_c), dist)
-    if dist["master"] and first <= args.steps and args.save_final:
+        wait_for(opt_a, opt_c)
+        shard.check_in_sync((policy, critic), dist)
         # the last checkpoint first: final/ is what marks the run done (pipeline.py skips it then)
-        save_checkpoint(common.ckpt_dir(args.out, args.steps), policy, critic, opt_a, opt_c, tokenizer, state, args)
-        save_checkpoint(os.path.join(args.out, "final"), policy, critic, opt_a, opt_c, tokenizer, state, args)
-        common.prune_checkpoints(args.out, args.keep)
-        print(f"done: {args.steps} steps in {common.fmt_time(time.time() - t_start)}; policy in {args.out}/final")
+        save_checkpoint([common.ckpt_dir(args.out, args.steps), os.path.join(args.out, "final")], models, state,
+                        args, dist)
+        if dist["master"]:
+            common.prune_checkpoints(args.out, args.keep)
+            print(f"done: {args.steps} steps in {common.fmt_time(time.time() - t_start)}; policy in {args.out}/final")
     wait_for(opt_a, opt_c)
+    if dist["ddp"]:   # no collective still in flight when the group goes (gloo can abort at exit)
+        import torch.distributed as tdist
+        tdist.barrier()
     common.cleanup_dist(dist)
     return state
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import countdown
+from shard import unwrap
 
 # The sampling flags, one home: ppo.py lists them among its own; other callers take
 # options(), these defaults with their own changes.
@@ -32,6 +33,8 @@ SETTINGS = [
     ("stop", None, str, "a string that ends a response like EOS does, e.g. '</answer>' (builtin and vllm engines)"),
     ("vllm_mem", 0.3, float, "--engine vllm: fraction of GPU memory vLLM may take (weights + KV cache)"),
     ("force_response_len", 0, int, "benchmarking: ignore EOS and always generate this many tokens"),
+    ("force_lengths", None, str, "benchmarking: ignore EOS and end each response at a length drawn from "
+                                 "a distribution: study (sampler.STUDY_LENGTHS, scaled to --max-response-len)"),
 ]
 
 
@@ -60,6 +63,9 @@ def option_checks(a):
         (0 < a.vllm_mem < 1, "--vllm-mem must lie in (0, 1)"),
         (min(a.max_prompt_len, a.max_response_len) > 0, "--max-prompt-len and --max-response-len must be > 0"),
         (a.force_response_len >= 0, "--force-response-len must be >= 0"),
+        (a.force_lengths in (None, "study"), "--force-lengths must be study (or left out)"),
+        (not (a.force_lengths and a.force_response_len), "--force-lengths and --force-response-len exclude each other"),
+        (not a.force_lengths or a.engine != "vllm", "--force-lengths needs --engine builtin or hf"),
     ]
 
 
@@ -78,11 +84,6 @@ def make_reward(rules="study"):
 
 # ---------------------------------------------------------------------------------
 # tasks -> records
-
-def unwrap(model):
-    """The model inside a DDP wrapper (the model itself otherwise)."""
-    return model.module if hasattr(model, "module") else model
-
 
 def sample_batch(model, tokenizer, tasks, k, temperature, opts, reward_fn=None):
     """Sample k responses per task in one generate call and score them. Returns a dict: the
@@ -165,13 +166,18 @@ def generate(model, tokenizer, prompt_ids, prompt_mask, max_new, opts, temperatu
     """Responses [N, R], their mask [N, R] (1 up to and including EOS) and the sampler's
     log-probs [N, R] (None from transformers), from the engine that opts.engine names."""
     force = opts.force_response_len
+    lengths = draw_lengths(prompt_ids.shape[0], max_new) if getattr(opts, "force_lengths", None) else None
     eng = get_engine(model, tokenizer, opts) if opts.engine != "hf" else None
     if eng is None:
-        resp, mask = hf_generate(model, tokenizer, prompt_ids, prompt_mask, max_new, temperature, force)
+        resp, mask = hf_generate(model, tokenizer, prompt_ids, prompt_mask, max_new, temperature,
+                                 max_new if lengths is not None else force)
+        if lengths is not None:   # generated to the longest, then cut: the same lengths the engine stops at
+            mask = (torch.arange(max_new)[None] < lengths[:, None]).to(mask)
+            resp = torch.where(mask > 0, resp, torch.full_like(resp, tokenizer.pad_token_id))
         return resp, mask, None
     stops = [tokenizer.encode(opts.stop, add_special_tokens=False)] if opts.stop else []
     out = eng.generate(prompt_ids, prompt_mask, max_new, temperature=temperature, force_len=force,
-                       stop_seqs=stops)
+                       stop_seqs=stops, **({"lengths": lengths} if lengths is not None else {}))
     if getattr(eng, "release_after", None) is False and eng.device.type == "cuda":
         # keep the cache and graphs only while they are cheap: once a batch's cache has taken
         # over a tenth of the GPU (a 3B model's PPO batch), training wants it back after each call
@@ -180,6 +186,34 @@ def generate(model, tokenizer, prompt_ids, prompt_mask, max_new, opts, temperatu
     if getattr(eng, "release_after", False):
         eng.release()
     return out.tokens, out.mask, out.logp
+
+
+# The study's response lengths, as an inverse CDF for benchmarks (--force-lengths study): the
+# quantiles (probability, tokens of a 1,024-token cap) of the mean response length per step of
+# the study's Qwen2.5-3B PPO runs, all ten conditions and every logged step (280 rows of its
+# results/qwen_results.csv, `plot.py --csv study:qwen_results`): mean 331 tokens, median 354,
+# a tail to the cap. Per-step means spread less than single responses do (the study published
+# no per-response lengths), so these lengths understate the spread a real step pads over.
+STUDY_LENGTHS = [(0.0, 24), (0.1, 131), (0.2, 222), (0.3, 251), (0.4, 336), (0.5, 354), (0.6, 369),
+                 (0.7, 389), (0.8, 419), (0.9, 500), (0.95, 586), (0.99, 760), (1.0, 1024)]
+
+
+def draw_lengths(n, max_len, u=None):
+    """n response lengths from STUDY_LENGTHS, scaled from its 1,024-token cap to max_len (at
+    least 1). u: uniform draws in [0, 1] (default: from torch's generator).
+
+    >>> draw_lengths(3, 1024, u=torch.tensor([0.0, 0.5, 1.0])).tolist()
+    [24, 354, 1024]
+    >>> draw_lengths(2, 512, u=torch.tensor([0.5, 0.95])).tolist()
+    [177, 293]
+    """
+    u = torch.rand(n) if u is None else u
+    ps = torch.tensor([p for p, _ in STUDY_LENGTHS])
+    ts = torch.tensor([float(t) for _, t in STUDY_LENGTHS])
+    i = torch.searchsorted(ps, u, right=True).clamp(1, len(ps) - 1)   # u lies in [ps[i-1], ps[i]]
+    frac = (u - ps[i - 1]) / (ps[i] - ps[i - 1])
+    tokens = ts[i - 1] + frac * (ts[i] - ts[i - 1])
+    return (tokens * max_len / 1024).round().long().clamp(1, max_len)
 
 
 def get_engine(model, tokenizer, opts):
@@ -263,17 +297,102 @@ def compiled(fn):
     return _compiled[fn]
 
 
-def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=False, entropy_grad=False):
-    """Log-probs of the last n_resp tokens of seq [N, L] under model, in micro-batches.
-    Returns logp [N, n_resp] (and entropy [N, n_resp] if asked). Grad flows if enabled."""
-    outs, ents = [], []
-    for i in range(0, seq.shape[0], micro):
-        s, a = seq[i:i + micro], attn[i:i + micro]
+# ---------------------------------------------------------------------------------
+# passes over a batch of prompt + response rows: sorted micro-batches, cut to what they use
+
+def micro_batches(lengths, micro, rows=None):
+    """Index tensors of micro-batches of at most `micro` rows: `rows` (default: all) sorted by
+    `lengths` (longest first; each row's response length), so that rows of like length run
+    together and each micro-batch pads only to its own longest row (span). The count is
+    ceil(rows / micro) whatever the lengths: under FSDP every rank runs as many passes.
+    One micro-batch keeps the rows' order.
+
+    >>> [m.tolist() for m in micro_batches(torch.tensor([1, 5, 2, 4]), 2)]
+    [[1, 3], [2, 0]]
+    """
+    rows = torch.arange(len(lengths)) if rows is None else rows
+    if len(rows) > micro:
+        rows = rows[torch.argsort(lengths[rows.to(lengths.device)].cpu(), descending=True, stable=True)]
+    return [rows[i:i + micro] for i in range(0, len(rows), micro)]
+
+
+def span(attn, n_resp):
+    """(lo, r): the columns that rows attn [b, P + n_resp] (prompts left-padded, responses
+    right-padded) use: lo, the first with a token in any row (at most P - 1: the last prompt
+    column predicts the first response token), and r, the response columns up to the last
+    token of the longest response (at least 1). Cutting seq[:, lo:P + r] drops only columns
+    no row attends to, so log-probs and values of the rows' tokens are unchanged.
+
+    >>> span(torch.tensor([[0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0]]), 3)
+    (1, 2)
+    """
+    P = attn.shape[1] - n_resp
+    used = attn.sum(0).nonzero().flatten().tolist()
+    lo = min(used[0], P - 1) if used else P - 1
+    r = max(1, used[-1] - P + 1) if used else 1
+    return lo, r
+
+
+def micro_view(b, m):
+    """Rows m of a batch b (seq and attn [N, P + R], per-token fields shaped like b["mask"]
+    [N, R]) cut to the columns they use (span): seq and attn [b, lo:P + r], the per-token
+    fields [b, :r]; other fields left out. Only columns no row attends to go: a loss over
+    the rows' tokens is unchanged."""
+    R = b["mask"].shape[1]
+    P = b["attn"].shape[1] - R
+    lo, r = span(b["attn"][m], R)
+    v = {k: b[k][m][:, lo:P + r] for k in ("seq", "attn")}
+    v.update({k: x[m][:, :r] for k, x in b.items() if torch.is_tensor(x) and x.shape == b["mask"].shape})
+    return v
+
+
+def count_padding(pads, attn, n_resp, chunks):
+    """Add to pads {"processed", "real", "full"} the tokens a pass over attn's rows in these
+    micro-batches processes (each cut to its span), the real ones among them, and what one
+    pass at the batch's full width would have processed. perf/pad_waste = 1 - real / processed."""
+    if pads is None:
+        return
+    P = attn.shape[1] - n_resp
+    for rows in chunks:
+        a = attn[rows]
+        lo, r = span(a, n_resp)
+        pads["processed"] = pads.get("processed", 0) + len(rows) * (P - lo + r)
+        pads["real"] = pads.get("real", 0) + int(a.sum())
+        pads["full"] = pads.get("full", 0) + len(rows) * attn.shape[1]
+
+
+def over_micro_batches(fn, seq, attn, n_resp, micro, pads=None):
+    """fn(seq, attn, r) -> tensors [b, r], run on micro-batches of rows of like response length
+    (micro_batches), each cut to the columns it uses (span: r response columns), put back
+    together: a list of [N, n_resp] tensors in the rows' own order, 0 past each micro-batch's
+    longest response. pads: count_padding's counters."""
+    N, P = seq.shape[0], seq.shape[1] - n_resp
+    chunks = micro_batches(attn[:, P:].sum(1), micro)
+    count_padding(pads, attn, n_resp, chunks)
+    outs = []
+    for rows in chunks:
+        a = attn[rows]
+        lo, r = span(a, n_resp)
+        outs.append([F.pad(x, (0, n_resp - r)) for x in fn(seq[rows, lo:P + r], a[:, lo:P + r], r)])
+    res = [torch.cat([o[k] for o in outs]) for k in range(len(outs[0]))]
+    if len(chunks) == 1:
+        return res                                  # one micro-batch keeps the rows' order
+    order = torch.cat(chunks).to(res[0].device)
+    back = torch.empty_like(order).scatter_(0, order, torch.arange(N, device=order.device))
+    return [x[back] for x in res]
+
+
+def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=False, entropy_grad=False,
+                   pads=None):
+    """Log-probs of the last n_resp tokens of seq [N, L] under model, in micro-batches of rows
+    of like response length, each cut to the columns it uses (over_micro_batches).
+    Returns logp [N, n_resp] (and entropy [N, n_resp] if asked), 0 past each micro-batch's
+    longest response. Grad flows if enabled. pads: count_padding's counters."""
+    def fn(s, a, r):
         logits = model(input_ids=s, attention_mask=a, position_ids=position_ids(a),
-                       logits_to_keep=n_resp + 1).logits[:, :-1]           # [b, n_resp, V]
-        fn = compiled(logprobs_from_logits) if logits.is_cuda else logprobs_from_logits
-        lp, ent = fn(logits, s[:, -n_resp:], temperature, entropy, entropy_grad)
-        outs.append(lp)
-        ents.append(ent)
-    logp = torch.cat(outs)
-    return (logp, torch.cat(ents)) if entropy else logp
+                       logits_to_keep=r + 1).logits[:, :-1]                 # [b, r, V]
+        f = compiled(logprobs_from_logits) if logits.is_cuda else logprobs_from_logits
+        lp, ent = f(logits, s[:, -r:], temperature, entropy, entropy_grad)
+        return (lp, ent) if entropy else (lp,)
+    res = over_micro_batches(fn, seq, attn, n_resp, micro, pads)
+    return (res[0], res[1]) if entropy else res[0]

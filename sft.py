@@ -55,6 +55,7 @@ import time
 from functools import lru_cache
 
 import common
+import shard
 
 # ---------------------------------------------------------------------------------
 # settings: the flags and their defaults, the study's priming SFT: TinyZero's
@@ -343,15 +344,8 @@ def build_model(args, info, init):
     raw = model
     mixed = args.precision == "bf16-mixed"
     autocast = contextlib.nullcontext
-    if info["ddp"] and args.fsdp:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if mixed else MixedPrecisionPolicy()
-        blocks = set(getattr(model, "_no_split_modules", None) or [])
-        for m in model.modules():  # one FSDP unit per decoder layer, then the root
-            if type(m).__name__ in blocks:
-                fully_shard(m, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
+    if info["ddp"] and args.fsdp:   # one FSDP unit per decoder layer, then the root
+        shard.shard_model(model, torch.bfloat16 if mixed else None)
     else:
         if mixed:
             autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
@@ -369,41 +363,6 @@ def make_optimizer(model, args, device):
     fused = str(device).startswith("cuda") and not args.fsdp
     return torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, args.beta2),
                              weight_decay=args.weight_decay, fused=fused)
-
-
-def gathered_state(model, opt, fsdp):
-    """(model state dict or None, optimizer state dict or None) as full CPU tensors.
-
-    Under FSDP both are gathered from the shards (a collective: every rank calls it);
-    otherwise the model saves itself and the optimizer's own state_dict is used.
-    """
-    if not fsdp:
-        return None, (opt.state_dict() if opt is not None else None)
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
-    o = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    osd = get_optimizer_state_dict(model, opt, options=o) if opt is not None else None
-    return get_model_state_dict(model, options=o), osd
-
-
-def load_optimizer(model, opt, state, fsdp):
-    if not fsdp:
-        return opt.load_state_dict(state)
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    set_optimizer_state_dict(model, opt, optim_state_dict=state,
-                             options=StateDictOptions(full_state_dict=True))
-
-
-class _WithState:
-    """What common.save_hf needs from a model, with explicit (gathered) weights."""
-    def __init__(self, model, state_dict):
-        alias = ({n for n, _ in model.named_parameters(remove_duplicate=False)}
-                 - {n for n, _ in model.named_parameters()})  # tied copies, e.g. lm_head.weight
-        self.model = model
-        self.state_dict = {k: v for k, v in state_dict.items() if k not in alias}
-
-    def save_pretrained(self, path, **kw):
-        self.model.save_pretrained(path, state_dict=self.state_dict, **kw)
 
 
 def rng_states():
@@ -427,7 +386,7 @@ def save_checkpoint(path, model, raw, opt, tok, info, args, run_cfg, state):
     """HF folder (+ resume.pt and trainer_state.json, written last, when state is given)."""
     import torch
     import torch.distributed as dist
-    sd, osd = gathered_state(model, opt if state else None, args.fsdp and info["ddp"])
+    sd, osd = shard.gathered_state(model, opt if state else None, args.fsdp and info["ddp"])
     rngs = [rng_states()]
     if info["ddp"] and state:  # every rank's RNG, so a resumed run draws the same numbers
         rngs = [None] * info["world_size"]
@@ -437,7 +396,7 @@ def save_checkpoint(path, model, raw, opt, tok, info, args, run_cfg, state):
             if state:
                 torch.save(dict(optimizer=osd, rng=rngs, **state), os.path.join(tmp, "resume.pt"))
                 common.write_json(os.path.join(tmp, "trainer_state.json"), state)  # completeness marker
-        common.save_hf(_WithState(raw, sd) if sd is not None else raw, tok, path,
+        common.save_hf(shard.WithState(raw, sd) if sd is not None else raw, tok, path,
                        extra=extra, cfg=run_cfg)
     if info["ddp"]:
         dist.barrier()
@@ -563,7 +522,7 @@ def restore(ckpt, model, opt, args, info, data_key):
     if state["data"] != data_key:
         common.die(f"{ckpt} was written with data/order {state['data']}, this run has "
                          f"{data_key}; resume with the same --data, --batch-size, --seed and steps")
-    load_optimizer(model, opt, state["optimizer"], args.fsdp and info["ddp"])
+    shard.load_optimizer(model, opt, state["optimizer"], args.fsdp and info["ddp"])
     rngs = state["rng"]
     set_rng_states(rngs[info["rank"]] if info["rank"] < len(rngs) else rngs[0])
 

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import bench
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -12,7 +14,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_bench_cpu_smoke(tmp_path):
     out = tmp_path / "bench.json"
     # the documented CPU smoke run (every part): --device cpu picks bench.CPU_SIZES
-    cmd = [sys.executable, "bench.py", "--model", "tiny", "--device", "cpu", "--parts", "all", "--out", str(out)]
+    # with the PPO step at 1 and 2 ranks (torchrun, FSDP2 on gloo) and at the study's lengths
+    cmd = [sys.executable, "bench.py", "--model", "tiny", "--device", "cpu", "--parts", "all", "--out", str(out),
+           "--ngpu", "1,2,1:study"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
@@ -25,11 +29,17 @@ def test_bench_cpu_smoke(tmp_path):
     assert c["engine_vs_hf/rows_identical"] == c["prompts"]      # fp32 on a CPU: exact
     assert c["logp_mean_abs_diff"] < 1e-4
     assert res["train"]["rows"][0]["tok_s"] > 0
-    ppo = res["ppo"][0]
-    assert ppo["phases_s"]["generate"] > 0 and ppo["phases_s"]["actor_update"] > 0
-    assert ppo["logp_diff"] < 1e-4                                 # engine vs training forward
-    assert ppo["kl_step1"] == 0.0                                  # policy == reference at step 1
-    assert "generate B=8" in r.stdout and r.stdout.strip().splitlines()[-1].startswith("ppo 1 GPU")
+    assert [(x["ngpu"], x["lengths"], x["fsdp"]) for x in res["ppo"]] == [(1, "forced", False), (2, "forced", True),
+                                                                         (1, "study", False)]
+    for ppo in res["ppo"]:
+        assert ppo["phases_s"]["generate"] > 0 and ppo["phases_s"]["actor_update"] > 0
+        assert ppo["logp_diff"] < 1e-4                             # engine vs training forward
+        assert ppo["kl_step1"] == 0.0                              # policy == reference at step 1
+        assert ppo["host_gb"] > 0 and 0 <= ppo["pad_waste"] <= ppo["pad_waste_unsorted"] < 1
+    assert [x["response_length"] for x in res["ppo"][:2]] == [8, 8] and res["ppo"][2]["response_length"] != 8
+    lines = r.stdout.strip().splitlines()
+    assert "generate B=8" in r.stdout and "ppo 2 GPU, forced lengths" in r.stdout
+    assert lines[-5].startswith("GPUs lengths") and lines[-1].startswith("host memory at 8 ranks")
 
 
 def test_bench_rejects_bad_flags():
@@ -38,6 +48,19 @@ def test_bench_rejects_bad_flags():
     r = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--model", "random:qwen2.5-3b"],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "--device cpu" in r.stderr
+
+
+def test_scaling_figures():
+    """The 8-rank host memory: a + b/N fitted to the FSDP runs (one run: its own figure per
+    rank, an upper bound); one process's figure (no FSDP) is left out. Cores go with GPUs."""
+    rows = [{"ngpu": 1, "host_gb": 114.0, "fsdp": False}, {"ngpu": 2, "host_gb": 10.0, "fsdp": True},
+            {"ngpu": 4, "host_gb": 7.0, "fsdp": True}]
+    total, per = bench.host_at(rows)                   # a + b/N through (2, 10) and (4, 7): a = 4, b = 12
+    assert per == pytest.approx(4 + 12 / 8) and total == pytest.approx(8 * per)
+    assert bench.host_at(rows[:2]) == (80.0, 10.0) and bench.host_at(rows[:1]) is None
+    assert bench.share(list(range(64)), [2, 3], 4) == list(range(32, 64))
+    r = subprocess.run([sys.executable, "bench.py", "--ngpu", "1,2:warp"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "--ngpu" in r.stderr
 
 
 def test_cpu_sizes_fill_only_what_the_user_left():

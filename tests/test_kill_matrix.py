@@ -366,7 +366,7 @@ def jsonl(path):
     return [json.loads(x) for x in open(path, encoding="utf-8") if x.strip()]
 
 
-VOLATILE = ("tokens_per_s", "tok/s", "mem/peak_gb", "mem_gb", "mfu")
+VOLATILE = ("tokens_per_s", "tok/s", "mem/peak_gb", "mem/host_peak_gb", "mem_gb", "mfu")
 STEP0_SAMPLED = ("val/acc", "val/format_rate")   # ppo's step-0 validation sample is not seeded
 
 

@@ -170,6 +170,62 @@ def test_token_logprobs_ignore_post_eos_tokens():
     assert torch.allclose(lp[0, :3], lp[1, :3], atol=1e-5)
 
 
+def ragged_rows(n=10, P=6, R=9, seed=0):
+    """A batch of left-padded prompts and right-padded responses of ragged lengths; row 0 uses
+    every column, so one micro-batch of all rows runs at full width (the reference)."""
+    g = torch.Generator().manual_seed(seed)
+    p_len, r_len = torch.randint(1, P + 1, (n,), generator=g), torch.randint(1, R + 1, (n,), generator=g)
+    p_len[0], r_len[0] = P, R
+    cols = torch.arange(P + R)
+    attn = ((cols[None] >= P - p_len[:, None]) & (cols[None] < P + r_len[:, None])).long()
+    b = {"seq": torch.randint(5, 200, (n, P + R), generator=g), "attn": attn, "mask": attn[:, P:].float()}
+    b.update({k: torch.randn(n, R, generator=g) * b["mask"] for k in ("adv", "returns", "values", "ref_logp")})
+    return b
+
+
+def test_sorted_cut_micro_batches_change_no_loss_or_gradient():
+    """Passes over rows of ragged lengths in micro-batches sorted by length, each cut to the
+    columns its rows use, give the log-probs, values, losses and gradients of one full-width
+    pass over all rows (fp32 rounding apart), for the actor and the critic, and process fewer
+    tokens (perf/pad_waste's counters)."""
+    policy, critic = common.load_model("random:tiny"), ppo.Critic(common.load_model("random:tiny"))
+    torch.nn.init.normal_(critic.head.weight, std=0.1)       # a zero head would hide the critic's gradients
+    b = ragged_rows()
+    n, R = b["mask"].shape
+    mask, pads = b["mask"], {}
+    with torch.no_grad():
+        full = sampler.token_logprobs(policy, b["seq"], b["attn"], R, n)
+        cut = sampler.token_logprobs(policy, b["seq"], b["attn"], R, 3, pads=pads)
+        v_full, v_cut = (ppo.critic_values(critic, b["seq"], b["attn"], R, k) for k in (n, 3))
+    assert torch.allclose(full * mask, cut * mask, atol=1e-5)
+    assert torch.allclose(v_full * mask, v_cut * mask, atol=1e-5)
+    assert pads["real"] == int(b["attn"].sum()) and pads["real"] < pads["processed"] < pads["full"]
+    b["old_logp"] = full + 0.05 * torch.randn(n, R) * mask   # ratios != 1: the clipped branch too
+
+    class Recorder:       # an optimizer that keeps the gradients it is handed
+        def __init__(self, model):
+            self.params, self.grads = list(model.parameters()), None
+
+        def step(self):
+            self.grads = [p.grad.clone() for p in self.params]
+
+        def zero_grad(self, set_to_none=True):
+            for p in self.params:
+                p.grad = None
+    for model, loss_fn in ((policy, ppo.actor_loss_fn), (critic, ppo.critic_loss_fn)):
+        runs = []
+        for micro in (n, 3):
+            args = ppo.parse_args(["--micro-batch", str(micro), "--grad-clip", "1e9", "--entropy-coef", "0.01"])
+            fn = loss_fn(args, 0.001) if loss_fn is ppo.actor_loss_fn else loss_fn(args)
+            opt, stats = Recorder(model), {}
+            assert ppo.minibatch_step(model, opt, b, torch.arange(n), args, {"ddp": False}, fn, stats)
+            runs.append((opt.grads, stats))
+        (g1, s1), (g2, s2) = runs
+        assert all(torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(g1, g2))
+        assert any(x.abs().sum() > 0 for x in g1)
+        assert s1.keys() == s2.keys() and all(s1[k] == pytest.approx(s2[k], rel=1e-4, abs=1e-7) for k in s1)
+
+
 def test_master_adamw_keeps_small_updates_that_bf16_loses():
     """lr 1e-6 on bf16 weights: plain bf16 AdamW rounds the update away; the fp32 master
     copy accumulates it. Guards the reason MasterAdamW exists."""
@@ -235,8 +291,8 @@ def test_background_optimizer_steps_match_synchronous_ones():
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_torchrun_two_ranks_on_cpu(tmp_path, dtype):
-    """The DDP path (gloo on the CPU): two ranks shard the prompts, average the gradients and
-    stay in sync (ppo.check_in_sync compares weight checksums before every checkpoint and
+    """The DDP path (--no-fsdp; gloo on the CPU): two ranks shard the prompts, average the gradients and
+    stay in sync (shard.check_in_sync compares weight checksums before every checkpoint and
     raises if they differ); rank 0 alone logs and saves. bf16 weights take the other path:
     micro-batch gradients summed in fp32 and all-reduced by ppo itself, then MasterAdamW."""
     data = tmp_path / "data"
@@ -248,7 +304,7 @@ def test_torchrun_two_ranks_on_cpu(tmp_path, dtype):
                         "ppo.py", "--model", "tiny", "--data", str(data), "--out", out, "--steps", "2",
                         "--prompts-per-step", "4", "--samples-per-prompt", "2", "--mini-batch-prompts", "2",
                         "--max-response-len", "24", "--save-every", "1", "--eval-every", "0",
-                        "--micro-batch", "2", "--dtype", dtype, "--device", "cpu"],
+                        "--micro-batch", "2", "--dtype", dtype, "--device", "cpu", "--no-fsdp"],
                        cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     metrics = common.read_jsonl(os.path.join(out, "metrics.jsonl"))
@@ -262,15 +318,15 @@ def test_check_in_sync_catches_ranks_that_drifted(tmp_path):
     """check_in_sync passes on equal weights and raises on every rank once one differs."""
     script = tmp_path / "drift.py"
     script.write_text(
-        "import sys, torch, common, ppo\n"
+        "import sys, torch, common, shard\n"
         "d = common.setup_dist('cpu')\n"
         "torch.manual_seed(0)\n"
         "m = torch.nn.Linear(4, 4)\n"
-        "ppo.check_in_sync([m], [], d)\n"
+        "shard.check_in_sync([m], d)\n"
         "with torch.no_grad():\n"
         "    m.weight[0, 0] += 1e-6 * d['rank']\n"
         "try:\n"
-        "    ppo.check_in_sync([m], [], d)\n"
+        "    shard.check_in_sync([m], d)\n"
         "except RuntimeError as e:\n"
         "    open(sys.argv[1] + str(d['rank']), 'w').write(str('DDP lost sync' in str(e)))\n"
         "common.cleanup_dist(d)\n")

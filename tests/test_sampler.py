@@ -57,3 +57,28 @@ def test_options_and_their_checks():
            if not ok]
     assert any("--reward" in m for m in bad) and any("--stop" in m for m in bad)
     assert all(ok for ok, _ in sampler.option_checks(sampler.options()))
+
+
+def test_study_lengths_follow_the_studys_curve_and_both_engines_honour_them(tiny):
+    """--force-lengths study: lengths drawn with the study's shape (mean ~331 of a 1,024 cap,
+    median ~354, a tail to the cap), scaled to shorter caps; the built-in engine and transformers
+    both end each response exactly at its drawn length, whatever EOS says."""
+    torch.manual_seed(0)
+    L = sampler.draw_lengths(20000, 1024).float()
+    assert abs(L.mean().item() - 331) < 10 and abs(L.median().item() - 354) < 10
+    assert L.min() >= 24 and L.max() > 900 and (L <= 1024).all()
+    assert sampler.draw_lengths(5, 32, u=torch.tensor([0.0, 0.5, 1.0, 0.9, 0.1])).tolist() == [1, 11, 32, 16, 4]
+    model, tok = tiny
+    got = []
+    for engine in ("builtin", "hf"):
+        torch.manual_seed(0)
+        b = sampler.sample_batch(model, tok, TASKS, 3, 1.0, sampler.options(max_response_len=40, engine=engine,
+                                                                          force_lengths="study"))
+        torch.manual_seed(0)
+        assert b["lengths"].tolist() == sampler.draw_lengths(15, 40).tolist()
+        assert b["mask"].sum(1).tolist() == b["lengths"].tolist()
+        got.append(b["lengths"].tolist())
+    assert got[0] == got[1] and len(set(got[0])) > 3
+    bad = [msg for ok, msg in sampler.option_checks(sampler.options(force_lengths="study", force_response_len=8))
+           if not ok]
+    assert any("--force-lengths" in m for m in bad)
