@@ -1,6 +1,5 @@
 """Countdown: evaluator, solver, reward, prompts and the task generator."""
 import json
-import os
 import subprocess
 import sys
 import time

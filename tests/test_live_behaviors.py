@@ -1,7 +1,6 @@
 """Live behavior metrics: ppo.py counts the four behaviors in every step's rollouts, and the
 spans behavior_rules.behavior_spans marks are exactly the occurrences count_behaviors counts."""
 import csv
-import json
 import os
 import random
 

@@ -2,7 +2,6 @@
 under other settings is refused, bad flags and bad data are one line with exit 2 before
 anything is written, kills leave nothing behind that the next start does not clean, and the
 pipeline takes its stages down with it and resumes them."""
-import json
 import os
 import signal
 import subprocess
