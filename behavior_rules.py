@@ -99,6 +99,7 @@ _EXPR = r"%s(?:\s*[-+*/]\s*%s)*" % (_TERM, _TERM)
 _RUN = re.compile(r"(?<![\w.])%s(?:\s*=\s*%s)+" % (_EXPR, _EXPR))
 _SPAN = re.compile(r"[-+*/()@\d][-+*/()@\d .]*=[-+*/()@\d =.]*")  # arithmetic stretches with an "=" (fast to find)
 _SENT = re.compile(r"[.!?;\n](?:(?<=[;\n])|(?=\s))\s*")  # a sentence ends at . ! ? before a space, ; or newline
+_CLOSEST = re.compile(r"closest|nearest")  # the compare cues that announce a check of an earlier attempt
 _NUMTOK = re.compile(r"@|\d+(?:\.\d+)?|[-+*/(]")
 _IS_EXPR = re.compile(r"[\d)]\s*[-+*/]|@")
 _IS_NUM = re.compile(r"-?\d+(?:\.\d+)?")
@@ -515,7 +516,7 @@ def _node_values(expr):
     return {int(v) if v.denominator == 1 else v for v in nodes}
 
 
-def follow_chain(eqs, nums, target, gone_back=()):
+def follow_chain(eqs, nums, target, gone_back=(), checks=()):
     """Mark each equation in place and return eqs. Flags:
     "chain"    a computed step of an attempt (the others are plans and backward steps);
     "restart"  a chain step that starts a new attempt: it goes back to numbers already used
@@ -526,6 +527,9 @@ def follow_chain(eqs, nums, target, gone_back=()):
     "plan"     a relation with an operand not yet made ("since 6 * 4 = 24" before any 6 exists).
     gone_back: positions of phrases that leave a path ("start over"); the next step starts a
     new attempt whatever numbers it uses.
+    checks: (start, end) spans announced as a check ("let me verify: ...", "... came closest:
+    ..."); a step inside one that recomputes a value already made is a chain step that neither
+    restarts nor moves the attempt on (a recomputation, not a new attempt).
 
     >>> eqs = find_equations(normalize("44 + 19 = 63, 63 + 3 = 66. 44 - 19 = 25, 25 * 3 = 75"))
     >>> [e["restart"] for e in follow_chain(eqs, [44, 19, 3, 1], 76)]
@@ -541,6 +545,10 @@ def follow_chain(eqs, nums, target, gone_back=()):
         ops = [latest if o == "@" else _number(o) for o in e["ops"]]
         ops = [o for o in ops if o is not None]
         e.update(chain=False, restart=False, backward=False, plan=False)
+        if e["value"] in produced and any(a <= e["pos"] < b for a, b in checks) \
+                and all(o in inputs or o in produced for o in ops):
+            e["chain"] = True       # a check's recomputation of a step already taken
+            continue
         value, implicit = e["value"], "@" in e["ops"]
         unknown = [o for o in ops if o not in inputs and o not in produced]
         if e["kind"] == "dec" or (unknown and not implicit and (value == goal or value in needed)):
@@ -589,10 +597,16 @@ class Doc:
         self.cues = _scan(text)
         eqs = find_equations(text)
         first = eqs[0]["pos"] if eqs else len(text)
-        self.eqs = follow_chain(eqs, nums, target, [m.start() for m in self.cues["backtrack"] if m.start() > first])
+        cues = self.cues["announce"] + [m for m in self.cues["compare"] if _CLOSEST.match(m.group(0))]
+        checks = [(m.start(), self.sentence_end(m.start())) for m in cues]
+        self.eqs = follow_chain(eqs, nums, target, [m.start() for m in self.cues["backtrack"] if m.start() > first], checks)
 
     def sentence(self, pos):
         return bisect_right(self.sent, pos) - 1
+
+    def sentence_end(self, pos):
+        k = self.sentence(pos) + 1
+        return self.sent[k] if k < len(self.sent) else len(self.text)
 
 
 def _verification(doc, target):

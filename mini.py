@@ -80,6 +80,9 @@ SETTINGS = [
     ("out", "runs/mini", str, "where data, runs, checks, figures and results go"),
     ("smoke", False, bool, "CPU smoke test: SMOKE's tiny sizes (listed below) where no flag sets them"),
     ("force", False, bool, "re-run stages whose outputs exist"),
+    ("checks_only", False, bool, "stop after the manipulation checks: the base, the priming and each run's "
+                                 "validation before PPO (ppo.py --steps 0, into OUT/checks/), no PPO update: "
+                                 "for calibrating the miniature"),
     ("make_base", False, bool, "the stage that writes the base's random init and arithmetic corpus into "
                                "--out, then exits (mini.py runs it with the resolved --base-* settings)"),
     ("conditions", ["base", *CONDITIONS], list, "base (PPO from the unprimed base) and/or gen_priming.py's "
@@ -120,7 +123,7 @@ SETTINGS = [
     ("ppo_steps", 100, int, "PPO steps (2 updates a step)"),
     ("ppo_prompts", 64, int, "PPO prompts per step"),
     ("ppo_samples", 4, int, "PPO samples per prompt"),
-    ("ppo_response_len", 416, int, "PPO response tokens (the longest priming traces are ~405)"),
+    ("ppo_response_len", 448, int, "PPO response tokens (the longest priming traces are ~440)"),
     ("ppo_actor_lr", 2e-5, float, "PPO actor learning rate (far above the study's 1e-6, for a 3B model)"),
     ("ppo_critic_lr", 1e-4, float, "PPO critic learning rate (far above the study's 1e-5, for a 3B model)"),
     ("ppo_micro", 32, int, "PPO sequences per forward/backward"),
@@ -337,7 +340,8 @@ def primed_model(cond, s, p):
 
 
 def run_dir(s, cond, seed):
-    return os.path.join(s["out"], "runs", f"{cond}-s{seed}")
+    """A (condition, seed) run's folder; --checks-only runs validate only, apart from the PPO runs."""
+    return os.path.join(s["out"], "checks" if s["checks_only"] else "runs", f"{cond}-s{seed}")
 
 
 def ppo_stages(cond, seed, s, p, force):
@@ -346,6 +350,14 @@ def ppo_stages(cond, seed, s, p, force):
     A killed run resumes from its last checkpoint (ppo.py --resume)."""
     d = run_dir(s, cond, seed)
     ppo = os.path.join(d, "ppo")
+    if s["checks_only"]:  # the step-0 validation alone: no update, no checkpoint
+        return [("validate", ["ppo.py", "--model", p["base_final"], "--init", primed_model(cond, s, p), "--data", p["data"],
+                              "--out", ppo, "--condition", cond, "--seed", seed, "--steps", 0,
+                              "--max-response-len", s["ppo_response_len"], "--eval-every", 1, "--val-size", s["val_size"],
+                              "--val-samples", s["val_samples"], "--overwrite", "--device", s["device"],
+                              *(["--dtype", s["dtype"]] if s["device"].startswith("cuda") else []),
+                              *(["--engine", s["ppo_engine"]] if s["ppo_engine"] else [])],
+                 os.path.join(ppo, "val", "step_000000.jsonl"), os.path.join(d, "ppo.log"))]
     return [("ppo", [
         "ppo.py", "--model", p["base_final"], "--init", primed_model(cond, s, p), "--data", p["data"], "--out", ppo,
         "--condition", cond, "--seed", seed, "--steps", s["ppo_steps"], "--prompts-per-step", s["ppo_prompts"],
@@ -745,6 +757,9 @@ def main(argv=None):
     checks = ChecksWhenReady(s, p, t0)
     pool([(f"{c} seed {seed}", (prime_stages(c, s, p, a.force) if c != "base" else []) + ppo_stages(c, seed, s, p, a.force))
           for c, seed in keys], slots, a.force)
+    if s["checks_only"]:
+        checks.finish()
+        return print(f"mini checks done in {time.time() - t0:.0f}s: {s['out']}/checks.md, checks.json")
     table = report(s, p, keys, checks.finish())
     print("\n" + table)
     print(f"mini done in {time.time() - t0:.0f}s: {s['out']}/results.md, results.json, checks.md, figures/, report.html")

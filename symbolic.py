@@ -26,8 +26,9 @@ gives a regex per behavior that finds exactly those sentences.
   to 25, 3 and 1."), or an earlier need of a backward chain ("Return to needing 6 from 3, 2
   and 1."). Always contains "back to", "backtrack", "return to" or "start over".
 - verification: compares a computed value with the target: "76 is not 77; it is 1 too
-  low.", "24 equals the target 24.", a final "Verifying: (3 * 2) * 4 = 24, which matches the
-  target." and, when the search gives up, "... the closest attempt was ... off by 3".
+  low.", "24 equals the target 24.", a final "Verifying (3 * 2) * 4: 3 * 2 = 6, 6 * 4 = 24, which matches the
+  target 24." (a step-by-step recomputation) and, when the search gives up, "... the closest
+  attempt was ..., off by 3: ...".
   Conditions without verification never judge a value in words: a failed attempt is
   followed directly by a backtracking sentence (or by the answer once the budget is spent).
 - subgoal: names an intermediate number derived from the target, then the search works
@@ -38,6 +39,7 @@ gives a regex per behavior that finds exactly those sentences.
   Always contains "backwards" or "reverse".
 Neutral sentences (the opening, arithmetic steps, the answer) use none of these words.
 """
+import ast
 import math
 import random
 from collections import deque
@@ -97,17 +99,21 @@ PHRASES = {
                          "That falls short: {v} is {d} less than {t}.",
                          "{v} is below the target {t} by {d}.",
                          "Compared with {t}, {v} is too small by {d}."],
-    "verification.final": ["Let me verify the whole equation: {expr} = {t}, and each number is "
-                           "used exactly once, so it is correct.",
-                           "Double-check: {expr} evaluates to {t}, the target, using every "
+    # the closing check recomputes the equation step by step ({steps}: "16 - 4 = 12, 12 + 10 =
+    # 22"), each step one operation, as the search wrote them: a nested "(16 - 4) + 10 = 22"
+    # asked a ~10M model to evaluate in one go, and its primed models wrote the target after
+    # whatever expression they had reached (docs/mini/calibration2.md)
+    "verification.final": ["Let me verify the whole equation {expr}: {steps}, the target, and each "
+                           "number is used exactly once, so it is correct.",
+                           "Double-check {expr}: {steps}, which is {t}, the target, using every "
                            "number once.",
-                           "Verifying: {expr} = {t}, which matches the target."],
-    "verification.closest": ["I have not hit {t} exactly; the closest attempt was {expr} = {v}, "
-                             "off by {d}.",
-                             "No exact match for {t} within my attempts; the nearest was "
-                             "{expr} = {v}, {d} away.",
-                             "Checking my attempts against {t}, none matched; {expr} = {v} "
-                             "came closest (off by {d})."],
+                           "Verifying {expr}: {steps}, which matches the target {t}."],
+    "verification.closest": ["I have not hit {t} exactly; the closest attempt was {expr}, off by {d}: "
+                             "{steps}.",
+                             "No exact match for {t} within my attempts; the nearest was {expr}, "
+                             "{d} away: {steps}.",
+                             "Checking my attempts against {t}, none matched; {expr} came closest, "
+                             "off by {d}: {steps}."],
     "backtracking.start": ["Let me go back to the start: {nums}.",
                            "Back to the original numbers {nums}.",
                            "I'll abandon this path and return to {nums}.",
@@ -179,6 +185,26 @@ def fmt(v):
     ('6', '7/2', '5')"""
     v = Fraction(v)
     return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
+
+
+def recompute(expr):
+    """An expression's operations in the order a person checks them, innermost first.
+
+    >>> recompute("(16 - 4) + 10"), recompute("(12 / 3) * (2 + 4)")
+    ('16 - 4 = 12, 12 + 10 = 22', '12 / 3 = 4, 2 + 4 = 6, 4 * 6 = 24')
+    """
+    steps = []
+
+    def value(node):
+        if isinstance(node, ast.Constant):
+            return Fraction(node.value)
+        a, b = value(node.left), value(node.right)
+        sym, v = {ast.Add: ("+", a + b), ast.Sub: ("-", a - b), ast.Mult: ("*", a * b),
+                  ast.Div: ("/", a / b)}[type(node.op)]
+        steps.append(f"{fmt(a)} {sym} {fmt(b)} = {fmt(v)}")
+        return v
+    value(ast.parse(expr, mode="eval").body)
+    return ", ".join(steps)
 
 
 def fmt_list(values):
@@ -395,11 +421,11 @@ class Writer:
         if self.solved is not None:
             expr = self.solved
             if verify:
-                self.say("verification.final", newline=True, expr=expr, t=self.target)
+                self.say("verification.final", newline=True, expr=expr, steps=recompute(expr), t=self.target)
         else:
             d, expr, value = self.best
             if verify:
-                self.say("verification.closest", newline=True, expr=expr, v=fmt(value),
+                self.say("verification.closest", newline=True, expr=expr, steps=recompute(expr), v=fmt(value),
                          t=self.target, d=fmt(d))
         self.say("answer", newline=not verify, expr=expr)
         body = "\n".join(" ".join(p) for p in self.paras)
