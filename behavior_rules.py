@@ -528,8 +528,8 @@ def follow_chain(eqs, nums, target, gone_back=(), checks=()):
     gone_back: positions of phrases that leave a path ("start over"); the next step starts a
     new attempt whatever numbers it uses.
     checks: (start, end) spans announced as a check ("let me verify: ...", "... came closest:
-    ..."); a step inside one that recomputes a value already made is a chain step that neither
-    restarts nor moves the attempt on (a recomputation, not a new attempt).
+    ..."); a step inside one is a chain step that neither restarts nor moves the attempt on (a
+    recomputation, right or wrong, not a new attempt).
 
     >>> eqs = find_equations(normalize("44 + 19 = 63, 63 + 3 = 66. 44 - 19 = 25, 25 * 3 = 75"))
     >>> [e["restart"] for e in follow_chain(eqs, [44, 19, 3, 1], 76)]
@@ -545,9 +545,8 @@ def follow_chain(eqs, nums, target, gone_back=(), checks=()):
         ops = [latest if o == "@" else _number(o) for o in e["ops"]]
         ops = [o for o in ops if o is not None]
         e.update(chain=False, restart=False, backward=False, plan=False)
-        if e["value"] in produced and any(a <= e["pos"] < b for a, b in checks) \
-                and all(o in inputs or o in produced for o in ops):
-            e["chain"] = True       # a check's recomputation of a step already taken
+        if any(a <= e["pos"] < b for a, b in checks):
+            e["chain"] = True       # a check's recomputation (right or not), not a new attempt
             continue
         value, implicit = e["value"], "@" in e["ops"]
         unknown = [o for o in ops if o not in inputs and o not in produced]
