@@ -516,7 +516,7 @@ def _node_values(expr):
     return {int(v) if v.denominator == 1 else v for v in nodes}
 
 
-def follow_chain(eqs, nums, target, gone_back=(), checks=()):
+def follow_chain(eqs, nums, target, gone_back=(), checks=(), backs=()):
     """Mark each equation in place and return eqs. Flags:
     "chain"    a computed step of an attempt (the others are plans and backward steps);
     "restart"  a chain step that starts a new attempt: it goes back to numbers already used
@@ -530,6 +530,9 @@ def follow_chain(eqs, nums, target, gone_back=(), checks=()):
     checks: (start, end) spans announced as a check ("let me verify: ...", "... came closest:
     ..."); a step inside one is a chain step that neither restarts nor moves the attempt on (a
     recomputation, right or wrong, not a new attempt).
+    backs: (start, end) spans after a "working backwards" phrase; a step there on the target or a
+    needed number is a backward step ("to end on 12 by subtracting 8, I need 12 + 8 = 20") even
+    when that number is also one of the task's.
 
     >>> eqs = find_equations(normalize("44 + 19 = 63, 63 + 3 = 66. 44 - 19 = 25, 25 * 3 = 75"))
     >>> [e["restart"] for e in follow_chain(eqs, [44, 19, 3, 1], 76)]
@@ -556,7 +559,8 @@ def follow_chain(eqs, nums, target, gone_back=(), checks=()):
             needed.update(unknown)
             attempt.add(value)
             continue
-        if goal in ops and goal not in inputs and goal not in produced:
+        back = any(a <= e["pos"] < b for a, b in backs)
+        if any((o == goal or o in needed) and (back or (o not in inputs and o not in produced)) for o in ops):
             e["backward"] = True
             needed.add(value)
             attempt.add(value)
@@ -598,7 +602,9 @@ class Doc:
         first = eqs[0]["pos"] if eqs else len(text)
         cues = self.cues["announce"] + [m for m in self.cues["compare"] if _CLOSEST.match(m.group(0))]
         checks = [(m.start(), self.sentence_end(m.start())) for m in cues]
-        self.eqs = follow_chain(eqs, nums, target, [m.start() for m in self.cues["backtrack"] if m.start() > first], checks)
+        backs = [(m.start(), self.sentence_end(m.start())) for m in _backward_phrases(self, target)]
+        gone_back = [m.start() for m in self.cues["backtrack"] if m.start() > first]
+        self.eqs = follow_chain(eqs, nums, target, gone_back, checks, backs)
 
     def sentence(self, pos):
         return bisect_right(self.sent, pos) - 1

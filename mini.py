@@ -96,7 +96,8 @@ SETTINGS = [
     ("reference", "study:llama_results", str, "the study's Llama-3.2-3B per-step table (common.study_table): "
                                               "study:llama_results (downloaded once) or a CSV path; "
                                               "unreachable: results without the study's columns"),
-    ("n_train", 6000, int, "Countdown training tasks (countdown.py); 7,640 exist in the task range"),
+    ("n_train", 7300, int, "Countdown training tasks (countdown.py); 7,640 exist in the task range (no_positive "
+                           "needs priming_n wrong traces: ~48% of tasks give one)"),
     ("n_test", 256, int, "Countdown test tasks: PPO's validation, never primed on"),
     ("task_sizes", "3", str, "numbers per task (countdown.py --sizes)"),
     ("num_range", [1, 24], basics.json_value, "task numbers [min, max] as JSON, every stage (the study's priming range)"),
@@ -114,16 +115,17 @@ SETTINGS = [
     ("base_batch", 32, int, "base pretraining: rows per step"),
     ("base_lr", 1e-3, float, "base pretraining: peak learning rate (cosine to 0.1 x it)"),
     ("arith_lines", 1000, int, 'the base\'s arithmetic check: held-out "a op b =" lines (mini_checks.py)'),
-    ("priming_n", 1000, int, "priming traces per condition (the study: ~1000)"),
+    ("priming_n", 3000, int, "priming traces per condition (the study: ~1000; 1,000 left 10 of 34 checks failing: "
+                             "docs/mini/calibration3.md)"),
     ("priming_budget", 2, int, "symbolic search attempts before it gives up (3 in 5 traces correct)"),
-    ("sft_steps", 300, int, "priming SFT steps, every condition (300 x 32 = 9600 sequences: ~10 epochs of 1000)"),
+    ("sft_steps", 600, int, "priming SFT steps, every condition (600 x 32 = 19,200 sequences: ~6 epochs of 3,000)"),
     ("sft_batch", 32, int, "priming SFT sequences per step"),
     ("sft_lr", 5e-4, float, "priming SFT learning rate"),
-    ("sft_max_len", 576, int, "priming SFT sequence length (the longest traces are ~540 tokens with the prompt)"),
+    ("sft_max_len", 608, int, "priming SFT sequence length (the longest traces are ~590 tokens with the prompt)"),
     ("ppo_steps", 100, int, "PPO steps (2 updates a step)"),
     ("ppo_prompts", 64, int, "PPO prompts per step"),
     ("ppo_samples", 4, int, "PPO samples per prompt"),
-    ("ppo_response_len", 448, int, "PPO response tokens (the longest priming traces are ~440)"),
+    ("ppo_response_len", 480, int, "PPO response tokens (the longest priming traces are ~460)"),
     ("ppo_actor_lr", 2e-5, float, "PPO actor learning rate (far above the study's 1e-6, for a 3B model)"),
     ("ppo_critic_lr", 1e-4, float, "PPO critic learning rate (far above the study's 1e-5, for a 3B model)"),
     ("ppo_micro", 32, int, "PPO sequences per forward/backward"),

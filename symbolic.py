@@ -35,7 +35,8 @@ gives a regex per behavior that finds exactly those sentences.
   forward toward it: "Subgoal: make 6 from 3, 2 and 1, since 6 * 4 = 24." Always contains
   "subgoal", "intermediate goal" or "aim for".
 - backward: reasons from the target (or a needed value) back to what the step before needs:
-  "Working backwards from 24: if the last step is 6 * 4 = 24, then 3, 2 and 1 must make 6."
+  "Working backwards from 24: if the last step is multiplying by 4, I need 24 / 4 = 6, so 3, 2
+  and 1 must make 6." (the needed number computed forward, the operation named first)
   Always contains "backwards" or "reverse".
 Neutral sentences (the opening, arithmetic steps, the answer) use none of these words.
 """
@@ -135,15 +136,20 @@ PHRASES = {
     "subgoal.name": ["So my subgoal is {s} from {rest}.",
                      "That makes {s} an intermediate goal for {rest}.",
                      "I'll aim for {s} with {rest} first."],
-    "backward.first": ["Working backwards from {w}: if the last step is {rel} = {w}, then {rest} "
-                       "must make {s}.",
-                       "Reasoning backwards: {w} = {rel}, so {rest} would have to produce {s}.",
-                       "In reverse: to end on {w} by {how}, I need {s} from {rest}.",
-                       "Thinking backwards, {w} could come from {rel}; that requires {s} from "
+    # a backward step names the operation first and computes the number it needs forward
+    # ({inv}: "25 - 11 = 14"): "25 = 14 + 11" asked a ~10M model to write 14 before the 11 it
+    # comes from, and its primed models wrote numbers the task does not have (calibration3.md)
+    "backward.first": ["Working backwards from {w}: if the last step is {how}, I need {inv}, so "
+                       "{rest} must make {s}.",
+                       "Reasoning backwards: reaching {w} by {how} needs {inv}, so {rest} would "
+                       "have to produce {s}.",
+                       "In reverse: to end on {w} by {how}, I need {inv} from {rest}.",
+                       "Thinking backwards, {w} could come from {how}, which requires {inv} from "
                        "{rest}."],
-    "backward.next": ["Continuing backwards: {w} = {rel}, so {rest} must give {s}.",
-                      "One more step in reverse: {w} could be {rel}, which needs {s} from {rest}.",
-                      "Backwards again: reaching {w} by {how} means {rest} must make {s}."],
+    "backward.next": ["Continuing backwards: reaching {w} by {how} needs {inv}, so {rest} must "
+                      "give {s}.",
+                      "One more step in reverse: {w} by {how} needs {inv} from {rest}.",
+                      "Backwards again: reaching {w} by {how} means {inv}, and {rest} must make {s}."],
 }
 
 # Regexes (case-insensitive) that find each behavior's sentences in this writer's text:
@@ -159,17 +165,18 @@ MARKERS = {
 }
 
 # How a missing value x and a kept number a can make the needed value w:
-# form -> (x from w and a, or None when that form cannot apply; value of the form; "how" words)
+# form -> (x from w and a, or None when that form cannot apply; value of the form; "how" words;
+#          the forward step that computes x from w and a)
 FORMS = {
-    "{x} + {a}": (lambda w, a: w - a if w > a else None, lambda x, a: x + a, "adding {a}"),
-    "{x} - {a}": (lambda w, a: w + a, lambda x, a: x - a, "subtracting {a}"),
+    "{x} + {a}": (lambda w, a: w - a if w > a else None, lambda x, a: x + a, "adding {a}", "{w} - {a}"),
+    "{x} - {a}": (lambda w, a: w + a, lambda x, a: x - a, "subtracting {a}", "{w} + {a}"),
     "{a} - {x}": (lambda w, a: a - w if a > w else None, lambda x, a: a - x,
-                  "taking something away from {a}"),
+                  "taking something away from {a}", "{a} - {w}"),
     "{x} * {a}": (lambda w, a: w // a if a > 1 and w % a == 0 else None, lambda x, a: x * a,
-                  "multiplying by {a}"),
-    "{x} / {a}": (lambda w, a: w * a if a > 1 else None, lambda x, a: x / a, "dividing by {a}"),
+                  "multiplying by {a}", "{w} / {a}"),
+    "{x} / {a}": (lambda w, a: w * a if a > 1 else None, lambda x, a: x / a, "dividing by {a}", "{w} * {a}"),
     "{a} / {x}": (lambda w, a: a // w if a % w == 0 and a // w > 1 else None, lambda x, a: a / x,
-                  "dividing {a} by something"),
+                  "dividing {a} by something", "{a} / {w}"),
 }
 PLAN_KINDS = {  # top-level attempt kinds a condition may use (forward is the neutral fallback)
     "all_strategies": ("combined", "forward", "subgoal", "backward"),
@@ -307,7 +314,7 @@ class Writer:
         out, seen = [], set()
         for k, kept in enumerate(items):
             rest = items[:k] + items[k + 1:]
-            for form, (solve_x, _, _) in FORMS.items():
+            for form, (solve_x, *_) in FORMS.items():
                 x = solve_x(need, kept[0])
                 if x is None or not 1 <= x <= MAX_NEED or (kept[0], form) in seen:
                     continue
@@ -368,7 +375,7 @@ class Writer:
     def relation(self, form, kept, x, rest, w):
         """Fields that subgoal and backward sentences share."""
         return dict(w=w, s=x, rest=fmt_list(v for v, _ in rest), how=FORMS[form][2].format(a=kept[0]),
-                    rel=form.format(x=x, a=kept[0]))
+                    rel=form.format(x=x, a=kept[0]), inv=FORMS[form][3].format(w=fmt(w), a=fmt(kept[0])) + f" = {fmt(x)}")
 
     def attempt(self, kind, plan):
         """One top-level attempt; plan is a first forward step or a last-step candidate."""
