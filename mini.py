@@ -3,8 +3,9 @@ The study in miniature, with no API key and no download: the priming experiment 
 (priming -> manipulation checks -> PPO -> behavior counts -> tables, curves and a reading) with
 models trained from scratch, spread over every visible GPU.
 
-    python mini.py                                  # 4 H200s: 9.2 minutes (measured); runs/mini/results.md
+    python mini.py                                  # runs/mini/results.md (4 H200s: 9.2 minutes with the previous defaults)
     python mini.py --smoke --out /tmp/mini          # CPU smoke test: a few steps (CI, ~1 minute)
+    python mini.py --checks-only --seeds 0          # priming and the manipulation checks, no PPO update
     python mini.py --conditions base all_strategies empty_cot --seeds 0 1 2 3
     python mini.py --ppo-steps 250 --base-size '{"hidden_size": 512, "num_hidden_layers": 8}'   # any setting
 
@@ -97,7 +98,7 @@ SETTINGS = [
                                               "study:llama_results (downloaded once) or a CSV path; "
                                               "unreachable: results without the study's columns"),
     ("n_train", 7300, int, "Countdown training tasks (countdown.py); 7,640 exist in the task range (no_positive "
-                           "needs priming_n wrong traces: ~48% of tasks give one)"),
+                           "needs priming_n wrong traces: about half the tasks give one)"),
     ("n_test", 256, int, "Countdown test tasks: PPO's validation, never primed on"),
     ("task_sizes", "3", str, "numbers per task (countdown.py --sizes)"),
     ("num_range", [1, 24], basics.json_value, "task numbers [min, max] as JSON, every stage (the study's priming range)"),
@@ -217,7 +218,7 @@ def _calculation(rng, num_range, target_range, restate=0.0):
 
 def _restatement(expr, val):
     """A calculation's steps restated as one equation with the value they reached, the form of
-    the priming traces' closing check ("Verifying: (16 - 4) + 10 = 22, ...") without its
+    the priming traces' former closing check ("Verifying: (16 - 4) + 10 = 22, ...") without its
     comparison with the target: it restates, it does not check (behavior_rules.py counts no
     verification in it). Without it a ~10M base saw nested expressions only with values it had
     to compute in one go, and its primed models wrote the target after the closing expression

@@ -115,6 +115,20 @@ def test_rules_on_small_cases(text, expected):
     assert behavior_rules.count_behaviors(text, [44, 19, 3, 1], 76) == expected
 
 
+def test_a_checks_recomputation_and_a_backward_step_on_a_task_number_are_no_restart():
+    # the closing check recomputes an earlier attempt one step at a time: a check, not a second
+    # backtrack (counted 2 before behavior_rules read announced checks as recomputations)
+    text = ("44 + 19 = 63, 63 + 3 = 66. 66 is too low. Start over: 44 - 19 = 25, 25 * 3 = 75. Too low. "
+            "The closest attempt was (44 - 19) * 3, off by 1: 44 - 19 = 25, 25 * 3 = 75.")
+    assert behavior_rules.count_behaviors(text, [44, 19, 3, 1], 76) == \
+        dict(verification=3, backtracking=1, subgoal=0, backward=0)
+    # after "in reverse", 12 + 8 = 20 starts from the target (also a task number): a backward step,
+    # not a forward attempt that a later step abandons (backtracking 1 before)
+    text = "In reverse: to end on 12 by subtracting 8, I need 12 + 8 = 20 from 2 and 12. 12 * 2 = 24. 24 - 8 = 16."
+    assert behavior_rules.count_behaviors(text, [8, 2, 12], 12) == \
+        dict(verification=0, backtracking=0, subgoal=0, backward=1)
+
+
 # ---------------------------------------------------------------- spans (what the run report marks)
 def _check_spans(text, nums, target):
     spans = behavior_rules.behavior_spans(text, nums, target)

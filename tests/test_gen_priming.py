@@ -548,3 +548,24 @@ def test_study_prompts_missing_path_or_prompt_is_one_clear_line(tmp_path, monkey
     err = capfd.readouterr().err.strip()
     assert "\n" not in err and "no system prompt for backtracking_subgoal (found: all_strategies, " in err
     assert not os.path.exists(tmp_path / "out" / "settings.json")  # nothing was started
+
+
+def test_every_step_is_one_operation_on_numbers_already_written():
+    # The traces compute one operation at a time, left to right, from numbers already on the page:
+    # the closing check recomputes its equation step by step (not "(16 - 4) + 10 = 22" in one go)
+    # and a backward step computes the number it needs forward ("I need 25 - 11 = 14", not
+    # "25 = 14 + 11", which writes 14 before the 11 it comes from). A ~10M model primed on the old
+    # forms wrote the target after whatever it had reached (docs/mini/calibration3.md).
+    import behavior_rules
+    for cond in ("all_strategies", "backtracking_verification", "backtracking_backward", "backtracking_subgoal"):
+        for i in range(150):
+            k = 3 + i % 2
+            task = {"id": f"t{i}", "nums": [(7 * i + 5 * j) % 23 + 1 for j in range(k)], "target": 10 + i % 40}
+            text = behavior_rules.normalize(symbolic.write_symbolic(task, cond, seed=i)["completion"])
+            known = {str(n) for n in task["nums"]} | {str(task["target"])}
+            for e in behavior_rules.find_equations(text):
+                number = r"-?\d+(?:/\d+)?"   # a fraction "5/2" is one number; "10 / 4" an operation
+                seen = known | set(re.findall(number, text[:e["start"]]))
+                ops = re.findall(number, e["expr"])
+                assert e["kind"] == "fwd" and len(ops) == 2, (cond, e["expr"], text)
+                assert set(ops) <= seen, (cond, e["expr"], text)

@@ -221,3 +221,21 @@ def test_mini_checks_cli_needs_model_and_out(capsys):
     with pytest.raises(SystemExit) as e:
         mini_checks.main(["--out", "x.json"])
     assert e.value.code == 2 and "--model and --out are required" in capsys.readouterr().err
+
+
+def test_checks_only_validates_before_ppo_and_stops(tmp_path):
+    # --checks-only: priming and each run's step-0 validation (ppo.py --steps 0) into OUT/checks/,
+    # the checks, and nothing of PPO: no update, no checkpoint, no runs/ a later full run would skip
+    out = tmp_path / "mini"
+    r = subprocess.run([sys.executable, "mini.py", "--smoke", "--out", str(out), "--checks-only"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "mini checks done" in r.stdout and "## Manipulation checks" in r.stdout
+    assert "# The study in miniature: results" not in r.stdout and not (out / "results.md").exists()
+    checks = json.loads((out / "checks.json").read_text())
+    assert {row["model"] for row in checks["rows"]} == set(CONDS)
+    assert not (out / "runs").exists()
+    for c in CONDS:
+        ppo = out / "checks" / f"{c}-s0" / "ppo"
+        assert (ppo / "val" / "step_000000.jsonl").exists()
+        assert not (ppo / "final").exists() and not any(ppo.glob("ckpt*")), c
