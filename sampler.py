@@ -288,6 +288,11 @@ def logprobs_from_logits(logits, targets, temperature=1.0, entropy=False, entrop
 
 
 _compiled = {}
+# The compiled log-probs pay at a real LM's vocabulary (128-152k: GBs of fp32 logits never
+# written); at the tiny family's 592 they are a few MB, and the compile (forward and backward)
+# is what a miniature PPO run waits on: its first actor update took 74 s, the next ones 0.7 s
+# (experiments/mini_ppo_profile.sh, 9 runs side by side on one H200).
+COMPILE_VOCAB = 32768
 
 
 def compiled(fn):
@@ -391,7 +396,8 @@ def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=Fal
     def fn(s, a, r):
         logits = model(input_ids=s, attention_mask=a, position_ids=position_ids(a),
                        logits_to_keep=r + 1).logits[:, :-1]                 # [b, r, V]
-        f = compiled(logprobs_from_logits) if logits.is_cuda else logprobs_from_logits
+        f = compiled(logprobs_from_logits) if logits.is_cuda and logits.shape[-1] >= COMPILE_VOCAB \
+            else logprobs_from_logits
         lp, ent = f(logits, s[:, -r:], temperature, entropy, entropy_grad)
         return (lp, ent) if entropy else (lp,)
     res = over_micro_batches(fn, seq, attn, n_resp, micro, pads)
