@@ -56,7 +56,7 @@ from study import BEHAVIORS
 
 # ---------------------------------------------------------------------------------
 # settings: the flags and their defaults, (flag, default, type, help); `--help` lists them all
-DEFAULT_JUDGE = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-20241022"}
+DEFAULT_JUDGE = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}  # 3.5 Haiku: gone from the SDK's models
 SETTINGS = [
     ("input", None, str, "run folder (val/ or rollouts/step_*.jsonl), priming file, folder of JSONL, or any JSONL"),
     ("split", "auto", str, "run folder: val (ppo.py's test-set samples: what the study classified), rollouts, or auto (val if there, else rollouts)"),

@@ -105,7 +105,7 @@ SOURCES = {  # --source short names -> (hub dataset, config)
     # (and relabel_olmo_pretrain_qa.py:136 of its TinyZero branch) loads finemath-4plus
     "finemath": ("HuggingFaceTB/finemath", "finemath-4plus"),
 }
-DEFAULT_MODEL = {"openai": "Qwen/Qwen2.5-32B-Instruct", "anthropic": "claude-sonnet-4-5"}
+DEFAULT_MODEL = {"openai": "Qwen/Qwen2.5-32B-Instruct", "anthropic": "claude-sonnet-4-6"}  # 4-5: end of life 30 Nov 2026
 STAGES = ("label", "stats", "select", "rewrite", "pack")
 
 # ---------------------------------------------------------------------------------

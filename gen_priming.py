@@ -84,8 +84,11 @@ ALL_CONDITIONS = CONDITIONS + CONTROLS
 # The study's system prompts (--prompts study:PATH) are read from this file of a checkout of
 # its repository (github.com/kanishkg/cognitive-behaviors, or kanishkg/TinyZero, which holds it too).
 STUDY_API_GEN = os.path.join("generate_cot_datasets", "api_gen.py")
-DEFAULT_MODEL = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4o"}  # the study (api_gen.py:181):
-# claude-3-5-sonnet-20241022, which Anthropic has retired; pass it with --api-model where it still answers
+DEFAULT_MODEL = {"anthropic": "claude-sonnet-4-6", "openai": "gpt-4o"}  # the study (api_gen.py:181):
+# claude-3-5-sonnet-20241022, which Anthropic has retired; pass it with --api-model where it still answers.
+# Our default until 2026-11 was claude-sonnet-4-5 (end of life 30 Nov 2026, the anthropic SDK's
+# DEPRECATED_MODELS); a settings.json from before api_model was stamped meant it:
+STAMPED_BEFORE = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4o"}
 
 # ---------------------------------------------------------------------------------
 # settings: the flags, (name, default, type, help); defaults follow the study's priming sets
@@ -458,7 +461,7 @@ def check_stamp(args, prompts=None):
         with open(path) as f:
             old = json.load(f)
         if "model" in old:  # written before --model became --api-model (unset then: null)
-            old.setdefault("api_model", old["model"] or DEFAULT_MODEL.get(old.get("backend")))
+            old.setdefault("api_model", old["model"] or STAMPED_BEFORE.get(old.get("backend")))
         diff = [k for k in stamp if old.get(k, "ours" if k == "prompts" else None) != stamp[k]]
         if diff:
             was = ", ".join(f"--{k.replace('_', '-')} {old.get(k)!r}" for k in diff)

@@ -513,7 +513,7 @@ def test_anthropic_messages(tmp_path, capsys, monkeypatch, fake_api):
     out = capsys.readouterr().out
     recs = classify.read_records(str(tmp_path / "o" / "classified.jsonl"))
     assert all((r["verification"], r["backtracking"], r["subgoal"], r["backward"]) == (2, 1, 0, 3) for r in recs)
-    assert recs[0]["classifier"] == "anthropic:claude-3-5-haiku-20241022"
+    assert recs[0]["classifier"] == "anthropic:claude-haiku-4-5"
     assert "10 requests (2 retries" in out and "960 input + 96 output tokens" in out
     _no_key_anywhere(tmp_path, out)
 

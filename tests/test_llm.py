@@ -203,3 +203,21 @@ def test_the_three_scripts_take_the_same_api_flags(script, extra, capsys):
     shown = "".join(capsys.readouterr().out.split())   # argparse wraps lines (also at hyphens)
     for name, _, _, help_ in llm.settings("x", "does", {})[2:]:   # the rows no script words its own
         assert "".join(help_.split()) in shown, (script, name)
+
+
+def test_default_anthropic_models_are_current_in_the_sdk():
+    # claude-sonnet-4-5 (our default until 2026-11) reaches end of life on 30 Nov 2026 and
+    # claude-3-5-haiku-20241022 is gone from the SDK's model list: a default must be neither
+    import typing
+
+    import anthropic.types.model
+    from anthropic._data import DEPRECATED_MODELS
+
+    import classify
+    import curate_pretrain
+    import gen_priming
+    known = set(typing.get_args(typing.get_args(anthropic.types.model.Model)[0]))
+    for name, model in [("gen_priming", gen_priming.DEFAULT_MODEL["anthropic"]),
+                        ("classify", classify.DEFAULT_JUDGE["anthropic"]),
+                        ("curate_pretrain", curate_pretrain.DEFAULT_MODEL["anthropic"])]:
+        assert model in known and model not in DEPRECATED_MODELS, (name, model)
