@@ -123,7 +123,7 @@ SETTINGS = [
     ("sft_batch", 32, int, "priming SFT sequences per step"),
     ("sft_lr", 5e-4, float, "priming SFT learning rate"),
     ("sft_max_len", 608, int, "priming SFT sequence length (the longest traces are ~590 tokens with the prompt)"),
-    ("ppo_steps", 100, int, "PPO steps (2 updates a step)"),
+    ("ppo_steps", 200, int, "PPO steps (2 updates a step; 100 left 6 of 9 conditions still rising: README)"),
     ("ppo_prompts", 64, int, "PPO prompts per step"),
     ("ppo_samples", 4, int, "PPO samples per prompt"),
     ("ppo_response_len", 480, int, "PPO response tokens (the longest priming traces are ~460)"),
