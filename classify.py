@@ -66,7 +66,7 @@ SETTINGS = [
     ("seed", 0, int, "seed of the per-step sample and of sampling mode"),
     ("length_tokenizer", None, str, "tokenizer for response_length when records lack 'length' (default: words)"),
     # a judge's answer is short (--max-tokens 512): a request still waiting after 2 minutes is stuck
-    *llm.settings("rules", "counts the behaviors", DEFAULT_JUDGE, batch="openai", timeout=120.0),
+    *llm.settings("rules", "counts the behaviors", DEFAULT_JUDGE, batch=True, timeout=120.0),
     ("prompts", "ours", str, "LLM judge's questions: ours, or study:PATH (read from a checkout of the study's repository)"),
     ("max_tokens", 512, int, "judge's answer length limit"),
     ("tag_retries", 1, int, "re-asks when an answer has no <count>N</count> (then recorded as missing)"),
@@ -190,7 +190,7 @@ class Usage:
                 f"without <count>, {self.n['missing']} counts missing, {self.n['failed']} of them after failed "
                 f"requests), {self.n['input_tokens']} input + "
                 f"{self.n['output_tokens']} output tokens, estimated cost {money}"
-                f"{' (Batch API, half price)' if self.batch else ''}")
+                f"{' (batch API, half price)' if self.batch else ''}")
 
 
 class Judge:
@@ -528,7 +528,7 @@ def parse_args(argv=None):
     common.add_settings(ap, SETTINGS)
     ap.add_argument("--judge-model", dest="api_model", help=argparse.SUPPRESS)  # the old name of --api-model
     a = ap.parse_args(argv)
-    api = llm.check(a, "rules", batch="openai")  # the API flags' problem, if any
+    api = llm.check(a, "rules", batch=True)  # the API flags' problem, if any
     for bad, msg in [
             (api is not None, api),
             (a.template not in countdown.TEMPLATES, f"--template must be one of {sorted(countdown.TEMPLATES)}"),

@@ -118,7 +118,7 @@ SETTINGS = [
      f"PATH/{STUDY_API_GEN} (PATH: a checkout of its repository)"),
     # a 1024-token completion from a busy API can take minutes (the timeout); runs are long
     # and unattended, so a request waits out more overload (8 retries)
-    *llm.settings("symbolic", "writes the traces", DEFAULT_MODEL, batch="anthropic",
+    *llm.settings("symbolic", "writes the traces", DEFAULT_MODEL, batch=True,
                   max_retries=8, timeout=600.0),
 ]
 MAX_EXTRA = 20                 # no_positive: give up after solving this many x n extra tasks
@@ -416,9 +416,9 @@ class ApiBackend:
             self.args.concurrency
 
     def batch_records(self, condition, tasks, path):
-        """Records from Message Batches; what a batch did not answer goes into the next one (at
-        most --max-retries more). Batch ids live in <file>.pending.json until their records are
-        on disk, so a killed run resumes polling instead of paying for the same work."""
+        """Records from the provider's batch API; what a batch did not answer goes into the next
+        one (at most --max-retries more). Batch ids live in <file>.pending.json until their
+        records are on disk, so a killed run resumes polling instead of paying for the same work."""
         state, by_id, got = path + ".pending.json", {t["id"]: t for t in tasks}, set()
         for _ in range(self.args.max_retries + 1):
             todo = {t["id"]: self.request(condition, t) for t in tasks if t["id"] not in got}
@@ -593,7 +593,7 @@ def check_args(ap, a):
         a.sizes = tuple(int(s) for s in a.sizes.split(","))
     except ValueError:
         ap.error(f"--sizes must be comma-separated integers, got {a.sizes!r}")
-    api = llm.check(a, "symbolic", batch="anthropic")  # the API flags' problem, if any
+    api = llm.check(a, "symbolic", batch=True)  # the API flags' problem, if any
     checks = [(a.n >= 1, "--n must be at least 1"),
               (all(3 <= s <= 5 for s in a.sizes), f"--sizes must lie in 3..5, got {a.sizes}"),
               (1 <= a.num_min <= a.num_max, "need 1 <= --num-min <= --num-max"),

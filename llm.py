@@ -414,20 +414,19 @@ def run_jobs(items, work, path, concurrency=1, key=None, done=(), desc=None, tot
 # ---------------------------------------------------------------------------------
 # the API flags of the three scripts: one set of names, help texts and checks
 
-BATCH_API = {"anthropic": "Message Batches", "openai": "the Batch API (upload, create, poll, download)"}
 
 
-def settings(offline, does, models, batch=None, concurrency=8, max_retries=6, retry_base=1.0,
+def settings(offline, does, models, batch=False, concurrency=8, max_retries=6, retry_base=1.0,
              timeout=300.0, poll=30.0):
     """(name, default, type, help) rows of the API flags, for common.add_settings. `offline`
     names the script's own --backend that needs no API, `does` says what a backend does,
-    `models` gives the model per provider when --api-model is unset, and `batch` the provider
-    whose batch API --batch uses (None: no --batch or --poll). The numbers are defaults a
+    `models` gives the model per provider when --api-model is unset, and `batch` whether the
+    script has --batch and --poll (either provider's batch API). The numbers are defaults a
     script changes where its requests differ (a 1024-token trace takes longer than a count).
 
     >>> [r[0] for r in settings("rules", "counts the behaviors", {"openai": "gpt-4o-mini"})]
     ['backend', 'api_model', 'base_url', 'concurrency', 'max_retries', 'retry_base', 'timeout']
-    >>> settings("rules", "judges", {}, batch="openai", poll=5.0)[-1][:2]
+    >>> settings("rules", "judges", {}, batch=True, poll=5.0)[-1][:2]
     ('poll', 5.0)
     """
     rows = [
@@ -444,21 +443,22 @@ def settings(offline, does, models, batch=None, concurrency=8, max_retries=6, re
          "scaled to start here; a server's Retry-After wins)"),
         ("timeout", timeout, float, "API: seconds before one HTTP request is abandoned (and retried)")]
     if batch:
-        rows += [("batch", False, bool, f"--backend {batch} only: send the requests through "
-                  f"{BATCH_API[batch]} (half price; results within 24 h)"),
+        rows += [("batch", False, bool, "send the requests through the provider's batch API: Anthropic's "
+                  "Message Batches or OpenAI's Batch API (half price; results within 24 h; not every "
+                  "OpenAI-compatible server has one)"),
                  ("poll", poll, float, "--batch: seconds between status polls")]
     return rows
 
 
-def check(args, offline, batch=None):
+def check(args, offline, batch=False):
     """The first problem with the API flags of args (one line naming the flag), else None.
 
     >>> from argparse import Namespace
     >>> ok = dict(backend="openai", concurrency=8, max_retries=6, retry_base=1.0, timeout=60.0)
     >>> check(Namespace(**ok), "rules"), check(Namespace(**{**ok, "backend": "gpt"}), "rules")
     (None, '--backend must be rules, anthropic or openai')
-    >>> check(Namespace(**ok, batch=True, poll=1.0), "rules", batch="anthropic")
-    '--batch works only with --backend anthropic'
+    >>> check(Namespace(**{**ok, "backend": "rules"}, batch=True, poll=1.0), "rules", batch=True)
+    '--batch needs --backend anthropic or openai'
     """
     a = args
     for bad, msg in [
@@ -467,7 +467,7 @@ def check(args, offline, batch=None):
             (a.max_retries < 0 or a.retry_base < 0, "--max-retries and --retry-base must be >= 0"),
             (not a.timeout > 0, "--timeout must be positive"),
             (batch and a.poll < 0, "--poll must be >= 0"),
-            (batch and a.batch and a.backend != batch, f"--batch works only with --backend {batch}")]:
+            (batch and a.batch and a.backend == offline, "--batch needs --backend anthropic or openai")]:
         if bad:
             return msg
     return None

@@ -7,6 +7,8 @@ It listens on 127.0.0.1 (a free port) in a thread and speaks the wire formats of
 - Anthropic Message Batches: POST /v1/messages/batches, GET /v1/messages/batches/<id>,
                              GET /v1/messages/batches/<id>/results (JSONL)
 - OpenAI chat completions:   POST /v1/chat/completions
+- OpenAI Batch API:          POST /v1/files (multipart), POST /v1/batches, GET /v1/batches/<id>,
+                             GET /v1/files/<id>/content (JSONL)
 Requests are checked the way the real services check them (the key, as x-api-key or as a
 bearer token, which is how the anthropic SDK sends it; a version header; required fields;
 cached system block) and rejected with the real error shapes. Scripted
@@ -107,7 +109,7 @@ class FakeLLM:
         self.batch_polls = batch_polls          # polls before a batch reports "ended"
         self.batch_errored = batch_errored      # requests of the first batch that error
         self.lock = threading.Lock()
-        self.served_faults, self.completions, self.batches = [], 0, {}
+        self.served_faults, self.completions, self.batches, self.files = [], 0, {}, {}
         self.requests = []                      # (method, path, status)
         self.bodies = []                        # parsed bodies of completion requests (batched ones too)
 
@@ -198,6 +200,8 @@ class FakeLLM:
         path = h.path.split("?")[0]
         if path == "/v1/chat/completions" and method == "POST":
             return self.chat(h, body)
+        if path.startswith(("/v1/files", "/v1/batches")):
+            return self.openai_batches(h, method, path, body)
         sent = h.headers.get("x-api-key") or (h.headers.get("authorization") or "").removeprefix("Bearer ")
         if sent != self.key:
             echo = f": {sent}" if self.echo_401 else ""
@@ -243,6 +247,49 @@ class FakeLLM:
             self.completions += 1
             k = self.completions
         self.send(h, 200, chat_completion(p["model"], answer_text(msgs[-1]["content"]), k))
+
+    def openai_batches(self, h, method, path, body):
+        """OpenAI's Batch API: upload the JSONL, create, poll (batch_polls), download."""
+        if h.headers.get("authorization") != f"Bearer {self.key}":
+            return self.send(h, 401, openai_error("invalid_request_error", "Incorrect API key"))
+        if self.fault(h, self.batch_faults, openai=True):
+            return
+        m = re.fullmatch(r"/v1/(files|batches)(?:/([\w-]+))?(/content)?", path)
+        kind, oid, content = m.groups() if m else (None, None, None)
+        if kind == "files" and method == "POST" and oid is None:
+            data = body.split(b"Content-Type: application/jsonl\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
+            with self.lock:
+                fid = f"file-{len(self.files)}"
+                self.files[fid] = data
+            return self.send(h, 200, {"id": fid, "object": "file", "purpose": "batch", "bytes": len(data)})
+        if kind == "batches" and method == "POST" and oid is None:
+            lines = [json.loads(x) for x in self.files[json.loads(body)["input_file_id"]].decode().splitlines()]
+            with self.lock:
+                bid = f"batch_{len(self.batches):04d}"
+                self.batches[bid] = {"requests": lines, "polls": 0}
+                self.bodies += [x["body"] for x in lines]
+            return self.send(h, 200, self.openai_batch_object(bid))
+        if kind == "batches" and method == "GET" and oid in self.batches:
+            with self.lock:
+                self.batches[oid]["polls"] += 1
+            return self.send(h, 200, self.openai_batch_object(oid))
+        if kind == "files" and content and oid in self.files:
+            return self.send(h, 200, raw=self.files[oid].decode())
+        self.send(h, 404, openai_error("invalid_request_error", f"no route {method} {path}"))
+
+    def openai_batch_object(self, bid):
+        b, n = self.batches[bid], len(self.batches[bid]["requests"])
+        done = b["polls"] >= self.batch_polls
+        if done and f"{bid}-out" not in self.files:
+            self.files[f"{bid}-out"] = "".join(json.dumps({
+                "id": f"r{i}", "custom_id": x["custom_id"], "error": None,
+                "response": {"status_code": 200, "request_id": f"q{i}", "body": chat_completion(
+                    x["body"]["model"], answer_text(x["body"]["messages"][-1]["content"]), i)}}) + "\n"
+                for i, x in enumerate(b["requests"])).encode()
+        return {"id": bid, "object": "batch", "endpoint": "/v1/chat/completions", "completion_window": "24h",
+                "input_file_id": "file-0", "created_at": 0, "status": "completed" if done else "in_progress",
+                "output_file_id": f"{bid}-out" if done else None,
+                "request_counts": {"total": n, "completed": n if done else 0, "failed": 0}}
 
     def batch_create(self, h, body):
         if self.fault(h, self.batch_faults, openai=False):

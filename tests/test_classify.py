@@ -501,8 +501,26 @@ def test_openai_batch_api(tmp_path, capsys, monkeypatch, fake_api):
     assert paths.count("/v1/chat/completions") == 2                    # untagged batch answers asked again
     recs = classify.read_records(str(tmp_path / "o" / "classified.jsonl"))
     assert all((r["verification"], r["subgoal"], r["backward"]) == (2, 0, 3) and "missing" not in r for r in recs)
-    assert "Batch API, half price" in out and not os.path.exists(tmp_path / "o" / "batch.json")
+    assert "batch API, half price" in out and not os.path.exists(tmp_path / "o" / "batch.json")
     _no_key_anywhere(tmp_path, out)
+
+
+def test_anthropic_message_batches(tmp_path, capsys, monkeypatch):
+    # --batch with the Anthropic judge: Message Batches, the same flag as OpenAI's Batch API
+    from fake_llm_server import FakeLLM
+    srv = FakeLLM(KEY).start()
+    try:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+        assert classify.main(["--backend", "anthropic", "--batch", "--base-url", srv.url, "--poll", "0.01",
+                              "--input", _two_records(tmp_path), "--out", str(tmp_path / "o")]) == 0
+        out = capsys.readouterr().out
+        assert len(srv.batches) == 1 and srv.completions == 0 and len(srv.bodies) == 2 * len(study.BEHAVIORS)
+        recs = classify.read_records(str(tmp_path / "o" / "classified.jsonl"))
+        assert len(recs) == 2 and all(r[b] == 1 for r in recs for b in study.BEHAVIORS)
+        assert "batch API, half price" in out and not os.path.exists(tmp_path / "o" / "batch.json")
+        _no_key_anywhere(tmp_path, out)
+    finally:
+        srv.stop()
 
 
 def test_anthropic_messages(tmp_path, capsys, monkeypatch, fake_api):

@@ -222,7 +222,7 @@ def test_acceptance_n1000(tmp_path):
     (["--budget", "0"], "--budget must be at least 1"),
     (["--sizes", "2,3"], "--sizes must lie in 3..5"),
     (["--sizes", "three"], "--sizes must be comma-separated"),
-    (["--batch"], "--batch works only with --backend anthropic"),
+    (["--batch"], "--batch needs --backend anthropic or openai"),
     (["--tasks", "/no/such/file.jsonl"], "--tasks: no such file"),
     (["--backend", "anthropic"], "needs ANTHROPIC_API_KEY"),
     (["--template", "nope"], "--template"),
@@ -345,6 +345,24 @@ def test_anthropic_batch_resubmits_errored(server, tmp_path, monkeypatch, capfd)
     assert len(srv.batches) == 2 and len(srv.batches["msgbatch_0001"]["requests"]) == 3
     check_api_records(out, "backtracking_subgoal", 10)
     assert not os.path.exists(os.path.join(out, "backtracking_subgoal.jsonl.pending.json"))
+    assert_no_key(out, cap.out, cap.err)
+
+
+def test_openai_batch_api(server, tmp_path, monkeypatch, capfd):
+    # --batch means one thing with either provider: here OpenAI's Batch API (upload, create,
+    # poll, download) writes the traces, with a 429 on the upload retried
+    srv = server(batch_faults=["429"], batch_polls=2)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    out = str(tmp_path)
+    rc = gp.main(["--backend", "openai", "--batch", "--base-url", srv.url + "/v1", "--condition",
+                  "only_backtracking", "--n", "6", "--out", out, "--poll", "0.01", "--retry-base", "0.001"])
+    cap = capfd.readouterr()
+    assert rc == 0 and srv.served_faults == ["429"] and srv.completions == 0
+    paths = [p for _, p, s in srv.requests if s == 200]
+    assert paths[:2] == ["/v1/files", "/v1/batches"] and paths.count("/v1/batches/batch_0000") == 2
+    assert "/v1/files/batch_0000-out/content" in paths
+    check_api_records(out, "only_backtracking", 6)
+    assert not os.path.exists(os.path.join(out, "only_backtracking.jsonl.pending.json"))
     assert_no_key(out, cap.out, cap.err)
 
 
