@@ -5,6 +5,7 @@ both stand on it (common.py's tiny model needs countdown.py's tasks, so neither 
 other's way back). The stages reach these names as common.X too.
 """
 import argparse
+import copy
 import json
 import os
 import tempfile
@@ -163,17 +164,35 @@ def settings_argv(settings, values, names):
     return out
 
 
-def fill_defaults(args, settings, values):
-    """Set each name in values on args where args still holds the settings table's default:
-    the sizes of a smaller run (a CPU, a smoke test) that leave what the user passed alone.
+def fill_defaults(args, settings, values, given=None):
+    """Set each name in values on args unless its flag was given (`given`: passed_flags'
+    names; None: wherever args still holds the settings table's default): the sizes of a
+    smaller run (a CPU, a smoke test) that leave what the user passed alone, even where the
+    user passed the default's own value.
 
     >>> import types
     >>> a = types.SimpleNamespace(steps=250, lr=0.5)
     >>> vars(fill_defaults(a, [("steps", 250, int, ""), ("lr", 1.0, float, "")], {"steps": 2, "lr": 0.1}))
     {'steps': 2, 'lr': 0.5}
+    >>> a = types.SimpleNamespace(steps=250)
+    >>> vars(fill_defaults(a, [("steps", 250, int, "")], {"steps": 2}, given={"steps"}))
+    {'steps': 250}
     """
     default = {row[0]: row[1] for row in settings}
     for k, v in values.items():
-        if getattr(args, k) == default[k]:
+        if (k not in given) if given is not None else getattr(args, k) == default[k]:
             setattr(args, k, v)
     return args
+
+
+def passed_flags(ap, argv=None):
+    """The dests of the flags argv gives (sys.argv[1:] if None), whatever their values.
+
+    >>> ap = argparse.ArgumentParser(); _ = ap.add_argument("--steps", type=int, default=250)
+    >>> passed_flags(ap, ["--steps", "250"]), passed_flags(ap, [])
+    ({'steps'}, set())
+    """
+    probe = copy.deepcopy(ap)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))

@@ -18,7 +18,7 @@ import time
 
 # the files-and-flags layer, re-exported: the stages call common.write_jsonl, common.DataError, ...
 from basics import (DataError, add_settings, append_jsonl, atomic_write_text, fill_defaults,  # noqa: F401
-                  read_jsonl, read_jsonl_tolerant, write_json, write_jsonl)
+                    passed_flags, read_jsonl, read_jsonl_tolerant, write_json, write_jsonl)
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.environ.get("CBM_CACHE", os.path.join(REPO, ".cache"))  # where `tiny` is built

@@ -68,5 +68,8 @@ def test_cpu_sizes_fill_only_what_the_user_left():
     assert (a.batch_sizes, a.hf_batch_sizes, a.new_tokens, a.ppo_prompts) == ([4, 8], [8], 12, 2)
     a = bench.parse_args(["--model", "tiny", "--device", "cpu", "--new-tokens", "20", "--batch-sizes", "2"])
     assert (a.batch_sizes, a.new_tokens, a.prompt_len) == ([2], 20, 16)
+    # a flag given with the GPU default's own value is the user's too (it was replaced before)
+    a = bench.parse_args(["--model", "tiny", "--device", "cpu", "--ppo-prompts", "256", "--ppo-samples", "4"])
+    assert (a.ppo_prompts, a.ppo_samples, a.ppo_len) == (256, 4, 8)
     a = bench.parse_args(["--model", "tiny", "--device", "cuda"])     # parsing only: no GPU needed
     assert (a.batch_sizes, a.new_tokens) == ([64, 256, 512, 1024], 512)

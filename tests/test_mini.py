@@ -203,6 +203,9 @@ def test_every_setting_is_a_flag():
     assert s["ppo_steps"] == 7 and s["seeds"] == [4, 5] and s["gpus"] == [1]
     assert s["base_size"] == {"hidden_size": 32} and s["num_range"] == [2, 20]
     assert s["sft_steps"] == mini.SMOKE["sft_steps"] and s["device"] == "cpu" and s["smoke"] is True
+    # a flag given with the default's own value stays (--smoke replaced it before)
+    _, s = mini.parse_args(["--smoke", "--seeds", "0", "1", "2", "--ppo-steps", "200"])
+    assert s["seeds"] == [0, 1, 2] and s["ppo_steps"] == 200 and s["sft_steps"] == mini.SMOKE["sft_steps"]
     # every resolved setting survives the trip to a child process's flags
     names = [k for k, v in s.items() if v is not None]
     _, back = mini.parse_args(basics.settings_argv(mini.SETTINGS, s, names))
