@@ -627,8 +627,10 @@ def results_markdown(summary, study, checks, s):
              f"responses up to {s['ppo_response_len']} tokens. Validation: {s['val_size']} test tasks x {s['val_samples']} "
              f"samples at temperature 1, by ppo.py's validation for both before (step 0) and after (step {n_steps}). "
              f"Seeds {s['seeds']}; mean ± std (min–max) over them.", "",
-             "Every setting was fixed before any condition's result was seen, and nothing differs between conditions "
-             "except the priming data (`base`: none).", "",
+             "Every setting was fixed before this run, the same for every condition: the priming and the traces' "
+             "form were calibrated on the manipulation checks alone (docs/mini/calibration3.md), the number of PPO "
+             "steps on an earlier run's curves (still rising at 100), never on one condition's result. Nothing "
+             "differs between conditions except the priming data (`base`: none).", "",
              "## Manipulation checks (before PPO)", "", checks,
              "## Validation accuracy", "",
              f"Numbers used: share of answers that use exactly the task's numbers, right or not (before / after). "
