@@ -347,32 +347,33 @@ def run_dir(s, cond, seed):
     return os.path.join(s["out"], "checks" if s["checks_only"] else "runs", f"{cond}-s{seed}")
 
 
+def ppo_argv(cond, seed, s, p, out):
+    """ppo.py and the flags a (condition, seed) run and its --checks-only validation share: the
+    models, the tasks, the validation (the same samples either way) and the device."""
+    return ["ppo.py", "--model", p["base_final"], "--init", primed_model(cond, s, p), "--data", p["data"], "--out", out,
+            "--condition", cond, "--seed", seed, "--max-response-len", s["ppo_response_len"],
+            "--val-size", s["val_size"], "--val-samples", s["val_samples"], "--device", s["device"],
+            *(["--dtype", s["dtype"]] if s["device"].startswith("cuda") else []),
+            *(["--engine", s["ppo_engine"]] if s["ppo_engine"] else [])]
+
+
 def ppo_stages(cond, seed, s, p, force):
     """One (condition, seed) run: PPO from the primed model (validating before its first update:
     the "before PPO" accuracy and the checks' samples), then behavior counts of its rollouts.
-    A killed run resumes from its last checkpoint (ppo.py --resume)."""
+    A killed run resumes from its last checkpoint (ppo.py --resume). --checks-only: the
+    validation before the first update alone (no update, no checkpoint)."""
     d = run_dir(s, cond, seed)
-    ppo = os.path.join(d, "ppo")
-    if s["checks_only"]:  # the step-0 validation alone: no update, no checkpoint
-        return [("validate", ["ppo.py", "--model", p["base_final"], "--init", primed_model(cond, s, p), "--data", p["data"],
-                              "--out", ppo, "--condition", cond, "--seed", seed, "--steps", 0,
-                              "--max-response-len", s["ppo_response_len"], "--eval-every", 1, "--val-size", s["val_size"],
-                              "--val-samples", s["val_samples"], "--overwrite", "--device", s["device"],
-                              *(["--dtype", s["dtype"]] if s["device"].startswith("cuda") else []),
-                              *(["--engine", s["ppo_engine"]] if s["ppo_engine"] else [])],
-                 os.path.join(ppo, "val", "step_000000.jsonl"), os.path.join(d, "ppo.log"))]
-    return [("ppo", [
-        "ppo.py", "--model", p["base_final"], "--init", primed_model(cond, s, p), "--data", p["data"], "--out", ppo,
-        "--condition", cond, "--seed", seed, "--steps", s["ppo_steps"], "--prompts-per-step", s["ppo_prompts"],
-        "--samples-per-prompt", s["ppo_samples"], "--max-response-len", s["ppo_response_len"],
+    ppo, log = os.path.join(d, "ppo"), os.path.join(d, "ppo.log")
+    if s["checks_only"]:
+        return [("validate", ppo_argv(cond, seed, s, p, ppo) + ["--steps", 0, "--eval-every", 1, "--overwrite"],
+                 os.path.join(ppo, "val", "step_000000.jsonl"), log)]
+    return [("ppo", ppo_argv(cond, seed, s, p, ppo) + [
+        "--steps", s["ppo_steps"], "--prompts-per-step", s["ppo_prompts"], "--samples-per-prompt", s["ppo_samples"],
         "--actor-lr", s["ppo_actor_lr"], "--critic-lr", s["ppo_critic_lr"],
         "--mini-batch-prompts", max(1, s["ppo_prompts"] // 2), "--micro-batch", s["ppo_micro"],
-        "--eval-every", s["eval_every"], "--val-size", s["val_size"], "--val-samples", s["val_samples"],
-        "--log-rollouts-every", s["log_rollouts_every"], "--save-every", s["ppo_save_every"],
-        resume_or_overwrite(force), "--no-grad-ckpt",
-        "--device", s["device"], *(["--dtype", s["dtype"]] if s["device"].startswith("cuda") else []),
-        *(["--engine", s["ppo_engine"]] if s["ppo_engine"] else [])],
-        os.path.join(ppo, "final", "config.json"), os.path.join(d, "ppo.log")),
+        "--eval-every", s["eval_every"], "--log-rollouts-every", s["log_rollouts_every"],
+        "--save-every", s["ppo_save_every"], resume_or_overwrite(force), "--no-grad-ckpt"],
+        os.path.join(ppo, "final", "config.json"), log),
         ("classify", ["classify.py", "--backend", "rules", "--input", ppo, "--out", os.path.join(ppo, "classify"),
                       "--condition", cond, "--sample-per-step", 0, "--split", "rollouts"],
          os.path.join(ppo, "classify", "steps.csv"), os.path.join(d, "classify.log"))]

@@ -242,3 +242,17 @@ def test_checks_only_validates_before_ppo_and_stops(tmp_path):
         ppo = out / "checks" / f"{c}-s0" / "ppo"
         assert (ppo / "val" / "step_000000.jsonl").exists()
         assert not (ppo / "final").exists() and not any(ppo.glob("ckpt*")), c
+
+
+def test_checks_only_validates_like_the_runs_step_0():
+    # --checks-only's validation must draw the samples a full run's step 0 draws: the same
+    # primed model, tasks, seed, response budget, validation size and samples
+    _, s = mini.parse_args(["--smoke", "--out", "/tmp/x"])
+    p = mini.paths(s)
+
+    def flags(checks_only):
+        cmd = mini.ppo_stages("all_strategies", 1, {**s, "checks_only": checks_only}, p, False)[0][1]
+        return {k: cmd[i + 1] for i, k in enumerate(cmd) if k in (
+            "--model", "--init", "--data", "--seed", "--max-response-len", "--val-size", "--val-samples", "--device")}
+    full, val = flags(False), flags(True)
+    assert len(full) == 8 and full == val
