@@ -419,6 +419,10 @@ def test_bad_flags_are_explained():
     r = subprocess.run([sys.executable, "ppo.py", "--data", "/nonexistent", "--device", "cpu"], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode != 0 and "/nonexistent/train.jsonl: no such file" in r.stderr
+    # --steps 0 is the validation before training alone (mini.py --checks-only), so it needs one
+    r = subprocess.run([sys.executable, "ppo.py", "--steps", "0", "--eval-every", "0"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--steps 0 validates before training only" in r.stderr
 
 
 def test_init_alone_brings_its_own_tokenizer(tmp_path, wider_tiny):
