@@ -164,23 +164,17 @@ def settings_argv(settings, values, names):
     return out
 
 
-def fill_defaults(args, settings, values, given=None):
+def fill_defaults(args, values, given):
     """Set each name in values on args unless its flag was given (`given`: passed_flags'
-    names; None: wherever args still holds the settings table's default): the sizes of a
-    smaller run (a CPU, a smoke test) that leave what the user passed alone, even where the
-    user passed the default's own value.
+    names): the sizes of a smaller run (a CPU, a smoke test) that leave what the user passed
+    alone, even where the user passed the default's own value.
 
     >>> import types
-    >>> a = types.SimpleNamespace(steps=250, lr=0.5)
-    >>> vars(fill_defaults(a, [("steps", 250, int, ""), ("lr", 1.0, float, "")], {"steps": 2, "lr": 0.1}))
+    >>> vars(fill_defaults(types.SimpleNamespace(steps=250, lr=0.5), {"steps": 2, "lr": 0.1}, given={"lr"}))
     {'steps': 2, 'lr': 0.5}
-    >>> a = types.SimpleNamespace(steps=250)
-    >>> vars(fill_defaults(a, [("steps", 250, int, "")], {"steps": 2}, given={"steps"}))
-    {'steps': 250}
     """
-    default = {row[0]: row[1] for row in settings}
     for k, v in values.items():
-        if (k not in given) if given is not None else getattr(args, k) == default[k]:
+        if k not in given:
             setattr(args, k, v)
     return args
 

@@ -516,6 +516,10 @@ def _node_values(expr):
     return {int(v) if v.denominator == 1 else v for v in nodes}
 
 
+def _inside(pos, spans):
+    return any(a <= pos < b for a, b in spans)
+
+
 def follow_chain(eqs, nums, target, gone_back=(), checks=(), backs=()):
     """Mark each equation in place and return eqs. Flags:
     "chain"    a computed step of an attempt (the others are plans and backward steps);
@@ -548,7 +552,7 @@ def follow_chain(eqs, nums, target, gone_back=(), checks=(), backs=()):
         ops = [latest if o == "@" else _number(o) for o in e["ops"]]
         ops = [o for o in ops if o is not None]
         e.update(chain=False, restart=False, backward=False, plan=False)
-        if any(a <= e["pos"] < b for a, b in checks):
+        if _inside(e["pos"], checks):
             e["chain"] = True       # a check's recomputation (right or not), not a new attempt
             continue
         value, implicit = e["value"], "@" in e["ops"]
@@ -559,7 +563,7 @@ def follow_chain(eqs, nums, target, gone_back=(), checks=(), backs=()):
             needed.update(unknown)
             attempt.add(value)
             continue
-        back = any(a <= e["pos"] < b for a, b in backs)
+        back = _inside(e["pos"], backs)
         if any((o == goal or o in needed) and (back or (o not in inputs and o not in produced)) for o in ops):
             e["backward"] = True
             needed.add(value)

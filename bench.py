@@ -88,7 +88,7 @@ def parse_args(argv=None):
     if common.model_name_problem(a.model):
         ap.error(f"--model: {common.model_name_problem(a.model)}")
     if a.device == "cpu":   # the GPU sizes would take over 10 minutes here: a smoke run's sizes
-        common.fill_defaults(a, SETTINGS, CPU_SIZES, common.passed_flags(ap, argv))
+        common.fill_defaults(a, CPU_SIZES, common.passed_flags(ap, argv))
     try:
         a.batch_sizes = [int(x) for x in a.batch_sizes.split(",")]
         a.hf_batch_sizes = [int(x) for x in a.hf_batch_sizes.split(",") if x]

@@ -414,8 +414,6 @@ def run_jobs(items, work, path, concurrency=1, key=None, done=(), desc=None, tot
 # ---------------------------------------------------------------------------------
 # the API flags of the three scripts: one set of names, help texts and checks
 
-
-
 def settings(offline, does, models, batch=False, concurrency=8, max_retries=6, retry_base=1.0,
              timeout=300.0, poll=30.0):
     """(name, default, type, help) rows of the API flags, for common.add_settings. `offline`

@@ -154,7 +154,7 @@ def parse_args(argv=None):
                                  f"where no flag does: {shlex.join(basics.settings_argv(SETTINGS, SMOKE, SMOKE))}")
     a = basics.add_settings(ap, SETTINGS).parse_args(argv)
     if a.smoke:
-        basics.fill_defaults(a, SETTINGS, SMOKE, basics.passed_flags(ap, argv))
+        basics.fill_defaults(a, SMOKE, basics.passed_flags(ap, argv))
     for ok, msg in checks(a):
         if not ok:
             ap.error(msg)

@@ -55,7 +55,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = common.add_settings(ap, SETTINGS).parse_args(argv)
-    return common.fill_defaults(a, SETTINGS, SMOKE, common.passed_flags(ap, argv)) if a.smoke else a
+    return common.fill_defaults(a, SMOKE, common.passed_flags(ap, argv)) if a.smoke else a
 
 
 # A child starts through this trampoline: it asks Linux to send it SIGTERM when its parent dies

@@ -42,6 +42,7 @@ Neutral sentences (the opening, arithmetic steps, the answer) use none of these 
 """
 import ast
 import math
+import operator
 import random
 from collections import deque
 from fractions import Fraction
@@ -194,11 +195,17 @@ def fmt(v):
     return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
 
 
+OPS = {ast.Add: ("+", operator.add), ast.Sub: ("-", operator.sub), ast.Mult: ("*", operator.mul),
+       ast.Div: ("/", operator.truediv)}
+
+
 def recompute(expr):
     """An expression's operations in the order a person checks them, innermost first.
 
     >>> recompute("(16 - 4) + 10"), recompute("(12 / 3) * (2 + 4)")
     ('16 - 4 = 12, 12 + 10 = 22', '12 / 3 = 4, 2 + 4 = 6, 4 * 6 = 24')
+    >>> recompute("5 + (3 - 3)")   # a zero operand: only the node's own operation runs
+    '3 - 3 = 0, 5 + 0 = 5'
     """
     steps = []
 
@@ -206,8 +213,8 @@ def recompute(expr):
         if isinstance(node, ast.Constant):
             return Fraction(node.value)
         a, b = value(node.left), value(node.right)
-        sym, v = {ast.Add: ("+", a + b), ast.Sub: ("-", a - b), ast.Mult: ("*", a * b),
-                  ast.Div: ("/", a / b)}[type(node.op)]
+        sym, op = OPS[type(node.op)]
+        v = op(a, b)
         steps.append(f"{fmt(a)} {sym} {fmt(b)} = {fmt(v)}")
         return v
     value(ast.parse(expr, mode="eval").body)
