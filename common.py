@@ -347,15 +347,32 @@ def count_params(arch):
     return sum(p.numel() for p in model.parameters())
 
 
+def no_cudnn_attention():
+    """Turn off PyTorch's cuDNN attention kernel (SDPA then takes memory-efficient attention).
+    Its backward writes NaN into the query gradient on H100/H200 (PyTorch >= 2.11) when a mask
+    is passed, the sequence length is 64 modulo 128 and some query row's logsumexp is below
+    ln(FLT_MAX) ~ -88.7 (https://github.com/pytorch/pytorch/issues/196678). PPO's left-padded
+    rows are such rows (fully masked: -inf): on 4 H100s (PyTorch 2.11), 172 of 5,313 miniature
+    PPO steps (3.2%) skipped their update with NaN gradients in actor and critic at once, and one
+    run stopped after 3 in a row. Returns whether it was on."""
+    import torch
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    return was
+
+
 def load_model(name, dtype=None, device="cpu", init=None):
     """A causal LM: weights from `init` if given, else from `name`.
 
     name: alias, hub id, local folder, or `random:<arch>` (random weights of a known shape).
-    dtype: torch dtype; default bf16 on GPU, fp32 on CPU.
+    dtype: torch dtype; default bf16 on GPU, fp32 on CPU. On a GPU, cuDNN attention is
+    turned off for the whole process (no_cudnn_attention).
     """
     import torch
     from transformers import AutoModelForCausalLM
     dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+    if str(device).startswith("cuda"):
+        no_cudnn_attention()
     attn = attn_implementation(device)
     src = init or name
     if src.startswith("random:"):
@@ -500,10 +517,11 @@ def run_condition(run_dir):
     return str(run_config(run_dir).get("condition") or os.path.basename(os.path.normpath(run_dir)))
 
 
-def log_step(out_dir, step, metrics, keys=None, total=None, t_start=None):
+def log_step(out_dir, step, metrics, keys=None, total=None, t_start=None, start=0):
     """Append metrics to out_dir/metrics.jsonl and print one console line.
 
-    keys: which metrics go on the console line (all go to the file).
+    keys: which metrics go on the console line (all go to the file). The eta is the time since
+    t_start per step done since then: start is the step a resumed run began from.
     """
     rec = {"step": step, **{k: (float(v) if hasattr(v, "__float__") else v) for k, v in metrics.items()}}
     append_jsonl(os.path.join(out_dir, "metrics.jsonl"), [rec])
@@ -516,8 +534,7 @@ def log_step(out_dir, step, metrics, keys=None, total=None, t_start=None):
             parts.append(f"{k} {v}")
     if t_start is not None and total:
         el = time.time() - t_start
-        done = max(step, 1)
-        parts.append(f"eta {fmt_time(el / done * (total - step))}")
+        parts.append(f"eta {fmt_time(el / max(step - start, 1) * (total - step))}")
     print(" | ".join(parts), flush=True)
     return rec
 

@@ -780,7 +780,9 @@ def train(args, reward_fn=None):
         if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
             m.update(run_validation(step, models, test_tasks, args, dist, reward_fn))
         if dist["master"]:
-            common.log_step(args.out, step, m, keys=CONSOLE, total=args.steps, t_start=t_start)
+            # a skipped (non-finite) update shows on the console, not only in metrics.jsonl
+            common.log_step(args.out, step, m, keys=CONSOLE + ["skipped_updates"] * bool(bad), total=args.steps,
+                            t_start=t_start, start=first - 1)
             if wb:
                 wb.log(m, step=step)
         if state["bad_steps"] >= args.max_bad_steps:

@@ -624,8 +624,7 @@ def train(args):
             if R.eval_rows and ((args.eval_every and done % args.eval_every == 0) or done == R.total):
                 m["eval_loss"] = ev()
             if master:  # eta from the steps this process has done
-                t_eff = time.time() - (time.time() - t_start) * done / (done - R.start)
-                common.log_step(out, done, m, keys=keys, total=R.total, t_start=t_eff)
+                common.log_step(out, done, m, keys=keys, total=R.total, t_start=t_start, start=R.start)
                 if run:
                     run.log(m, step=done)
             bar.update(1)

@@ -151,3 +151,37 @@ def test_doctests():
     import doctest
     res = doctest.testmod(common)
     assert res.attempted >= 2 and res.failed == 0
+
+
+def test_gpu_models_turn_cudnn_attention_off(monkeypatch):
+    """cuDNN's SDPA backward gives NaN query gradients on Hopper for PPO's left-padded rows
+    (pytorch#196678; 3.2% of a miniature run's updates were skipped): load_model on a GPU turns
+    it off before building the model; on the CPU it leaves the switch alone."""
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        common.load_model("tiny", device="cpu")
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        assert common.no_cudnn_attention() is True and not torch.backends.cuda.cudnn_sdp_enabled()
+        calls = []
+
+        class Built(Exception):
+            pass
+
+        def fake():
+            calls.append(1)
+            raise Built   # stops before anything touches a GPU this machine lacks
+        monkeypatch.setattr(common, "no_cudnn_attention", fake)
+        with pytest.raises(Built):
+            common.load_model("tiny", device="cuda")
+        assert calls == [1]
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
+
+
+def test_eta_counts_the_steps_done_since_a_resume(tmp_path, capsys):
+    """A run resumed at step 4 that took 50 s for steps 5-9 has ~10 s left for step 10 (the old
+    eta divided by all 9 steps and said 5 s, falling further behind the later the resume)."""
+    import time
+    common.log_step(str(tmp_path), 9, {"loss": 1.0}, keys=["loss"], total=10, t_start=time.time() - 50, start=4)
+    assert capsys.readouterr().out.strip().endswith("eta 0m10s")
