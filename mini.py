@@ -432,12 +432,17 @@ def run_pool(chains, slots, force, report=lambda name: "done"):
     return failed
 
 
+def failures(failed, n):
+    """The message a run with failed jobs stops with: each failed stage's error."""
+    return (f"{len(failed)} of {n} jobs failed (finished stages are kept: run the same command again to "
+            "resume):\n\n" + "\n\n".join(failed.values()))
+
+
 def pool(chains, slots, force, report=lambda name: "done"):
     """run_pool, stopping with every failed stage's error (finished stages are kept)."""
     failed = run_pool(chains, slots, force, report)
     if failed:
-        raise SystemExit(f"{len(failed)} of {len(chains)} jobs failed (finished stages are kept: run the "
-                         "same command again to resume):\n\n" + "\n\n".join(failed.values()))
+        raise SystemExit(failures(failed, len(chains)))
 
 
 # ---------------------------------------------------------------------------------
@@ -514,11 +519,14 @@ def read_run(s, cond, seed):
     at = lambda r: {"step": int(r["step"]), "accuracy": r.get("accuracy"), "length": r.get("response_length"),  # noqa: E731
                     **{b: r.get(col) for b, col in BEHAVIORS.items()}}
     last = max(curve) if curve else None
-    numbers = lambda step: (lambda recs: sum(map(mini_checks.uses_numbers, recs)) / max(1, len(recs)))(  # noqa: E731
-        common.read_jsonl(os.path.join(d, "val", f"step_{step:06d}.jsonl")))
+    def numbers(step):   # None where the samples are gone (a copy of the run without its val/)
+        path = os.path.join(d, "val", f"step_{step:06d}.jsonl")
+        recs = common.read_jsonl(path) if step is not None and os.path.exists(path) else []
+        return sum(map(mini_checks.uses_numbers, recs)) / len(recs) if recs else None
+    skipped = [r["step"] for r in read_metrics(os.path.join(d, "metrics.jsonl")) if r.get("skipped_updates")]
     return {"val_curve": curve, "val_before": curve.get(0), "val_after": curve.get(last), "val_after_step": last,
-            "numbers_before": numbers(0) if 0 in curve else None, "numbers_end": numbers(last) if curve else None,
-            "start": at(rows[0]), "end": at(rows[-1]), "steps": rows}
+            "numbers_before": numbers(0 if 0 in curve else None), "numbers_end": numbers(last),
+            "skipped_steps": skipped, "start": at(rows[0]), "end": at(rows[-1]), "steps": rows}
 
 
 def seed_means(steps_by_cond):
@@ -615,8 +623,10 @@ def reading(summary, study):
     return out
 
 
-def results_markdown(summary, study, checks, s):
-    """results.md: settings, the checks, the accuracy and behavior tables beside the study, the reading."""
+def results_markdown(summary, study, checks, s, failed=(), skipped=None):
+    """results.md: settings, the checks, the accuracy and behavior tables beside the study, the
+    reading; failed: runs missing from the tables; skipped: {run: PPO steps whose update was
+    skipped (non-finite)}."""
     n_steps, ref = s["ppo_steps"], bool(study)
     b = summary.get("base_model", {})
     lines = ["# The study in miniature: results", "",
@@ -632,6 +642,11 @@ def results_markdown(summary, study, checks, s):
              "form were calibrated on the manipulation checks alone (docs/mini/calibration3.md), the number of PPO "
              "steps on an earlier run's curves (still rising at 100), never on one condition's result. Nothing "
              "differs between conditions except the priming data (`base`: none).", "",
+             *([f"**Runs that failed, missing from every table below: {', '.join(failed)}** (their ppo.log says why).",
+                ""] if failed else []),
+             *([f"PPO steps whose update was skipped (a non-finite loss or gradient): {sum(skipped.values())} of "
+                f"{n_steps * sum(v['n_runs'] for c, v in summary.items() if c != 'base_model')}; per run: "
+                + ", ".join(f"{k} {v}" for k, v in skipped.items()) + ".", ""] if skipped else []),
              "## Manipulation checks (before PPO)", "", checks,
              "## Validation accuracy", "",
              f"Numbers used: share of answers that use exactly the task's numbers, right or not (before / after). "
@@ -696,9 +711,10 @@ def study_reference(s):
     return path
 
 
-def report(s, p, keys, checks):
-    """Numbers of every finished run -> results.json, results.md, the seed-mean CSVs (rollouts
-    and validation), a filtered copy of the study's CSV and plot.py's figures."""
+def report(s, p, keys, checks, failed=()):
+    """Numbers of every finished run (keys) -> results.json, results.md, the seed-mean CSVs
+    (rollouts and validation), a filtered copy of the study's CSV and plot.py's figures. failed:
+    the names of runs that did not finish, named in results.md."""
     import common
     from classify import write_steps_csv
     res = os.path.join(s["out"], "results")
@@ -725,7 +741,8 @@ def report(s, p, keys, checks):
     run(["report.py", "--runs", *[os.path.join(run_dir(s, c, seed), "ppo") for c, seed in keys],  # the run report
          *(["--reference", ref] if ref else []), "--title", "mini.py: the priming study in miniature",
          "--out", os.path.join(s["out"], "report.html")], "", True, log=os.path.join(s["out"], "report.log"))
-    table = results_markdown(summary, study, checks, s)
+    skipped = {f"{c} seed {seed}": len(r["skipped_steps"]) for (c, seed), r in runs.items() if r["skipped_steps"]}
+    table = results_markdown(summary, study, checks, s, failed=list(failed), skipped=skipped)
     common.atomic_write_text(os.path.join(s["out"], "results.md"), table)
     return table
 
@@ -761,14 +778,21 @@ def main(argv=None):
     # one chain per run: its condition's priming (run once, by the first of its seeds to get
     # there), then PPO; the checks print as soon as every run has validated before its first update
     checks = ChecksWhenReady(s, p, t0)
-    pool([(f"{c} seed {seed}", (prime_stages(c, s, p, a.force) if c != "base" else []) + ppo_stages(c, seed, s, p, a.force))
-          for c, seed in keys], slots, a.force)
-    if s["checks_only"]:
+    name = lambda c, seed: f"{c} seed {seed}"  # noqa: E731
+    failed = run_pool([(name(c, seed), (prime_stages(c, s, p, a.force) if c != "base" else [])
+                        + ppo_stages(c, seed, s, p, a.force)) for c, seed in keys], slots, a.force)
+    done = [k for k in keys if name(*k) not in failed]
+    if s["checks_only"] or not done:
         checks.finish()
+        if failed:
+            raise SystemExit(failures(failed, len(keys)))
         return print(f"mini checks done in {time.time() - t0:.0f}s: {s['out']}/checks.md, checks.json")
-    table = report(s, p, keys, checks.finish())
+    # a failed run leaves the others' results: reported without it, then the run stops with its error
+    table = report(s, p, done, checks.finish(), failed)
     print("\n" + table)
     print(f"mini done in {time.time() - t0:.0f}s: {s['out']}/results.md, results.json, checks.md, figures/, report.html")
+    if failed:
+        raise SystemExit(failures(failed, len(keys)))
 
 
 class ChecksWhenReady(threading.Thread):
