@@ -2,7 +2,7 @@
 # PPO scaling on one host of 4 GPUs (nvidia-h100-x4), one command:
 #   bash experiments/scaling_h100x4.sh OUTDIR [RUNS]
 # One PPO step of the study's shape (256 prompts x 4 samples, Qwen2.5-3B shape with random
-# weights, --no-grad-ckpt --micro-batch 8), two steps per run and the second reported (the first
+# weights, --micro-batch 8, checkpointing as below), two steps per run and the second reported (the first
 # compiles and captures), through bench.py --parts ppo. RUNS (default 4,1,1:study,2):
 #   1. 4 GPUs (FSDP2), forced 512-token responses, alone on the machine;
 #   2. side by side (--concurrent: each run on its own GPUs and their 16 of the 64 cores):
@@ -13,10 +13,15 @@
 # The study's lengths are scaled to the forced runs' 512-token cap (--ppo-study-len 512: mean
 # 166, the same longest row), so that row differs from the forced one in the lengths alone. At
 # the study's own 1,024 cap a micro-batch of 8 of the longest rows without checkpointing needs
-# ~85 GB on one GPU (estimated from the 61 GB peak at 640 tokens): add --grad-ckpt there.
-# Estimated 8-9 minutes (run 1 ~3, runs 2 ~5.5: the 1-GPU forced run's two ~115 s steps set
-# it); no FSDP run has been timed on GPUs yet. Should it run over, split it into two calls
-# with the same OUTDIR (rows add up in bench.json): RUNS=4, then RUNS=1,1:study,2.
+# ~85 GB on one GPU (estimated from the 61 GB peak at 640 tokens).
+# Measured on 4 H100 80GB (2026-11-26, RUNS=4,1,2, docs/bench/scaling_h100x4_2026-11-26/): run 1
+# took ~3 minutes (39.4 s a step), the 1-GPU forced run 113.4 s a step, and the 2-GPU run ran
+# out of memory: 2 ranks' FSDP shards (~46 GB) and a micro-batch of 8 without checkpointing do
+# not fit 80 GB. So on cards under 100 GB every row keeps ppo.py's default (--grad-ckpt), the
+# same flags in every row; on H200s every row takes --no-grad-ckpt as before. With
+# checkpointing the calls run longer: split them, same OUTDIR (rows add up in bench.json):
+#   bash experiments/scaling_h100x4.sh OUT 4        # ~4 minutes
+#   bash experiments/scaling_h100x4.sh OUT 1,1:study,2   # ~7 minutes (estimated)
 # Run 1 goes first so that runs 2 find torch.compile's caches warm. bench.py prints the scaling
 # table (step s, tokens/s, speed-up against 1 GPU, GPU and host GB per rank, padding waste) and
 # the host memory 8 ranks would need; OUTDIR gets bench.json (rewritten after each run),
@@ -27,5 +32,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total --format=csv
 nproc; free -g | head -2; python -c "import torch; print(torch.__version__)"
 python common.py --make-tiny >/dev/null 2>&1   # the tokenizer random:* models borrow
+mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+ckpt=$([ "${mem:-0}" -lt 100000 ] && echo --grad-ckpt || echo --no-grad-ckpt)
 python bench.py --parts ppo --ngpu "$runs" --concurrent --ppo-study-len 512 \
-  --ppo-args "--no-grad-ckpt --micro-batch 8" --out "$out/bench.json" 2>&1 | grep -v "Loading weights" | tee -a "$out/bench.log"
+  --ppo-args "$ckpt --micro-batch 8" --out "$out/bench.json" 2>&1 | grep -v "Loading weights" | tee -a "$out/bench.log"
