@@ -123,7 +123,7 @@ SETTINGS = [
     ("sft_batch", 32, int, "priming SFT sequences per step"),
     ("sft_lr", 5e-4, float, "priming SFT learning rate"),
     ("sft_max_len", 608, int, "priming SFT sequence length (the longest traces are ~590 tokens with the prompt)"),
-    ("ppo_steps", 200, int, "PPO steps (2 updates a step; 100 left 6 of 9 conditions still rising: README)"),
+    ("ppo_steps", 250, int, "PPO steps, the study's 250 (2 updates a step; 200 left 7 of 9 up 0.01-0.03, within 2 SE: README)"),
     ("ppo_prompts", 64, int, "PPO prompts per step"),
     ("ppo_samples", 4, int, "PPO samples per prompt"),
     ("ppo_response_len", 480, int, "PPO response tokens (the longest priming traces are ~460)"),
@@ -581,11 +581,23 @@ def _mean(v, key):
     return (v.get(key) or {}).get("mean")
 
 
+AMPLIFY = 1.1  # a behavior PPO amplifies ends at >= 1.1 x its start (no_positive's 2.99 -> 3.00 is no rise)
 FLAT = 0.01  # a validation curve that moves less than this over its last 2 x eval_every steps is flat
 
 
-def reading(summary, study):
-    """Which of the study's findings the numbers reproduce, computed from them (one line each)."""
+def rise_se(p, n):
+    """Standard error of the difference of two accuracies near p, each measured on n samples
+    (binomial): how much a flat curve's last two points move by chance alone.
+
+    >>> round(rise_se(0.3, 1536), 4)
+    0.0165
+    """
+    return math.sqrt(2 * p * (1 - p) / n) if n else float("inf")
+
+
+def reading(summary, study, n_val=0):
+    """Which of the study's findings the numbers reproduce, computed from them (one line each).
+    n_val: validation samples per seed at each evaluation (rise_se: is a curve still rising?)."""
     out, have = [], lambda cs: [c for c in cs if c in summary and _mean(summary[c], "val_after") is not None]  # noqa: E731
     primed, controls = have(PRIMED), have(CONTROLS)
     if primed and controls:
@@ -604,21 +616,25 @@ def reading(summary, study):
                    f"{'reproduced' if overlap else 'not reproduced'}** (seed ranges "
                    f"{'overlap' if overlap else 'do not overlap'}): {fmt_spread(a)} vs {fmt_spread(b)}."
                    + (" Study: 0.735 vs 0.736." if study else ""))
-    late = {c: _mean(v, "val_after") - _mean(v, "val_late") for c, v in summary.items()
-            if _mean(v, "val_after") is not None and _mean(v, "val_late") is not None}
+    late = {c: (_mean(v, "val_after") - _mean(v, "val_late"), rise_se(_mean(v, "val_after"), n_val * v["val_after"]["n"]))
+            for c, v in summary.items() if _mean(v, "val_after") is not None and _mean(v, "val_late") is not None}
     if late:
-        rising, v = {c: d for c, d in late.items() if d > FLAT}, summary[next(iter(late))]
+        v = summary[next(iter(late))]
+        rising = {c: d for c, (d, se) in late.items() if d > FLAT and d > 2 * se}
+        up = {c: d for c, (d, se) in late.items() if d > FLAT and c not in rising}
         out.append(f"- **Flat by the end?** Validation accuracy from step {v['late_step']} to {v['val_after_step']}: "
-                   + (f"still rising by more than {FLAT} in {len(rising)} of {len(late)} conditions ("
+                   + (f"still rising by more than {FLAT} and 2 standard errors in {len(rising)} of {len(late)} conditions ("
                       + ", ".join(f"{c} +{d:.3f}" for c, d in rising.items()) + "): longer PPO would move these numbers."
-                      if rising else f"within {FLAT} in every condition."))
+                      if rising else f"no condition rose by more than {FLAT} and 2 standard errors.")
+                   + (f" Up by more than {FLAT} but within 2 standard errors (chance can do it): "
+                      + ", ".join(f"{c} +{d:.3f} (SE {late[c][1]:.3f})" for c, d in up.items()) + "." if up else ""))
     for b in ("verification", "backtracking"):
         rises = [(c, _mean(v["start"], b), _mean(v["end"], b)) for c, v in summary.items()
                  if c not in CONTROLS and (_mean(v["start"], b) or 0) >= 0.2]
         if rises:
-            up = sum(e > st for _, st, e in rises)
+            up = sum(e >= AMPLIFY * st for _, st, e in rises)
             out.append(f"- **PPO amplifies {b}: {'reproduced' if up == len(rises) else 'partly reproduced' if up else 'not reproduced'}** "
-                       f"({up} of {len(rises)} conditions that start with it end with more): "
+                       f"({up} of {len(rises)} conditions that start with it end with {AMPLIFY - 1:.0%} more or beyond): "
                        + ", ".join(f"{c} {st:.2f} -> {e:.2f}" for c, st, e in rises) + ".")
     return out
 
@@ -640,8 +656,8 @@ def results_markdown(summary, study, checks, s, failed=(), skipped=None):
              f"Seeds {s['seeds']}; mean ± std (min–max) over them.", "",
              "Every setting was fixed before this run, the same for every condition: the priming and the traces' "
              "form were calibrated on the manipulation checks alone (docs/mini/calibration3.md), the number of PPO "
-             "steps on an earlier run's curves (still rising at 100), never on one condition's result. Nothing "
-             "differs between conditions except the priming data (`base`: none).", "",
+             "steps on earlier runs' curves (rising at 100; at 200 up 0.01-0.03 in 7 of 9 conditions, within 2 "
+             "standard errors: so the study's 250), never on one condition's result. Nothing differs between conditions except the priming data (`base`: none).", "",
              *([f"**Runs that failed, missing from every table below: {', '.join(failed)}** (their ppo.log says why).",
                 ""] if failed else []),
              *([f"PPO steps whose update was skipped (a non-finite loss or gradient): {sum(skipped.values())} of "
@@ -680,7 +696,8 @@ def results_markdown(summary, study, checks, s, failed=(), skipped=None):
                "claim is about, so read these findings as this miniature's, not as a test of the claim."]
               if "checks FAIL" in checks else [])
     lines += ["", "## Reading (computed from the tables above)", "",
-              *reading({c: v for c, v in summary.items() if c != "base_model"}, study), *caveat, "",
+              *reading({c: v for c, v in summary.items() if c != "base_model"}, study, s["val_size"] * s["val_samples"]),
+              *caveat, "",
               "Figures: figures/accuracy.png (rollouts, validation and the study's), figures/behaviors_*.png, "
               "figures/length.png, figures/priming.png."]
     return "\n".join(lines) + "\n"

@@ -280,3 +280,26 @@ def test_checks_only_validates_like_the_runs_step_0():
             "--model", "--init", "--data", "--seed", "--max-response-len", "--val-size", "--val-samples", "--device")}
     full, val = flags(False), flags(True)
     assert len(full) == 8 and full == val
+
+
+def test_flatness_weighs_a_rise_against_its_standard_error():
+    """A curve is still rising only where its last rise beats both FLAT and 2 standard errors of
+    chance (3 seeds x 512 samples: SE ~0.017 near 0.3): the 200-step run's rises of 0.01-0.03
+    were read as rising by the old threshold alone."""
+    sp = lambda m: {"mean": m, "std": 0.0, "min": m, "max": m, "n": 3}  # noqa: E731
+    summary = {c: {"val_after": sp(a), "val_late": sp(b), "late_step": 150, "val_after_step": 200, "start": {}, "end": {}}
+               for c, a, b in (("up", 0.40, 0.30), ("noise", 0.33, 0.30), ("flat", 0.30, 0.30))}
+    line = next(x for x in mini.reading(summary, {}, n_val=512) if "Flat by the end" in x)
+    assert "in 1 of 3 conditions (up +0.100)" in line
+    assert "within 2 standard errors (chance can do it): noise +0.030 (SE 0.017)" in line and "flat +" not in line
+
+
+def test_amplified_means_ten_percent_more_not_any_more():
+    """no_positive's verification went 2.99 -> 3.00 in the 200-step run: the reading called that
+    amplification ('partly reproduced'); a rise is now >= AMPLIFY x the start."""
+    summary = {c: {"start": {"verification": {"mean": a}}, "end": {"verification": {"mean": b}}}
+               for c, a, b in (("no_positive", 2.99, 3.00), ("all_strategies", 2.70, 2.50))}
+    line = next(x for x in mini.reading(summary, {}) if "amplifies verification" in x)
+    assert "not reproduced" in line and "0 of 2" in line
+    summary["all_strategies"]["end"]["verification"]["mean"] = 3.0     # > 1.1 x 2.70
+    assert "partly reproduced** (1 of 2" in next(x for x in mini.reading(summary, {}) if "amplifies verification" in x)
