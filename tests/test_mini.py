@@ -13,6 +13,7 @@ import behavior_rules
 import countdown
 import mini
 import mini_checks
+import mini_report
 import plot
 from conftest import REPO, SHARED
 
@@ -20,20 +21,20 @@ CONDS = ("base", "all_strategies", "empty_cot")  # mini.SMOKE's conditions
 
 
 def test_spread_over_seeds():
-    sp = mini.spread([0.2, 0.4, None, float("nan"), 0.3])
+    sp = mini_report.spread([0.2, 0.4, None, float("nan"), 0.3])
     assert sp["n"] == 3 and sp["min"] == 0.2 and sp["max"] == 0.4
     assert sp["mean"] == pytest.approx(0.3) and sp["std"] == pytest.approx(0.1)  # sample std
-    assert mini.spread([0.5]) == {"mean": 0.5, "std": 0.0, "min": 0.5, "max": 0.5, "n": 1}
-    assert mini.spread([None, float("nan")]) is None
-    assert mini.fmt_spread(sp) == "0.300 ± 0.100 (0.200–0.400)"
-    assert mini.fmt_spread(mini.spread([0.5])) == "0.500" and mini.fmt_spread(None) == "-"
+    assert mini_report.spread([0.5]) == {"mean": 0.5, "std": 0.0, "min": 0.5, "max": 0.5, "n": 1}
+    assert mini_report.spread([None, float("nan")]) is None
+    assert mini_report.fmt_spread(sp) == "0.300 ± 0.100 (0.200–0.400)"
+    assert mini_report.fmt_spread(mini_report.spread([0.5])) == "0.500" and mini_report.fmt_spread(None) == "-"
 
 
 def test_seed_means_average_each_step_over_seeds():
     rows = [{"condition": "a", "step": 1.0, "accuracy": 0.1, "avg_backtracking": 1.0},
             {"condition": "a", "step": 1.0, "accuracy": 0.3, "avg_backtracking": math.nan},
             {"condition": "a", "step": 5.0, "accuracy": 0.5}]
-    out = mini.seed_means({"a": rows})
+    out = mini_report.seed_means({"a": rows})
     assert out[0] == {"condition": "a", "step": 1, "accuracy": 0.2, "avg_backtracking": 1.0}
     assert out[1] == {"condition": "a", "step": 5, "accuracy": 0.5}
 
@@ -102,6 +103,7 @@ def test_doctests():
     import doctest
     assert doctest.testmod(mini_checks).failed == 0
     assert doctest.testmod(mini).failed == 0
+    assert doctest.testmod(mini_report).attempted >= 1 and doctest.testmod(mini_report).failed == 0
     res = doctest.testmod(basics)   # its settings helpers: mini's flags and the --make-base child's
     assert res.attempted >= 6 and res.failed == 0
 
@@ -289,7 +291,7 @@ def test_flatness_weighs_a_rise_against_its_standard_error():
     sp = lambda m: {"mean": m, "std": 0.0, "min": m, "max": m, "n": 3}  # noqa: E731
     summary = {c: {"val_after": sp(a), "val_late": sp(b), "late_step": 150, "val_after_step": 200, "start": {}, "end": {}}
                for c, a, b in (("up", 0.40, 0.30), ("noise", 0.33, 0.30), ("flat", 0.30, 0.30))}
-    line = next(x for x in mini.reading(summary, {}, n_val=512) if "Flat by the end" in x)
+    line = next(x for x in mini_report.reading(summary, {}, n_val=512) if "Flat by the end" in x)
     assert "in 1 of 3 conditions (up +0.100)" in line
     assert "within 2 standard errors (chance can do it): noise +0.030 (SE 0.017)" in line and "flat +" not in line
 
@@ -299,7 +301,7 @@ def test_amplified_means_ten_percent_more_not_any_more():
     amplification ('partly reproduced'); a rise is now >= AMPLIFY x the start."""
     summary = {c: {"start": {"verification": {"mean": a}}, "end": {"verification": {"mean": b}}}
                for c, a, b in (("no_positive", 2.99, 3.00), ("all_strategies", 2.70, 2.50))}
-    line = next(x for x in mini.reading(summary, {}) if "amplifies verification" in x)
+    line = next(x for x in mini_report.reading(summary, {}) if "amplifies verification" in x)
     assert "not reproduced" in line and "0 of 2" in line
     summary["all_strategies"]["end"]["verification"]["mean"] = 3.0     # > 1.1 x 2.70
-    assert "partly reproduced** (1 of 2" in next(x for x in mini.reading(summary, {}) if "amplifies verification" in x)
+    assert "partly reproduced** (1 of 2" in next(x for x in mini_report.reading(summary, {}) if "amplifies verification" in x)
