@@ -9,6 +9,7 @@ and the redaction of API keys. JSON / JSONL files and settings tables live in ba
     python common.py --count qwen2.5-3b llama-3.2-3b   # parameter counts of the 3B shapes
 """
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -537,6 +538,27 @@ def log_step(out_dir, step, metrics, keys=None, total=None, t_start=None, start=
         parts.append(f"eta {fmt_time(el / max(step - start, 1) * (total - step))}")
     print(" | ".join(parts), flush=True)
     return rec
+
+
+@contextlib.contextmanager
+def profiled(on, out_dir, rank=0, rows=40):
+    """Profile the block when `on` (torch.profiler, CPU and CUDA activity): out_dir/rank<r>.txt
+    gets the top `rows` ops by their own device time (CPU time on a CPU), collectives (nccl*)
+    included, so one PPO step shows where it goes on each rank. A no-op when off."""
+    if not on:
+        yield
+        return
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    cuda = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
+        yield
+    if cuda:
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                                      row_limit=rows)
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(os.path.join(out_dir, f"rank{rank}.txt"), table + "\n")
 
 
 def fmt_time(s):

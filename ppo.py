@@ -102,6 +102,7 @@ SETTINGS = [
     ("save_every", 50, int, "checkpoint every N steps (0: only final)"),
     common.SHARED["keep"],
     ("max_bad_steps", 3, int, "stop after this many consecutive steps with a non-finite loss"),
+    ("profile_step", 0, int, "profile this step: OUT/profile/rank<r>.txt, the top ops by device time (0: off)"),
     ("dtype", "auto", str, "weights: auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32"),
     ("save_final", True, bool, "save final/ and the last checkpoint (benchmarks turn it off)"),
     common.SHARED["resume"],
@@ -703,7 +704,7 @@ CONSOLE = ["score/mean", "acc", "val/acc", "kl", "losses/policy", "losses/value"
 RESUME_FREE = ("resume", "overwrite", "steps", "device", "wandb", "save_every", "keep",
                "log_rollouts_every", "max_bad_steps", "engine", "vllm_mem", "micro_batch",
                "forward_micro_batch", "optim_device", "grad_ckpt", "save_final", "world_size", "fsdp",
-               "force_lengths")
+               "force_lengths", "profile_step")
 
 
 def load_tasks(args):
@@ -773,7 +774,8 @@ def train(args, reward_fn=None):
         set_lr(opt_a, args.actor_lr, step - 1, args.warmup_steps)
         if opt_c:
             set_lr(opt_c, args.critic_lr, step - 1, args.warmup_steps)
-        m, bad = train_step(step, train_tasks, models, state, args, dist, reward_fn)
+        with common.profiled(step == args.profile_step, os.path.join(args.out, "profile"), dist["rank"]):
+            m, bad = train_step(step, train_tasks, models, state, args, dist, reward_fn)
         state["bad_steps"] = state["bad_steps"] + 1 if bad else 0
         kl_ctl.update(m["kl"], args.prompts_per_step * args.samples_per_prompt)
         state.update(step=step, kl_coef=kl_ctl.value)

@@ -431,7 +431,9 @@ def test_script_runs_and_resumes(tmp_path):
     assert os.path.exists(os.path.join(out, "ckpt", "step_000004", "trainer_state.json"))
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["init"] == init and cfg["prompts_per_step"] == 8
-    stdout = run_ppo("--steps", "6", "--resume", out=out, data=str(data), init=init)
+    stdout = run_ppo("--steps", "6", "--resume", "--profile-step", "5", out=out, data=str(data), init=init)
+    prof = open(os.path.join(out, "profile", "rank0.txt")).read()   # one step's ops, by their own time
+    assert "Self CPU" in prof and "aten::" in prof and not os.path.exists(os.path.join(out, "profile", "rank1.txt"))
     assert "resuming from" in stdout and "step 5/6" in stdout and "step 1/6" not in stdout
     metrics = common.read_jsonl(os.path.join(out, "metrics.jsonl"))
     assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4, 5, 6]
