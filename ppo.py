@@ -288,7 +288,7 @@ class Critic(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, input_ids, attention_mask, position_ids, n_resp):
-        h = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
+        h = self.trunk(input_ids=input_ids, attention_mask=sampler.attention_mask(self.trunk, attention_mask),
                        position_ids=position_ids).last_hidden_state   # [B, L, H]
         # the value of the state *before* each response token: positions -n_resp-1 .. -2
         # [B, n_resp]; a copy, not a view: FSDP2 warns that in-place ops on a view would skip its hook

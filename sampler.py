@@ -269,6 +269,28 @@ def position_ids(attn):
     return (attn.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def attention_mask(model, attn):
+    """What a training or log-prob pass passes as attention_mask for attn [B, L] (1: token, 0:
+    pad): attn itself, unless rows start with left padding and the model attends through SDPA.
+    Then a boolean [B, 1, L, L] mask (causal, real keys only) in which each pad query also sees
+    itself. transformers' own mask leaves a left pad's query with no key at all, and the -inf
+    logsumexp of such a row is what makes cuDNN's attention backward write NaN
+    (pytorch#196678; common.no_cudnn_attention turns that kernel off too). Real queries never
+    see a pad either way, so nothing that is kept changes. flash_attention_2 drops pads itself.
+
+    >>> m = attention_mask(type("M", (), {"config": type("C", (), {"_attn_implementation": "sdpa"})})(),
+    ...                    torch.tensor([[0, 1, 1]]))
+    >>> m[0, 0].int().tolist()
+    [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    """
+    impl = getattr(getattr(model, "module", model).config, "_attn_implementation", None)
+    if impl != "sdpa" or bool(attn[:, 0].all()):
+        return attn
+    L = attn.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=attn.device).tril()
+    return causal & (attn.bool()[:, None, None, :] | torch.eye(L, dtype=torch.bool, device=attn.device))
+
+
 def logprobs_from_logits(logits, targets, temperature=1.0, entropy=False, entropy_grad=False):
     """log p(targets) [b, n] from logits [b, n, V] (any float dtype), in fp32, with
     z = logits / temperature: z_t - logsumexp(z). entropy=True adds H = logsumexp(z) -
@@ -394,7 +416,7 @@ def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=Fal
     Returns logp [N, n_resp] (and entropy [N, n_resp] if asked), 0 past each micro-batch's
     longest response. Grad flows if enabled. pads: count_padding's counters."""
     def fn(s, a, r):
-        logits = model(input_ids=s, attention_mask=a, position_ids=position_ids(a),
+        logits = model(input_ids=s, attention_mask=attention_mask(model, a), position_ids=position_ids(a),
                        logits_to_keep=r + 1).logits[:, :-1]                 # [b, r, V]
         f = compiled(logprobs_from_logits) if logits.is_cuda and logits.shape[-1] >= COMPILE_VOCAB \
             else logprobs_from_logits

@@ -183,6 +183,44 @@ def ragged_rows(n=10, P=6, R=9, seed=0):
     return b
 
 
+def test_training_passes_give_every_query_a_key(monkeypatch):
+    """Left-padded rows: transformers' mask leaves a pad's query with no key, whose -inf
+    logsumexp makes cuDNN's attention backward write NaN on Hopper (pytorch#196678; 3.2% of a
+    miniature run's updates were lost). The actor's and the critic's passes now give SDPA masks
+    in which every query sees at least itself, and the real tokens' log-probs, values and
+    gradients stay what 2D masks give."""
+    import torch.nn.functional as F
+    policy, critic = common.load_model("random:tiny"), ppo.Critic(common.load_model("random:tiny"))
+    torch.nn.init.normal_(critic.head.weight, std=0.1)
+    b = ragged_rows()
+    n, R = b["mask"].shape
+    seen, sdpa = [], F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append(attn_mask)
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    lp = sampler.token_logprobs(policy, b["seq"], b["attn"], R, n)
+    val = ppo.critic_values(critic, b["seq"], b["attn"], R, n)
+    (lp * b["mask"]).sum().backward()
+    (val * b["mask"]).sum().backward()
+    assert seen and all(m is not None and bool(m.any(-1).all()) for m in seen)
+    monkeypatch.setattr(sampler, "attention_mask", lambda model, attn: attn)    # transformers' own mask
+    seen.clear()
+    p2, c2 = common.load_model("random:tiny"), ppo.Critic(common.load_model("random:tiny"))
+    c2.load_state_dict(critic.state_dict())
+    lp2 = sampler.token_logprobs(p2, b["seq"], b["attn"], R, n)
+    val2 = ppo.critic_values(c2, b["seq"], b["attn"], R, n)
+    (lp2 * b["mask"]).sum().backward()
+    (val2 * b["mask"]).sum().backward()
+    assert any(not bool(m.any(-1).all()) for m in seen)        # the rows the old masks left empty
+    m = b["mask"]
+    assert torch.allclose(lp * m, lp2 * m, atol=1e-5) and torch.allclose(val * m, val2 * m, atol=1e-5)
+    for a, c in ((policy, p2), (critic, c2)):
+        for (name, x), (_, y) in zip(a.named_parameters(), c.named_parameters()):
+            assert torch.allclose(x.grad, y.grad, atol=1e-5), name
+
+
 def test_sorted_cut_micro_batches_change_no_loss_or_gradient():
     """Passes over rows of ragged lengths in micro-batches sorted by length, each cut to the
     columns its rows use, give the log-probs, values, losses and gradients of one full-width
