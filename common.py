@@ -353,9 +353,10 @@ def no_cudnn_attention():
     Its backward writes NaN into the query gradient on H100/H200 (PyTorch >= 2.11) when a mask
     is passed, the sequence length is 64 modulo 128 and some query row's logsumexp is below
     ln(FLT_MAX) ~ -88.7 (https://github.com/pytorch/pytorch/issues/196678). PPO's left-padded
-    rows are such rows (fully masked: -inf): on 4 H100s (PyTorch 2.11), 172 of 5,313 miniature
-    PPO steps (3.2%) skipped their update with NaN gradients in actor and critic at once, and one
-    run stopped after 3 in a row. Returns whether it was on."""
+    rows are such rows (fully masked: -inf). Most likely this bug (the pattern fits; it was not
+    reproduced in isolation): on 4 H100s (PyTorch 2.11), 172 of 5,313 miniature PPO steps (3.2%)
+    skipped their update with NaN gradients in actor and critic at once, and one run stopped
+    after 3 in a row. Returns whether it was on."""
     import torch
     was = torch.backends.cuda.cudnn_sdp_enabled()
     torch.backends.cuda.enable_cudnn_sdp(False)
