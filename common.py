@@ -352,7 +352,7 @@ def no_cudnn_attention():
     """Turn off PyTorch's cuDNN attention kernel (SDPA then takes memory-efficient attention).
     Its backward writes NaN into the query gradient on H100/H200 (PyTorch >= 2.11) when a mask
     is passed, the sequence length is 64 modulo 128 and some query row's logsumexp is below
-    ln(FLT_MAX) ~ -88.7 (https://github.com/pytorch/pytorch/issues/196678). PPO's left-padded
+    -ln(FLT_MAX) ~ -88.7 (https://github.com/pytorch/pytorch/issues/196678). PPO's left-padded
     rows are such rows (fully masked: -inf). Most likely this bug (the pattern fits; it was not
     reproduced in isolation): on 4 H100s (PyTorch 2.11), 172 of 5,313 miniature PPO steps (3.2%)
     skipped their update with NaN gradients in actor and critic at once, and one run stopped
@@ -542,20 +542,19 @@ def log_step(out_dir, step, metrics, keys=None, total=None, t_start=None, start=
 
 
 @contextlib.contextmanager
-def profiled(on, out_dir, rank=0, rows=40):
-    """Profile the block when `on` (torch.profiler, CPU and CUDA activity): out_dir/rank<r>.txt
-    gets the top `rows` ops by their own device time (CPU time on a CPU), collectives (nccl*)
+def profiled(on, out_dir, rank=0, cuda=False, rows=40):
+    """Profile the block when `on` (torch.profiler): out_dir/rank<r>.txt gets the top `rows` ops
+    by their own GPU time (cuda: the block runs on a GPU; else CPU time), collectives (nccl*)
     included, so one PPO step shows where it goes on each rank. A no-op when off."""
     if not on:
         yield
         return
     import torch
     from torch.profiler import ProfilerActivity, profile
-    cuda = torch.cuda.is_available()
     with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
         yield
-    if cuda:
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()   # the block's kernels finish inside the profile
     table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
                                       row_limit=rows)
     os.makedirs(out_dir, exist_ok=True)

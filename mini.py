@@ -467,14 +467,20 @@ def priming_behaviors(s, p, conds):
 
 
 def run_checks(s, p):
-    """Measure every check, write OUT/checks.json and OUT/checks.md, return the markdown."""
+    """Measure every check, write OUT/checks.json and OUT/checks.md, return the markdown. A
+    condition none of whose runs sampled before PPO (they failed first) is named as not
+    measured, not scored as 0.000."""
     import common
-    measured = {c: mini_checks.measure(step0_records(s, c)) for c in s["conditions"]}
+    recs = {c: step0_records(s, c) for c in s["conditions"]}
+    measured = {c: mini_checks.measure(r) for c, r in recs.items() if r}
+    missing = [c for c, r in recs.items() if not r]
     arith = json.load(open(p["arith"])) if os.path.exists(p["arith"]) else None
-    rows = mini_checks.check_rows(arith, measured, priming_behaviors(s, p, s["conditions"]))
-    table = mini_checks.checks_markdown(rows)
+    rows = mini_checks.check_rows(arith, measured, priming_behaviors(s, p, list(measured)))
+    table = mini_checks.checks_markdown(rows) + (
+        f"\nNot measured (no sample before PPO: its runs failed): {', '.join(missing)}.\n" if missing else "")
     common.write_json(os.path.join(s["out"], "checks.json"), {
         "thresholds": mini_checks.THRESHOLDS, "base_arithmetic": arith, "measured": measured,
+        "not_measured": missing,
         "rows": [dict(zip(("model", "check", "measured", "threshold", "passed"), r)) for r in rows]})
     common.atomic_write_text(os.path.join(s["out"], "checks.md"), table)
     return table
@@ -508,10 +514,17 @@ def main(argv=None):
         if failed:
             raise SystemExit(failures(failed, len(keys)))
         return print(f"mini checks done in {time.time() - t0:.0f}s: {s['out']}/checks.md, checks.json")
-    # a failed run leaves the others' results: reported without it, then the run stops with its error
-    table = mini_report.report(s, p, {k: run_dir(s, *k) for k in done}, checks.finish(), failed)
-    print("\n" + table)
-    print(f"mini done in {time.time() - t0:.0f}s: {s['out']}/results.md, results.json, checks.md, figures/, report.html")
+    # a failed run leaves the others' results: reported without it, then the run stops with its
+    # error (also when the report itself fails)
+    try:
+        table = mini_report.report(s, p, {k: run_dir(s, *k) for k in done}, checks.finish(), failed)
+        print("\n" + table)
+        print(f"mini done in {time.time() - t0:.0f}s: {s['out']}/results.md, results.json, checks.md, figures/, "
+              "report.html")
+    except (Exception, SystemExit) as e:
+        if not failed:
+            raise
+        print(f"the results of the finished runs could not be written: {e}", flush=True)
     if failed:
         raise SystemExit(failures(failed, len(keys)))
 

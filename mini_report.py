@@ -119,7 +119,8 @@ FLAT = 0.01  # a validation curve that moves less than this over its last 2 x ev
 
 def rise_se(p, n):
     """Standard error of the difference of two accuracies near p, each measured on n samples
-    (binomial): how much a flat curve's last two points move by chance alone.
+    (binomial): how much a flat curve's last two points move by chance alone. A rough guide:
+    the two points reuse the same test tasks, and samples of one task are correlated.
 
     >>> round(rise_se(0.3, 1536), 4)
     0.0165
@@ -188,8 +189,8 @@ def results_markdown(summary, study, checks, s, failed=(), skipped=None):
              f"Seeds {s['seeds']}; mean ± std (min–max) over them.", "",
              "Every setting was fixed before this run, the same for every condition: the priming and the traces' "
              "form were calibrated on the manipulation checks alone (docs/mini/calibration3.md), the number of PPO "
-             "steps on earlier runs' curves (rising at 100; at 200 up 0.01-0.03 in 7 of 9 conditions, within 2 "
-             "standard errors: so the study's 250), never on one condition's result. Nothing differs between conditions except the priming data (`base`: none).", "",
+             "steps by default on earlier runs' curves (rising at 100; at 200 up 0.01-0.03 in 7 of 9 conditions, "
+             "within 2 standard errors: so the study's 250), never on one condition's result. Nothing differs between conditions except the priming data (`base`: none).", "",
              *([f"**Runs that failed, missing from every table below: {', '.join(failed)}** (their ppo.log says why).",
                 ""] if failed else []),
              *([f"PPO steps whose update was skipped (a non-finite loss or gradient): {sum(skipped.values())} of "
@@ -281,7 +282,7 @@ def report(s, p, dirs, checks, failed=()):
     with open(os.path.join(p["base"], "base.json")) as f:
         summary = {"base_model": json.load(f), **summarize(runs, s)}
     common.write_json(os.path.join(s["out"], "results.json"), {
-        "settings": s, "summary": summary, "study": study,
+        "settings": s, "summary": summary, "study": study, "failed": list(failed),
         "runs": [{"condition": k[0], "seed": k[1], **v} for k, v in runs.items()]})
     figs = os.path.join(s["out"], "figures")
     priming = os.path.join(p["priming"], "summary.json")

@@ -132,6 +132,7 @@ def parse_args(argv=None):
          "--steps must be >= 0; --prompts-per-step, --samples-per-prompt, --micro-batch > 0"),
         (a.steps > 0 or a.eval_every > 0, "--steps 0 validates before training only: it needs --eval-every > 0"),
         (a.forward_micro_batch >= 0, "--forward-micro-batch must be >= 0 (0: twice --micro-batch)"),
+        (0 <= a.profile_step <= a.steps, "--profile-step must be a step of the run (0: off)"),
         (min(a.mini_batch_prompts, a.ppo_epochs, a.kl_horizon) > 0,
          "--mini-batch-prompts, --ppo-epochs, --kl-horizon must be > 0"),
         (a.temperature > 0, "--temperature must be > 0 (rollouts sample; validation is also greedy)"),
@@ -774,7 +775,8 @@ def train(args, reward_fn=None):
         set_lr(opt_a, args.actor_lr, step - 1, args.warmup_steps)
         if opt_c:
             set_lr(opt_c, args.critic_lr, step - 1, args.warmup_steps)
-        with common.profiled(step == args.profile_step, os.path.join(args.out, "profile"), dist["rank"]):
+        with common.profiled(step == args.profile_step, os.path.join(args.out, "profile"), dist["rank"],
+                             cuda=str(dist["device"]).startswith("cuda")):
             m, bad = train_step(step, train_tasks, models, state, args, dist, reward_fn)
         state["bad_steps"] = state["bad_steps"] + 1 if bad else 0
         kl_ctl.update(m["kl"], args.prompts_per_step * args.samples_per_prompt)

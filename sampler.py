@@ -273,10 +273,13 @@ def attention_mask(model, attn):
     """What a training or log-prob pass passes as attention_mask for attn [B, L] (1: token, 0:
     pad): attn itself, unless rows start with left padding and the model attends through SDPA.
     Then a boolean [B, 1, L, L] mask (causal, real keys only) in which each pad query also sees
-    itself. transformers' own mask leaves a left pad's query with no key at all, and the -inf
-    logsumexp of such a row is what makes cuDNN's attention backward write NaN
-    (pytorch#196678; common.no_cudnn_attention turns that kernel off too). Real queries never
-    see a pad either way, so nothing that is kept changes. flash_attention_2 drops pads itself.
+    itself. transformers' own mask leaves a left pad's query with no key at all (a -inf
+    logsumexp), the edge case attention kernels get wrong: cuDNN's backward writes NaN on such
+    rows (pytorch#196678). This is defence in depth, not the fix: that kernel fails on any row
+    whose logsumexp is below -88.7, real ones too, so common.no_cudnn_attention must stay.
+    Real queries never see a pad either way, so nothing that is kept changes.
+    flash_attention_2 drops pads itself. A 4D mask is used as given: a model with
+    sliding-window layers would lose its window here (Llama and Qwen2.5 as configured use none).
 
     >>> m = attention_mask(type("M", (), {"config": type("C", (), {"_attn_implementation": "sdpa"})})(),
     ...                    torch.tensor([[0, 1, 1]]))

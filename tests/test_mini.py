@@ -156,8 +156,10 @@ def test_mini_smoke(tmp_path):
 def one_run_fails_and_the_rest_are_still_reported(out, ref):
     """The same command again, with one run failing (as one did on 4 H100s, after 113 of 200
     steps): results.md covers the other runs and names the failed one, then mini stops with its
-    error. Before, one failure left no results at all."""
+    error. Before, one failure left no results at all. Here the run failed before it sampled
+    at step 0: its checks are named as not measured, not scored 0.000 and failed."""
     real = mini.run_pool
+    os.remove(out / "runs" / "empty_cot-s0" / "ppo" / "val" / "step_000000.jsonl")
 
     def one_fails(chains, *a, **k):
         failed = real(chains, *a, **k)       # every stage is done: each is skipped
@@ -173,7 +175,11 @@ def one_run_fails_and_the_rest_are_still_reported(out, ref):
     assert "Runs that failed, missing from every table below: empty_cot seed 0" in table
     acc = table[table.index("## Validation accuracy"):]                  # the checks still list every model
     assert not re.search(r"^\| empty_cot \|", acc, re.M) and re.search(r"^\| base \| 1 \|", acc, re.M)
-    assert "empty_cot" not in json.loads((out / "results.json").read_text())["summary"]
+    res = json.loads((out / "results.json").read_text())
+    assert "empty_cot" not in res["summary"] and res["failed"] == ["empty_cot seed 0"]
+    checks = (out / "checks.md").read_text()
+    assert "Not measured (no sample before PPO: its runs failed): empty_cot." in checks
+    assert "| empty_cot |" not in checks and json.loads((out / "checks.json").read_text())["not_measured"] == ["empty_cot"]
 
 
 def test_gpu_slots_spread_jobs_over_gpus():

@@ -489,6 +489,9 @@ def test_bad_flags_are_explained():
     r = subprocess.run([sys.executable, "ppo.py", "--steps", "0", "--eval-every", "0"], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--steps 0 validates before training only" in r.stderr
+    r = subprocess.run([sys.executable, "ppo.py", "--steps", "2", "--profile-step", "3"], cwd=REPO,
+                       capture_output=True, text=True)     # a step the run never reaches: no silent no-op
+    assert r.returncode == 2 and "--profile-step must be a step of the run" in r.stderr
 
 
 def test_init_alone_brings_its_own_tokenizer(tmp_path, wider_tiny):
