@@ -5,7 +5,9 @@ both stand on it (common.py's tiny model needs countdown.py's tasks, so neither 
 other's way back). The stages reach these names as common.X too.
 """
 import argparse
+import contextlib
 import copy
+import glob
 import json
 import os
 import tempfile
@@ -48,10 +50,12 @@ def read_jsonl(path, required=(), check=None):
 
 
 def atomic_write_text(path, text):
-    """Write to a temporary file beside path, then rename: readers never see half a file."""
+    """Write to a temporary file beside path, then rename: readers never see half a file. The
+    temporary files of earlier writers of path that were killed mid-write go too."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path))
+    prefix = ".tmp-" + os.path.basename(path) + "."   # + mkstemp's 8 random characters
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=prefix)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -63,6 +67,9 @@ def atomic_write_text(path, text):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    for stale in glob.glob(os.path.join(glob.escape(d), glob.escape(prefix) + "?" * 8)):   # path's alone
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(stale)
 
 
 def write_jsonl(path, records):

@@ -185,3 +185,14 @@ def test_eta_counts_the_steps_done_since_a_resume(tmp_path, capsys):
     import time
     common.log_step(str(tmp_path), 9, {"loss": 1.0}, keys=["loss"], total=10, t_start=time.time() - 50, start=4)
     assert capsys.readouterr().out.strip().endswith("eta 0m10s")
+
+
+def test_atomic_write_removes_its_own_stale_temp_files_only(tmp_path):
+    """A writer killed between mkstemp and rename leaves `.tmp-<name>.XXXXXXXX`; the next write
+    of that name removes it (the kill matrix saw countdown's re-run leave one), and no other
+    file's temp (a.jsonl's beside a.json) is touched."""
+    stale, other = tmp_path / ".tmp-a.json.k3j9x0qz", tmp_path / ".tmp-a.jsonl.k3j9x0qz"
+    stale.write_text("half")
+    other.write_text("in flight")
+    common.atomic_write_text(str(tmp_path / "a.json"), "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-a.jsonl.k3j9x0qz", "a.json"]
