@@ -311,8 +311,9 @@ def bench_train(model, args, ceil, res):
         ids, mask = random_prompts(micro, L, model.config.vocab_size, args.device, seed=2)
 
         def step():
-            logp = sampler.token_logprobs(model, ids, mask, R, micro)
-            logp.mean().backward()
+            with common.no_cudnn_attention():   # as ppo.py's and sft.py's training passes
+                logp = sampler.token_logprobs(model, ids, mask, R, micro)
+                logp.mean().backward()
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()

@@ -348,33 +348,39 @@ def count_params(arch):
     return sum(p.numel() for p in model.parameters())
 
 
+@contextlib.contextmanager
 def no_cudnn_attention():
-    """Turn off PyTorch's cuDNN attention kernel (SDPA then takes memory-efficient attention).
-    Its backward writes NaN into the query gradient on H100/H200 (PyTorch >= 2.11) when a mask
-    is passed, the sequence length is 64 modulo 128 and some query row's logsumexp is below
-    -ln(FLT_MAX) ~ -88.7 (https://github.com/pytorch/pytorch/issues/196678). PPO's left-padded
-    rows are such rows (fully masked: -inf). Most likely this bug (the pattern fits; it was not
-    reproduced in isolation): on 4 H100s (PyTorch 2.11), 172 of 5,313 miniature PPO steps (3.2%)
-    skipped their update with NaN gradients in actor and critic at once, and one run stopped
-    after 3 in a row. Returns whether it was on."""
+    """Within: SDPA never takes PyTorch's cuDNN attention kernel (memory-efficient attention
+    instead). For passes whose backward runs: wrap forward AND backward (a checkpointed layer
+    recomputes its forward inside backward, and a forward's kernel picks its backward's).
+    cuDNN's backward writes NaN into the query gradient on H100/H200 (PyTorch >= 2.11) when a
+    mask is passed, the key length is 64 modulo 128 and some query row's logsumexp is below
+    -ln(FLT_MAX) ~ -88.7 (https://github.com/pytorch/pytorch/issues/196678); its forward, dK
+    and dV are right, so generation and no-grad passes keep it. Evidence on 4 H100s (PyTorch
+    2.11, the miniature, 27 runs side by side): with cuDNN everywhere, 172 of 5,313 PPO steps
+    (3.2%) skipped their update (NaN in actor and critic at once) and one run stopped; with it
+    off everywhere, none of ~4,300 steps did, but steps took 2.5-4x as long, generation too
+    (all_strategies 0.56 -> 7.25 s), which no other change of that run touched (cause not
+    isolated on a GPU): hence off only where gradients flow."""
     import torch
     was = torch.backends.cuda.cudnn_sdp_enabled()
     torch.backends.cuda.enable_cudnn_sdp(False)
-    return was
+    try:
+        yield was
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
 
 
 def load_model(name, dtype=None, device="cpu", init=None):
     """A causal LM: weights from `init` if given, else from `name`.
 
     name: alias, hub id, local folder, or `random:<arch>` (random weights of a known shape).
-    dtype: torch dtype; default bf16 on GPU, fp32 on CPU. On a GPU, cuDNN attention is
-    turned off for the whole process (no_cudnn_attention).
+    dtype: torch dtype; default bf16 on GPU, fp32 on CPU. Training passes run inside
+    no_cudnn_attention().
     """
     import torch
     from transformers import AutoModelForCausalLM
     dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
-    if str(device).startswith("cuda"):
-        no_cudnn_attention()
     attn = attn_implementation(device)
     src = init or name
     if src.startswith("random:"):

@@ -207,15 +207,33 @@ def sample_fused(logits, temperature, greedy, seed, block=1024):
 ROW_BUFFERS = ("valid", "tok", "pos", "done", "length", "limit", "out_tok", "out_logp")
 
 
+def decode_attention(device, grouped):
+    """The decode step's attention, 'sdpa' or 'bmm', where Engine is not told.
+
+    SDPA with a mask over grouped-query heads has one fused kernel, cuDNN's, which PyTorch
+    prefers on Hopper and newer (compute capability >= 9) while it is enabled; elsewhere it
+    falls back to the unfused math kernel (pytorch#181528). That fallback most likely made the
+    miniature's generation 4-12x slower while cuDNN attention was off (docs/mini/h100x4_s9).
+    The two batched matmuls read K and V once: 0.92-0.97x of cuDNN's tokens/s on an H100 at
+    3B (docs/bench/h100_engine_2026-11-23.log), so they take every other case with groups.
+
+    >>> decode_attention(torch.device("cpu"), grouped=True), decode_attention(torch.device("cpu"), False)
+    ('sdpa', 'sdpa')
+    """
+    if not grouped or device.type != "cuda":
+        return "sdpa"
+    hopper = torch.cuda.get_device_capability(device)[0] >= 9
+    return "sdpa" if hopper and torch.backends.cuda.cudnn_sdp_enabled() else "bmm"
+
+
 class Engine:
     """Generation for one model; see the module docstring. Not thread-safe."""
 
     def __init__(self, model, eos_id, pad_id, block=64, check_every=16, graphs=None, min_batch=8,
-                 attn="sdpa", compile=None):
+                 attn=None, compile=None):
         check_supported(model)
-        if attn not in ("bmm", "sdpa"):
+        if attn not in ("bmm", "sdpa", None):
             raise ValueError(f"attn must be bmm or sdpa, not {attn!r}")
-        self.attn = attn           # decode attention: two batched matmuls, or PyTorch's SDPA
         self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
         self.cfg = model.config
         self.device = next(model.parameters()).device
@@ -226,6 +244,8 @@ class Engine:
         self.n_heads = c.num_attention_heads
         self.n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        # decode attention: two batched matmuls, or PyTorch's SDPA (None: decode_attention)
+        self.attn = attn or decode_attention(self.device, self.n_kv != self.n_heads)
         self.layers = list(model.model.layers)
         # norms[i]: the RMSNorm in front of layer i; norms[-1]: the final one (before the LM head)
         self.norms = [layer.input_layernorm for layer in self.layers] + [model.model.norm]

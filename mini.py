@@ -3,7 +3,7 @@ The study in miniature, with no API key and no download: the priming experiment 
 (priming -> manipulation checks -> PPO -> behavior counts -> tables, curves and a reading) with
 models trained from scratch, spread over every visible GPU.
 
-    python mini.py                                  # runs/mini/results.md (4 H100s: 17.4 minutes at 200 PPO steps)
+    python mini.py                                  # runs/mini/results.md (4 H100s: 17.4 minutes at the earlier 200 PPO steps)
     python mini.py --smoke --out /tmp/mini          # CPU smoke test: a few steps (CI, ~1 minute)
     python mini.py --checks-only --seeds 0          # priming and the manipulation checks, no PPO update
     python mini.py --conditions base all_strategies empty_cot --seeds 0 1 2 3
@@ -113,7 +113,7 @@ SETTINGS = [
     ("priming_n", 3000, int, "priming traces per condition (the study: ~1000; 1,000 left 10 of 34 checks failing: "
                              "docs/mini/calibration3.md)"),
     ("priming_budget", 2, int, "symbolic search attempts before it gives up (3 in 5 traces correct)"),
-    ("sft_steps", 600, int, "priming SFT steps, every condition (600 x 32 = 19,200 sequences: ~6 epochs of 3,000)"),
+    ("sft_steps", 900, int, "priming SFT steps, every condition (900 x 32 = 28,800 sequences: ~10 epochs of 3,000; 600 left 1-2 checks failing: docs/mini/calibration4.md)"),
     ("sft_batch", 32, int, "priming SFT sequences per step"),
     ("sft_lr", 5e-4, float, "priming SFT learning rate"),
     ("sft_max_len", 608, int, "priming SFT sequence length (the longest traces are ~590 tokens with the prompt)"),

@@ -419,7 +419,7 @@ def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats, pads=None):
     finite, acc = True, None
     for j, m in enumerate(micro):
         sync = not ddp or (not fp32_acc and j == len(micro) - 1)
-        with contextlib.nullcontext() if sync else model.no_sync():
+        with contextlib.nullcontext() if sync else model.no_sync(), common.no_cudnn_attention():
             loss, s = loss_fn(model, b, m)
             w = b["mask"][m].sum() / n_tok * world
             finite &= bool(torch.isfinite(loss))

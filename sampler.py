@@ -276,7 +276,8 @@ def attention_mask(model, attn):
     itself. transformers' own mask leaves a left pad's query with no key at all (a -inf
     logsumexp), the edge case attention kernels get wrong: cuDNN's backward writes NaN on such
     rows (pytorch#196678). This is defence in depth, not the fix: that kernel fails on any row
-    whose logsumexp is below -88.7, real ones too, so common.no_cudnn_attention must stay.
+    whose logsumexp is below -88.7, real ones too, so training passes run inside
+    common.no_cudnn_attention.
     Real queries never see a pad either way, so nothing that is kept changes.
     flash_attention_2 drops pads itself. A 4D mask is used as given: a model with
     sliding-window layers would lose its window here (Llama and Qwen2.5 as configured use none).

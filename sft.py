@@ -447,7 +447,7 @@ def train_step(model, opt, idx, rows, args, info, autocast, pad_id, lr):
         if fsdp:
             model.set_requires_gradient_sync(last)
         ctx = model.no_sync() if ddp and not last else contextlib.nullcontext()
-        with ctx:
+        with ctx, common.no_cudnn_attention():
             s, _ = forward_loss(model, collate(part, pad_id, args.pack), info["device"], autocast)
             # ranks' gradients are averaged, so scale by world size: the sum over ranks of
             # s / n_tok is the token mean of the global batch

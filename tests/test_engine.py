@@ -224,3 +224,22 @@ def test_command_line_smoke_run():
                         "--max-new", "8", "--check"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("--- sample ") == 2 and "greedy tokens equal transformers': True" in r.stdout
+
+
+def test_decode_attention_avoids_the_math_fallback(monkeypatch):
+    """Masked grouped-query SDPA has a fused kernel only in cuDNN on Hopper+ while it is on;
+    elsewhere it falls back to the unfused math kernel (pytorch#181528), so the engine decodes
+    with its two batched matmuls there. Without groups, or on the CPU, SDPA stays."""
+    from engine import decode_attention
+    gpu = torch.device("cuda", 0)
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        for cap, cudnn, grouped, want in [((9, 0), True, True, "sdpa"), ((9, 0), False, True, "bmm"),
+                                          ((8, 0), True, True, "bmm"), ((10, 0), True, True, "sdpa"),
+                                          ((8, 0), False, False, "sdpa")]:
+            monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=cap: c)
+            torch.backends.cuda.enable_cudnn_sdp(cudnn)
+            assert decode_attention(gpu, grouped) == want, (cap, cudnn, grouped)
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
+    assert decode_attention(torch.device("cpu"), True) == "sdpa"

@@ -244,6 +244,15 @@ def test_every_setting_is_a_flag():
     assert {k: back[k] for k in names} == {k: s[k] for k in names}
 
 
+def test_calibrated_defaults():
+    """The GPU defaults the calibrations fixed before any PPO result (docs/mini/calibration3.md,
+    calibration4.md): 3,000 traces on 7,300 train tasks, 900 priming steps (600 failed
+    all_strategies' arithmetic check twice: 0.948, 0.949), the study's 250 PPO steps, 3 seeds."""
+    _, s = mini.parse_args([])
+    assert (s["priming_n"], s["n_train"], s["sft_steps"], s["sft_batch"]) == (3000, 7300, 900, 32)
+    assert (s["ppo_steps"], s["ppo_prompts"], s["ppo_samples"], s["seeds"]) == (250, 64, 4, [0, 1, 2])
+
+
 @pytest.mark.parametrize("argv", [["--num-range", "[3]"], ["--num-range", "[1,"], ["--target-range", "[9, 2]"],
                                   ["--base-size", "[64]"], ["--seeds", "x"], ["--conditions", "nope"], ["--jobs", "0"]])
 def test_bad_settings_exit_2(argv, capsys):

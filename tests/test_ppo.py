@@ -264,6 +264,35 @@ def test_sorted_cut_micro_batches_change_no_loss_or_gradient():
         assert s1.keys() == s2.keys() and all(s1[k] == pytest.approx(s2[k], rel=1e-4, abs=1e-7) for k in s1)
 
 
+def test_training_passes_run_without_cudnn_attention_and_give_it_back():
+    """PPO's update runs forward and backward (a checkpointed layer recomputes its forward in
+    backward) with cuDNN attention off (pytorch#196678: NaN query gradients); the rest of the
+    step (generation, log-probs, values) keeps the default kernels: after the update the switch
+    is as before. Fails if the guard is dropped or left on."""
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        policy, b = common.load_model("random:tiny"), ragged_rows()
+        n, R = b["mask"].shape
+        with torch.no_grad():
+            b["old_logp"] = sampler.token_logprobs(policy, b["seq"], b["attn"], R, n)
+        seen = {"forward": [], "backward": []}
+        args = ppo.parse_args(["--micro-batch", "3"])
+        inner = ppo.actor_loss_fn(args, 0.001)
+
+        def spy(model, batch, m):
+            seen["forward"].append(torch.backends.cuda.cudnn_sdp_enabled())
+            loss, stats = inner(model, batch, m)
+            loss.register_hook(lambda g: seen["backward"].append(torch.backends.cuda.cudnn_sdp_enabled()))
+            return loss, stats
+        opt = torch.optim.SGD(policy.parameters(), lr=0.0)
+        assert ppo.minibatch_step(policy, opt, b, torch.arange(n), args, {"ddp": False}, spy, {})
+        assert seen["forward"] and seen["backward"] and not any(seen["forward"] + seen["backward"])
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
+
+
 def test_master_adamw_keeps_small_updates_that_bf16_loses():
     """lr 1e-6 on bf16 weights: plain bf16 AdamW rounds the update away; the fp32 master
     copy accumulates it. Guards the reason MasterAdamW exists."""

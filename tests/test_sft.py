@@ -157,6 +157,32 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert [m.get("loss") for m in mb] == pytest.approx([m.get("loss") for m in ma], abs=1e-6)
 
 
+def test_training_passes_run_without_cudnn_attention(tmp_path, monkeypatch):
+    """sft.py's training forward and backward run with cuDNN attention off (pytorch#196678:
+    NaN query gradients on Hopper), its evaluation with the default kernels; the switch is as
+    before when the run ends. Fails if train_step drops the guard."""
+    seen = {"train": [], "eval": [], "backward": []}
+    inner = sft.forward_loss
+
+    def spy(model, batch, device, autocast):
+        s, n = inner(model, batch, device, autocast)
+        seen["train" if torch.is_grad_enabled() else "eval"].append(torch.backends.cuda.cudnn_sdp_enabled())
+        if s.requires_grad:
+            s.register_hook(lambda g: seen["backward"].append(torch.backends.cuda.cudnn_sdp_enabled()))
+        return s, n
+    monkeypatch.setattr(sft, "forward_loss", spy)
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        sft.main(["--model", "tiny", "--data", write_jsonl(tmp_path / "d.jsonl", short_traces(20)),
+                  "--out", str(tmp_path / "o"), "--eval-frac", "0.2", "--batch-size", "4", "--max-steps", "2",
+                  "--save-every", "0", "--eval-every", "1"])
+        assert seen["train"] and seen["backward"] and not any(seen["train"] + seen["backward"])
+        assert seen["eval"] and all(seen["eval"]) and torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
+
+
 # ---------------------------------------------------------------- bad input
 def bad_data_message(tmp_path, path, *extra):
     with pytest.raises(SystemExit) as e:
