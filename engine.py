@@ -215,7 +215,8 @@ def decode_attention(device, grouped):
     falls back to the unfused math kernel (pytorch#181528). That fallback most likely made the
     miniature's generation 4-12x slower while cuDNN attention was off (docs/mini/h100x4_s9).
     The two batched matmuls read K and V once: 0.92-0.97x of cuDNN's tokens/s on an H100 at
-    3B (docs/bench/h100_engine_2026-11-23.log), so they take every other case with groups.
+    3B (docs/bench/h100_engine_2026-11-23.log), so they take every other case with groups;
+    there the prefill gives SDPA every head (K and V repeated: memory-efficient attention).
 
     >>> decode_attention(torch.device("cpu"), grouped=True), decode_attention(torch.device("cpu"), False)
     ('sdpa', 'sdpa')
@@ -366,13 +367,18 @@ class Engine:
         causal = torch.ones(P, P, dtype=torch.bool, device=ids.device).tril()
         # a padded query attends to itself too, so no row of the softmax is empty (no NaN)
         allow = (causal & mask.bool()[:, None, None, :]) | torch.eye(P, dtype=torch.bool, device=ids.device)
+        G = self.n_heads // self.n_kv
         x = self.model.model.embed_tokens(ids)
         h = self._first_norm(x)
         for i in range(len(self.layers)):
-            q, k, v = self._qkv(i, h, cos, sin)
+            q, k, v = self._qkv(i, h, cos, sin)                      # q [b, Hq, P, D], k/v [b, Hkv, P, D]
             self.k[i][rows, :, :P] = k
             self.v[i][rows, :, :P] = v
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allow, enable_gqa=self.n_kv != self.n_heads)
+            if self.attn == "bmm" and G > 1:   # no fused kernel for masked GQA: give SDPA every head
+                o = F.scaled_dot_product_attention(q, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1),
+                                                   attn_mask=allow)
+            else:
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=allow, enable_gqa=G > 1)
             x, h = self._mlp_block(i, x, o.transpose(1, 2).reshape(b, P, -1))
         return self.model.lm_head(h[:, -1])                        # [b, V], model dtype
 
