@@ -207,11 +207,11 @@ def sample_fused(logits, temperature, greedy, seed, block=1024):
 ROW_BUFFERS = ("valid", "tok", "pos", "done", "length", "limit", "out_tok", "out_logp")
 
 
-def decode_attention(device, grouped):
+def decode_attention(device, grouped, dtype=torch.bfloat16):
     """The decode step's attention, 'sdpa' or 'bmm', where Engine is not told.
 
-    SDPA with a mask over grouped-query heads has one fused kernel, cuDNN's, which PyTorch
-    prefers on Hopper and newer (compute capability >= 9) while it is enabled; elsewhere it
+    SDPA with a mask over grouped-query heads has one fused kernel, cuDNN's (fp16/bf16 only),
+    which PyTorch prefers on Hopper and newer (compute capability >= 9) while it is enabled; elsewhere it
     falls back to the unfused math kernel (pytorch#181528). That fallback most likely made the
     miniature's generation 4-12x slower while cuDNN attention was off (docs/mini/h100x4_s9).
     The two batched matmuls read K and V once: 0.92-0.97x of cuDNN's tokens/s on an H100 at
@@ -224,7 +224,8 @@ def decode_attention(device, grouped):
     if not grouped or device.type != "cuda":
         return "sdpa"
     hopper = torch.cuda.get_device_capability(device)[0] >= 9
-    return "sdpa" if hopper and torch.backends.cuda.cudnn_sdp_enabled() else "bmm"
+    half = dtype in (torch.float16, torch.bfloat16)
+    return "sdpa" if hopper and half and torch.backends.cuda.cudnn_sdp_enabled() else "bmm"
 
 
 class Engine:
@@ -246,7 +247,7 @@ class Engine:
         self.n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         # decode attention: two batched matmuls, or PyTorch's SDPA (None: decode_attention)
-        self.attn = attn or decode_attention(self.device, self.n_kv != self.n_heads)
+        self.attn = attn or decode_attention(self.device, self.n_kv != self.n_heads, self.dtype)
         self.layers = list(model.model.layers)
         # norms[i]: the RMSNorm in front of layer i; norms[-1]: the final one (before the LM head)
         self.norms = [layer.input_layernorm for layer in self.layers] + [model.model.norm]

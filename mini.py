@@ -21,7 +21,8 @@ behavior_rules.py's rules). The aim: a base that reads a prompt's numbers, compu
 answer format, as the study's Llama-3.2-3B does, but shows none of the four behaviors.
 
 Stages (each a real script run as a subprocess with its command printed; a stage whose output
-exists is skipped, so a killed run resumes where it stopped; every log sits in its run folder;
+exists is skipped, so a killed run resumes where it stopped (under the settings that made it, kept in
+OUT/mini_settings.json: a changed one is refused); every log sits in its run folder;
 jobs run --jobs per GPU side by side, each given one GPU by CUDA_VISIBLE_DEVICES):
   1. countdown.py: train and test tasks, 3 numbers in 1..24, targets 10..25 (7,640 such tasks
      are solvable; 4 numbers would make search matter more, a random expression hits the target
@@ -52,6 +53,7 @@ import os
 import queue
 import random
 import shlex
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -279,6 +281,33 @@ def make_base(s):
 # ---------------------------------------------------------------------------------
 # stages as command lines: [(name, cmd, done_marker, log)]
 
+# settings a re-run into the same --out may change: where and how much runs, not what it makes
+RERUN_FREE = ("out", "force", "checks_only", "make_base", "conditions", "seeds", "gpus", "jobs", "reference")
+
+
+def same_settings_or_exit(s, force):
+    """A re-run into an existing --out continues it only under the settings that made it: every
+    stage whose output exists is skipped, so a changed setting (say --sft-steps) would silently
+    mix old models into new results. OUT/mini_settings.json keeps them (rewritten by --force);
+    a difference is one line naming the flags, exit 2."""
+    path = os.path.join(s["out"], "mini_settings.json")
+    mine = json.loads(json.dumps({k: v for k, v in s.items() if k not in RERUN_FREE}))
+    def fail(msg):
+        print(f"mini.py: error: {msg}: pass --force to redo it, or another --out", file=sys.stderr)
+        raise SystemExit(2)
+    if os.path.exists(path) and not force:
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)
+        except ValueError:
+            fail(f"{path}: malformed JSON")
+        diff = [k for k in mine if k in old and old[k] != mine[k]]
+        if diff:
+            fail(f"{s['out']} was made with " + ", ".join(
+                f"--{k.replace('_', '-')} {json.dumps(old[k])} (now {json.dumps(mine[k])})" for k in diff))
+    basics.write_json(path, mine)
+
+
 def paths(s):
     out = s["out"]
     p = dict(data=os.path.join(out, "data", "countdown"), priming=os.path.join(out, "data", "priming"),
@@ -494,6 +523,7 @@ def main(argv=None):
     if s["device"] is None:
         import torch
         s["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    same_settings_or_exit(s, a.force)
     slots, t0 = gpu_slots(s), time.time()
     gpus = sorted({e["CUDA_VISIBLE_DEVICES"] for e in slots if e})
     print(f"mini: {len(s['conditions'])} conditions x {len(s['seeds'])} seeds on {s['device']}"

@@ -175,6 +175,16 @@ def test_no_cudnn_attention_is_scoped_to_what_it_wraps():
         torch.backends.cuda.enable_cudnn_sdp(was)
 
 
+def test_load_model_on_a_gpu_leaves_cudnn_attention_alone(monkeypatch):
+    """The old load_model turned cuDNN attention off for the whole process on a GPU, which made
+    generation fall back to the math kernel; now only training passes turn it off."""
+    calls = []
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda on: calls.append(on))
+    with pytest.raises(Exception):           # this machine has no GPU: fails once it needs one
+        common.load_model("random:tiny", device="cuda")
+    assert calls == []
+
+
 def test_eta_counts_the_steps_done_since_a_resume(tmp_path, capsys):
     """A run resumed at step 4 that took 50 s for steps 5-9 has ~10 s left for step 10 (the old
     eta divided by all 9 steps and said 5 s, falling further behind the later the resume)."""

@@ -227,7 +227,8 @@ def test_command_line_smoke_run():
 
 
 def test_decode_attention_avoids_the_math_fallback(monkeypatch):
-    """Masked grouped-query SDPA has a fused kernel only in cuDNN on Hopper+ while it is on;
+    """Masked grouped-query SDPA has a fused kernel only in cuDNN on Hopper+ while it is on (and
+    only in fp16/bf16);
     elsewhere it falls back to the unfused math kernel (pytorch#181528), so the engine decodes
     with its two batched matmuls there. Without groups, or on the CPU, SDPA stays."""
     from engine import decode_attention
@@ -240,6 +241,12 @@ def test_decode_attention_avoids_the_math_fallback(monkeypatch):
             monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=cap: c)
             torch.backends.cuda.enable_cudnn_sdp(cudnn)
             assert decode_attention(gpu, grouped) == want, (cap, cudnn, grouped)
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:                                          # cuDNN attention takes fp16/bf16 only
+        assert [decode_attention(gpu, True, dt) for dt in (torch.float16, torch.float32)] == ["sdpa", "bmm"]
     finally:
         torch.backends.cuda.enable_cudnn_sdp(was)
     assert decode_attention(torch.device("cpu"), True) == "sdpa"

@@ -244,6 +244,32 @@ def test_every_setting_is_a_flag():
     assert {k: back[k] for k in names} == {k: s[k] for k in names}
 
 
+def test_rerun_with_changed_settings_is_refused(tmp_path, capsys):
+    """Stages whose outputs exist are skipped, so re-running into the same --out with another
+    --sft-steps would silently reuse the old primed models (a run primed at 600 steps would
+    have reported as 900). Where and how much runs may change; what the runs make may not,
+    unless --force redoes it."""
+    out = str(tmp_path / "m")
+    _, s = mini.parse_args(["--smoke", "--out", out])
+    mini.same_settings_or_exit(s, force=False)                       # first run: recorded
+    _, again = mini.parse_args(["--smoke", "--out", out, "--seeds", "7", "--gpus", "1", "--jobs", "3",
+                                "--checks-only", "--conditions", "base"])
+    mini.same_settings_or_exit(again, force=False)                   # placement and scope: free
+    with pytest.raises(SystemExit) as e:                             # main stops before any stage
+        mini.main(["--smoke", "--out", out, "--sft-steps", "5"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert "--sft-steps 2 (now 5)" in err and "--force" in err and not os.path.exists(os.path.join(out, "data"))
+    _, changed = mini.parse_args(["--smoke", "--out", out, "--sft-steps", "5"])
+    mini.same_settings_or_exit(changed, force=True)                  # --force: redone, recorded anew
+    mini.same_settings_or_exit(changed, force=False)
+    with open(os.path.join(out, "mini_settings.json"), "w") as f:
+        f.write("{oops")
+    with pytest.raises(SystemExit) as e:
+        mini.same_settings_or_exit(changed, force=False)
+    assert e.value.code == 2 and "mini_settings.json: malformed JSON" in capsys.readouterr().err
+
+
 def test_calibrated_defaults():
     """The GPU defaults the calibrations fixed before any PPO result (docs/mini/calibration3.md,
     calibration4.md): 3,000 traces on 7,300 train tasks, 900 priming steps (600 failed
