@@ -247,7 +247,8 @@ class Engine:
         self.n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         # decode attention: two batched matmuls, or PyTorch's SDPA (None: decode_attention)
-        self.attn = attn or decode_attention(self.device, self.n_kv != self.n_heads, self.dtype)
+        self.groups = self.n_heads // self.n_kv                # query heads per key/value head
+        self.attn = attn or decode_attention(self.device, self.groups > 1, self.dtype)
         self.layers = list(model.model.layers)
         # norms[i]: the RMSNorm in front of layer i; norms[-1]: the final one (before the LM head)
         self.norms = [layer.input_layernorm for layer in self.layers] + [model.model.norm]
@@ -368,7 +369,7 @@ class Engine:
         causal = torch.ones(P, P, dtype=torch.bool, device=ids.device).tril()
         # a padded query attends to itself too, so no row of the softmax is empty (no NaN)
         allow = (causal & mask.bool()[:, None, None, :]) | torch.eye(P, dtype=torch.bool, device=ids.device)
-        G = self.n_heads // self.n_kv
+        G = self.groups
         x = self.model.model.embed_tokens(ids)
         h = self._first_norm(x)
         for i in range(len(self.layers)):
@@ -394,7 +395,7 @@ class Engine:
         hide = ~keys[:, None, None, :]                             # [B, 1, 1, L]
         bias = (torch.zeros(hide.shape, dtype=self.dtype, device=tok.device).masked_fill_(hide, float("-inf"))
                 if self.attn == "sdpa" else None)
-        G, D = self.n_heads // self.n_kv, self.head_dim
+        G, D = self.groups, self.head_dim
         x = self.model.model.embed_tokens(tok[:, None])           # [B, 1, H]
         h = self._first_norm(x)
         for i in range(len(self.layers)):

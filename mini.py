@@ -292,6 +292,7 @@ def same_settings_or_exit(s, force):
     a difference is one line naming the flags, exit 2."""
     path = os.path.join(s["out"], "mini_settings.json")
     mine = json.loads(json.dumps({k: v for k, v in s.items() if k not in RERUN_FREE}))
+
     def fail(msg):
         print(f"mini.py: error: {msg}: pass --force to redo it, or another --out", file=sys.stderr)
         raise SystemExit(2)
