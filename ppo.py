@@ -288,8 +288,9 @@ class Critic(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, input_ids, attention_mask, position_ids, n_resp):
-        h = self.trunk(input_ids=input_ids, attention_mask=sampler.attention_mask(self.trunk, attention_mask),
+    def forward(self, input_ids, attention_mask, position_ids, n_resp, host=None):
+        """host: attention_mask on the CPU, if the caller has it (sampler.attention_mask)."""
+        h = self.trunk(input_ids=input_ids, attention_mask=sampler.attention_mask(self.trunk, attention_mask, host),
                        position_ids=position_ids).last_hidden_state   # [B, L, H]
         # the value of the state *before* each response token: positions -n_resp-1 .. -2
         # [B, n_resp]; a copy, not a view: FSDP2 warns that in-place ops on a view would skip its hook
@@ -312,7 +313,7 @@ def wait_for(*opts, timings=None):
 
 def critic_values(critic, seq, attn, n_resp, micro, pads=None):
     """Values [N, n_resp] in micro-batches of rows of like length, each cut to the columns it uses."""
-    return sampler.over_micro_batches(lambda s, a, r: (critic(s, a, position_ids(a), r),),
+    return sampler.over_micro_batches(lambda s, a, r, h: (critic(s, a, position_ids(a), r, h),),
                                       seq, attn, n_resp, micro, pads)[0]
 
 
@@ -387,6 +388,8 @@ def update(learners, b, args, dist, gen, timings, pads=None):
     the background) overlaps the other's forward/backward on the GPU. Each loss is a token-mean
     over its mini-batch (micro-batch sums divided by the mini-batch's token count).
     Returns {name: stats} and the number of skipped (non-finite) updates."""
+    if "attn" in b:   # spans and masks read on the host: no wait for the GPU per micro-batch
+        b = dict(b, attn_host=b["attn"].cpu())
     stats, bad, n_mb = {name: {} for name, *_ in learners}, 0, 0
     for idx in minibatches(b["mask"].shape[0], args, dist, gen):
         n_mb += 1
@@ -405,29 +408,35 @@ def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats, pads=None):
     gradients are averaged): the gradient of the token-mean over the global mini-batch, as one
     process computes it. fp32 weights: .grad accumulates; DDP all-reduces in the last backward,
     FSDP reduce-scatters in each (into fp32 shards). Low-precision weights (MasterAdamW): the
-    sum is kept in fp32 (accumulate_fp32) and all-reduced in fp32."""
+    sum is kept in fp32 (accumulate_fp32) and all-reduced in fp32.
+    Nothing in the loop waits for the GPU (spans come from b["attn_host"]; the losses'
+    finiteness and the stats stay on the device): it queues every micro-batch, and the host
+    reads the results once, after the last backward."""
     import contextlib
     model.train()
     world = dist.get("world_size", 1)
     n_tok = shard.global_sum(b["mask"][idx].sum(), dist).clamp(min=1)
     micro = sampler.micro_batches(b["mask"].sum(1), args.micro_batch, idx)
     if "attn" in b:
-        sampler.count_padding(pads, b["attn"], b["mask"].shape[1], micro)
+        sampler.count_padding(pads, b.get("attn_host", b["attn"]), b["mask"].shape[1], micro)
     fp32_acc = isinstance(opt, MasterAdamW)
     ddp = dist["ddp"] and not shard.is_sharded(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    finite, acc = True, None
+    nonfinite, acc, sums = 0, None, {}
     for j, m in enumerate(micro):
         sync = not ddp or (not fp32_acc and j == len(micro) - 1)
         with contextlib.nullcontext() if sync else model.no_sync(), common.no_cudnn_attention():
             loss, s = loss_fn(model, b, m)
             w = b["mask"][m].sum() / n_tok * world
-            finite &= bool(torch.isfinite(loss))
+            nonfinite = nonfinite + (~torch.isfinite(loss.detach())).float()   # a device scalar
             (loss * w).backward()
         if fp32_acc:
             acc = accumulate_fp32(params, acc)
         for k, v in s.items():
-            stats[k] = stats.get(k, 0.0) + float(v.detach()) * float(w)
+            sums[k] = sums.get(k, 0.0) + v.detach().float() * w
+    finite = not bool(nonfinite)    # the loop's first wait for the GPU
+    for k, v in zip(sums, torch.stack(list(sums.values())).tolist() if sums else []):
+        stats[k] = stats.get(k, 0.0) + v
     if fp32_acc:
         if dist["ddp"]:
             all_reduce_mean_(acc, dist)
@@ -448,7 +457,7 @@ def actor_loss_fn(args, kl_coef):
         v = sampler.micro_view(b, m)
         mask = v["mask"]
         logp, ent = token_logprobs(policy, v["seq"], v["attn"], mask.shape[1], len(m), temperature=args.temperature,
-                                   entropy=True, entropy_grad=args.entropy_coef > 0)
+                                   entropy=True, entropy_grad=args.entropy_coef > 0, host=v["attn_host"])
         pg_loss, clipfrac = policy_loss(logp, v["old_logp"], v["adv"], mask, args.clip)
         loss = pg_loss - args.entropy_coef * masked_mean(ent, mask)   # entropy bonus (veRL dp_actor)
         if args.kl_in_loss:
@@ -462,7 +471,7 @@ def actor_loss_fn(args, kl_coef):
 def critic_loss_fn(args):
     def fn(critic, b, m):
         v = sampler.micro_view(b, m)
-        values = critic(v["seq"], v["attn"], position_ids(v["attn"]), v["mask"].shape[1])
+        values = critic(v["seq"], v["attn"], position_ids(v["attn"]), v["mask"].shape[1], v["attn_host"])
         loss = value_loss(values, v["values"], v["returns"], v["mask"], args.value_clip)
         return loss, {"losses/value": loss.detach()}
     return fn

@@ -269,27 +269,32 @@ def position_ids(attn):
     return (attn.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def attention_mask(model, attn):
+def attention_mask(model, attn, host=None):
     """What a training or log-prob pass passes as attention_mask for attn [B, L] (1: token, 0:
-    pad): attn itself, unless rows start with left padding and the model attends through SDPA.
-    Then a boolean [B, 1, L, L] mask (causal, real keys only) in which each pad query also sees
-    itself. transformers' own mask leaves a left pad's query with no key at all (a -inf
-    logsumexp), the edge case attention kernels get wrong: cuDNN's backward writes NaN on such
-    rows (pytorch#196678). This is defence in depth, not the fix: that kernel fails on any row
-    whose logsumexp is below -88.7, real ones too, so training passes run inside
-    common.no_cudnn_attention.
-    Real queries never see a pad either way, so nothing that is kept changes.
-    flash_attention_2 drops pads itself. A 4D mask is used as given: a model with
-    sliding-window layers would lose its window here (Llama and Qwen2.5 as configured use none).
+    pad). Through SDPA: None where no row has a pad (causal only: SDPA's is_causal), else a
+    boolean [B, 1, L, L] mask (causal, real keys only) in which each pad query also sees
+    itself. Other attention implementations get attn itself (flash_attention_2 drops pads).
+    host: attn on the CPU, if the caller has it: the pad test reads it without waiting for the
+    GPU, and a mask built here spares transformers' own check of a 2D mask, which would wait.
+    transformers' own mask leaves a left pad's query with no key at all (a -inf logsumexp),
+    the edge case attention kernels get wrong: cuDNN's backward writes NaN on such rows
+    (pytorch#196678). This is defence in depth, not the fix: that kernel fails on any row whose
+    logsumexp is below -88.7, real ones too, so training passes run inside
+    common.no_cudnn_attention. Real queries never see a pad either way, so nothing that is kept
+    changes. A 4D mask is used as given: a model with sliding-window layers would lose its
+    window here (Llama and Qwen2.5 as configured use none).
 
-    >>> m = attention_mask(type("M", (), {"config": type("C", (), {"_attn_implementation": "sdpa"})})(),
-    ...                    torch.tensor([[0, 1, 1]]))
-    >>> m[0, 0].int().tolist()
+    >>> sdpa = type("M", (), {"config": type("C", (), {"_attn_implementation": "sdpa"})})()
+    >>> attention_mask(sdpa, torch.tensor([[0, 1, 1]]))[0, 0].int().tolist()
     [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    >>> attention_mask(sdpa, torch.tensor([[1, 1, 1]])) is None
+    True
     """
     impl = getattr(getattr(model, "module", model).config, "_attn_implementation", None)
-    if impl != "sdpa" or bool(attn[:, 0].all()):
+    if impl != "sdpa":
         return attn
+    if bool((attn if host is None else host).all()):
+        return None
     L = attn.shape[1]
     causal = torch.ones(L, L, dtype=torch.bool, device=attn.device).tril()
     return causal & (attn.bool()[:, None, None, :] | torch.eye(L, dtype=torch.bool, device=attn.device))
@@ -365,14 +370,18 @@ def span(attn, n_resp):
 
 
 def micro_view(b, m):
-    """Rows m of a batch b (seq and attn [N, P + R], per-token fields shaped like b["mask"]
-    [N, R]) cut to the columns they use (span): seq and attn [b, lo:P + r], the per-token
-    fields [b, :r]; other fields left out. Only columns no row attends to go: a loss over
-    the rows' tokens is unchanged."""
+    """Rows m (a CPU index tensor) of a batch b (seq and attn [N, P + R], per-token fields
+    shaped like b["mask"] [N, R]) cut to the columns they use (span): seq and attn
+    [b, lo:P + r], the per-token fields [b, :r]; other fields left out. Only columns no row
+    attends to go: a loss over the rows' tokens is unchanged. b["attn_host"], attn on the CPU
+    if b has it (ppo.update copies it once), gives the span without waiting for the GPU; the
+    view gets its cut as "attn_host"."""
     R = b["mask"].shape[1]
     P = b["attn"].shape[1] - R
-    lo, r = span(b["attn"][m], R)
+    host = b["attn_host"][m] if "attn_host" in b else b["attn"][m].cpu()
+    lo, r = span(host, R)
     v = {k: b[k][m][:, lo:P + r] for k in ("seq", "attn")}
+    v["attn_host"] = host[:, lo:P + r]
     v.update({k: x[m][:, :r] for k, x in b.items() if torch.is_tensor(x) and x.shape == b["mask"].shape})
     return v
 
@@ -392,19 +401,23 @@ def count_padding(pads, attn, n_resp, chunks):
         pads["full"] = pads.get("full", 0) + len(rows) * attn.shape[1]
 
 
-def over_micro_batches(fn, seq, attn, n_resp, micro, pads=None):
-    """fn(seq, attn, r) -> tensors [b, r], run on micro-batches of rows of like response length
-    (micro_batches), each cut to the columns it uses (span: r response columns), put back
-    together: a list of [N, n_resp] tensors in the rows' own order, 0 past each micro-batch's
-    longest response. pads: count_padding's counters."""
+def over_micro_batches(fn, seq, attn, n_resp, micro, pads=None, host=None):
+    """fn(seq, attn, r, host) -> tensors [b, r], run on micro-batches of rows of like response
+    length (micro_batches), each cut to the columns it uses (span: r response columns; host:
+    the cut attn on the CPU), put back together: a list of [N, n_resp] tensors in the rows' own
+    order, 0 past each micro-batch's longest response. pads: count_padding's counters.
+    host: attn on the CPU (None: one copy here). Micro-batches, spans and padding are read
+    from it, so the loop queues every pass without waiting for the GPU in between."""
     N, P = seq.shape[0], seq.shape[1] - n_resp
-    chunks = micro_batches(attn[:, P:].sum(1), micro)
-    count_padding(pads, attn, n_resp, chunks)
+    host = attn.cpu() if host is None else host
+    chunks = micro_batches(host[:, P:].sum(1), micro)
+    count_padding(pads, host, n_resp, chunks)
     outs = []
     for rows in chunks:
-        a = attn[rows]
-        lo, r = span(a, n_resp)
-        outs.append([F.pad(x, (0, n_resp - r)) for x in fn(seq[rows, lo:P + r], a[:, lo:P + r], r)])
+        h = host[rows]
+        lo, r = span(h, n_resp)
+        outs.append([F.pad(x, (0, n_resp - r))
+                     for x in fn(seq[rows, lo:P + r], attn[rows][:, lo:P + r], r, h[:, lo:P + r])])
     res = [torch.cat([o[k] for o in outs]) for k in range(len(outs[0]))]
     if len(chunks) == 1:
         return res                                  # one micro-batch keeps the rows' order
@@ -414,17 +427,18 @@ def over_micro_batches(fn, seq, attn, n_resp, micro, pads=None):
 
 
 def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=False, entropy_grad=False,
-                   pads=None):
+                   pads=None, host=None):
     """Log-probs of the last n_resp tokens of seq [N, L] under model, in micro-batches of rows
     of like response length, each cut to the columns it uses (over_micro_batches).
     Returns logp [N, n_resp] (and entropy [N, n_resp] if asked), 0 past each micro-batch's
-    longest response. Grad flows if enabled. pads: count_padding's counters."""
-    def fn(s, a, r):
-        logits = model(input_ids=s, attention_mask=attention_mask(model, a), position_ids=position_ids(a),
+    longest response. Grad flows if enabled. pads: count_padding's counters; host: attn on
+    the CPU (over_micro_batches)."""
+    def fn(s, a, r, h):
+        logits = model(input_ids=s, attention_mask=attention_mask(model, a, h), position_ids=position_ids(a),
                        logits_to_keep=r + 1).logits[:, :-1]                 # [b, r, V]
         f = compiled(logprobs_from_logits) if logits.is_cuda and logits.shape[-1] >= COMPILE_VOCAB \
             else logprobs_from_logits
         lp, ent = f(logits, s[:, -r:], temperature, entropy, entropy_grad)
         return (lp, ent) if entropy else (lp,)
-    res = over_micro_batches(fn, seq, attn, n_resp, micro, pads)
+    res = over_micro_batches(fn, seq, attn, n_resp, micro, pads, host)
     return (res[0], res[1]) if entropy else res[0]

@@ -205,7 +205,7 @@ def test_training_passes_give_every_query_a_key(monkeypatch):
     (lp * b["mask"]).sum().backward()
     (val * b["mask"]).sum().backward()
     assert seen and all(m is not None and bool(m.any(-1).all()) for m in seen)
-    monkeypatch.setattr(sampler, "attention_mask", lambda model, attn: attn)    # transformers' own mask
+    monkeypatch.setattr(sampler, "attention_mask", lambda model, attn, host=None: attn)    # transformers' own mask
     seen.clear()
     p2, c2 = common.load_model("random:tiny"), ppo.Critic(common.load_model("random:tiny"))
     c2.load_state_dict(critic.state_dict())
@@ -262,6 +262,53 @@ def test_sorted_cut_micro_batches_change_no_loss_or_gradient():
         assert all(torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(g1, g2))
         assert any(x.abs().sum() > 0 for x in g1)
         assert s1.keys() == s2.keys() and all(s1[k] == pytest.approx(s2[k], rel=1e-4, abs=1e-7) for k in s1)
+
+
+class OnDevice(torch.Tensor):
+    """A tensor standing for one on a GPU: counts the host reads (item, tolist, bool, float,
+    int, cpu) that would make the host wait for it. Results of ops on it are OnDevice too;
+    .cpu() gives a plain tensor, the host copy."""
+    waits = 0
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__,
+             torch.Tensor.__int__, torch.Tensor.cpu}
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.waits += func in cls.READS
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **(kwargs or {}))
+        if func is torch.Tensor.cpu:
+            return out.as_subclass(torch.Tensor)
+        return torch._tensor._convert(out, cls)
+
+
+def test_update_waits_for_the_device_a_fixed_number_of_times():
+    """A mini-batch's update queues all its micro-batches without the host waiting for the GPU
+    in between (spans and masks are read from a host copy, finiteness and stats stay on the
+    device): the host reads device tensors as often with 10 micro-batches as with 2. It read
+    them ~10 times per micro-batch before (span's tolist twice, the mask's bool or transformers'
+    check of a 2D mask, the loss's bool, each stat's float)."""
+    policy, critic = common.load_model("random:tiny"), ppo.Critic(common.load_model("random:tiny"))
+    b = ragged_rows()
+    n, R = b["mask"].shape
+    b["old_logp"] = torch.zeros(n, R)
+    b = {k: v.as_subclass(OnDevice) for k, v in b.items()}
+
+    class Sgd:
+        def __init__(self, model):
+            self.inner = torch.optim.SGD(model.parameters(), lr=1e-3)
+            self.step, self.zero_grad = self.inner.step, self.inner.zero_grad
+    waits = {}
+    for micro in (5, 1):
+        args = ppo.parse_args(["--micro-batch", str(micro), "--prompts-per-step", "10", "--mini-batch-prompts", "10",
+                               "--samples-per-prompt", "1"])
+        learners = [("actor", policy, Sgd(policy), ppo.actor_loss_fn(args, 0.001)),
+                    ("critic", critic, Sgd(critic), ppo.critic_loss_fn(args))]
+        OnDevice.waits = 0
+        stats, bad = ppo.update(learners, b, args, {"ddp": False, "world_size": 1}, torch.Generator().manual_seed(0), {})
+        waits[micro] = OnDevice.waits
+        assert bad == 0 and {"clipfrac", "approx_kl"} <= set(stats["actor"]) and stats["critic"]["losses/value"] > 0
+    assert waits[1] == waits[5], waits
 
 
 def test_training_passes_run_without_cudnn_attention_and_give_it_back():

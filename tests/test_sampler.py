@@ -82,3 +82,15 @@ def test_study_lengths_follow_the_studys_curve_and_both_engines_honour_them(tiny
     bad = [msg for ok, msg in sampler.option_checks(sampler.options(force_lengths="study", force_response_len=8))
            if not ok]
     assert any("--force-lengths" in m for m in bad)
+
+
+def test_doctests():
+    """The examples in the docstrings of the rollout and training-pass helpers, and of the
+    modules around them, hold (sampler.span, micro_batches, attention_mask, ...)."""
+    import doctest
+
+    import bench
+    import engine
+    import shard
+    for module in (sampler, engine, shard, bench):
+        assert doctest.testmod(module).failed == 0, module.__name__
