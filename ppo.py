@@ -730,9 +730,11 @@ def load_tasks(args):
 
 
 def run_validation(step, models, test_tasks, args, dist, reward_fn):
-    """Validate, write the samples to val/step_XXXXXX.jsonl (rank 0) and return the metrics."""
-    roll = rollout_model(models)
+    """Validate, write the samples to val/step_XXXXXX.jsonl (rank 0) and return the metrics,
+    time/validate with them (at step 0 it includes the engine's first compile and capture)."""
+    t, roll = time.time(), rollout_model(models)
     m, recs = validate(roll, models[0], test_tasks, args, dist, reward_fn, step)
+    m["time/validate"] = time.time() - t
     if roll is not models[1]:
         shard.release(roll)
     if dist["master"]:

@@ -535,6 +535,7 @@ def test_script_runs_and_resumes(tmp_path):
                 "time/critic_update", "tokens_per_s", "mem/peak_gb"]:
         assert key in metrics[0], key
     assert "val/acc" in metrics[1] and "val/acc_greedy" in metrics[3]
+    assert metrics[1]["time/validate"] > 0 and "time/validate" not in metrics[0]   # validation steps only
     rolls = common.read_jsonl(os.path.join(out, "rollouts", "step_000002.jsonl"))
     assert len(rolls) == 16 and set(rolls[0]) >= {"step", "id", "nums", "target", "prompt", "response",
                                                    "reward", "correct", "length"}
