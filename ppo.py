@@ -288,10 +288,12 @@ class Critic(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, input_ids, attention_mask, position_ids, n_resp, host=None):
-        """host: attention_mask on the CPU, if the caller has it (sampler.attention_mask)."""
-        h = self.trunk(input_ids=input_ids, attention_mask=sampler.attention_mask(self.trunk, attention_mask, host),
-                       position_ids=position_ids).last_hidden_state   # [B, L, H]
+    def forward(self, input_ids, attention_mask, position_ids, n_resp, padded=None):
+        """padded: whether any row has a pad, if the caller knows it from a host copy
+        (sampler.attention_mask); a bool, as DDP and FSDP move tensor arguments to the GPU."""
+        am = sampler.attention_mask(self.trunk, attention_mask, padded)
+        h = self.trunk(input_ids=input_ids, attention_mask=am,
+                       position_ids=None if am is None else position_ids).last_hidden_state   # [B, L, H]
         # the value of the state *before* each response token: positions -n_resp-1 .. -2
         # [B, n_resp]; a copy, not a view: FSDP2 warns that in-place ops on a view would skip its hook
         return self.head(h[:, -n_resp - 1:-1].float()).squeeze(-1).clone()
@@ -311,10 +313,11 @@ def wait_for(*opts, timings=None):
 # ---------------------------------------------------------------------------------
 # the critic's pass (the policy's log-probs and the sampler live in sampler.py)
 
-def critic_values(critic, seq, attn, n_resp, micro, pads=None):
-    """Values [N, n_resp] in micro-batches of rows of like length, each cut to the columns it uses."""
-    return sampler.over_micro_batches(lambda s, a, r, h: (critic(s, a, position_ids(a), r, h),),
-                                      seq, attn, n_resp, micro, pads)[0]
+def critic_values(critic, seq, attn, n_resp, micro, pads=None, host=None):
+    """Values [N, n_resp] in micro-batches of rows of like length, each cut to the columns it
+    uses (host: attn on the CPU, sampler.over_micro_batches)."""
+    return sampler.over_micro_batches(lambda s, a, r, h: (critic(s, a, position_ids(a), r, not bool(h.all())),),
+                                      seq, attn, n_resp, micro, pads, host)[0]
 
 
 # ---------------------------------------------------------------------------------
@@ -339,17 +342,19 @@ def compute_advantages(b, policy, ref, critic, args, kl_coef, timings, opt_c=Non
     pads: sampler.count_padding's counters."""
     seq, attn, mask, R = b["seq"], b["attn"], b["mask"], b["mask"].shape[1]
     mb = args.forward_micro_batch or 2 * args.micro_batch   # no activations kept: more rows fit
+    host = attn.cpu()      # one copy for the three passes' spans and masks
     with torch.no_grad():
         t = time.time()
         T = args.temperature   # the log-probs of the distribution sampled from: logits / T (veRL)
-        b["old_logp"] = token_logprobs(policy, seq, attn, R, mb, temperature=T, pads=pads)
+        b["old_logp"] = token_logprobs(policy, seq, attn, R, mb, temperature=T, pads=pads, host=host)
         sync_time(timings, "old_logp", t)
         t = time.time()
-        b["ref_logp"] = token_logprobs(ref, seq, attn, R, mb, temperature=T, pads=pads)
+        b["ref_logp"] = token_logprobs(ref, seq, attn, R, mb, temperature=T, pads=pads, host=host)
         sync_time(timings, "ref_logp", t)
         wait_for(opt_c, timings=timings)
         t = time.time()
-        b["values"] = critic_values(critic, seq, attn, R, mb, pads) if critic is not None else torch.zeros_like(mask)
+        b["values"] = (critic_values(critic, seq, attn, R, mb, pads, host) if critic is not None
+                       else torch.zeros_like(mask))
         sync_time(timings, "values", t)
     kl = kl_penalty(b["old_logp"], b["ref_logp"], args.kl_kind) * mask       # [N, R]
     last = (mask.sum(1).long() - 1).clamp(min=0)
@@ -409,9 +414,9 @@ def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats, pads=None):
     process computes it. fp32 weights: .grad accumulates; DDP all-reduces in the last backward,
     FSDP reduce-scatters in each (into fp32 shards). Low-precision weights (MasterAdamW): the
     sum is kept in fp32 (accumulate_fp32) and all-reduced in fp32.
-    Nothing in the loop waits for the GPU (spans come from b["attn_host"]; the losses'
-    finiteness and the stats stay on the device): it queues every micro-batch, and the host
-    reads the results once, after the last backward."""
+    Nothing in the loop waits for the GPU (spans come from b["attn_host"], indices reach the
+    GPU through sampler.device_rows, the losses' finiteness and the stats stay on the device):
+    it queues every micro-batch, and the host reads the results once, after the last backward."""
     import contextlib
     model.train()
     world = dist.get("world_size", 1)
@@ -427,7 +432,7 @@ def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats, pads=None):
         sync = not ddp or (not fp32_acc and j == len(micro) - 1)
         with contextlib.nullcontext() if sync else model.no_sync(), common.no_cudnn_attention():
             loss, s = loss_fn(model, b, m)
-            w = b["mask"][m].sum() / n_tok * world
+            w = b["mask"][sampler.device_rows(m, b["mask"])].sum() / n_tok * world
             nonfinite = nonfinite + (~torch.isfinite(loss.detach())).float()   # a device scalar
             (loss * w).backward()
         if fp32_acc:
@@ -471,7 +476,8 @@ def actor_loss_fn(args, kl_coef):
 def critic_loss_fn(args):
     def fn(critic, b, m):
         v = sampler.micro_view(b, m)
-        values = critic(v["seq"], v["attn"], position_ids(v["attn"]), v["mask"].shape[1], v["attn_host"])
+        padded = not bool(v["attn_host"].all())        # read on the host
+        values = critic(v["seq"], v["attn"], position_ids(v["attn"]), v["mask"].shape[1], padded)
         loss = value_loss(values, v["values"], v["returns"], v["mask"], args.value_clip)
         return loss, {"losses/value": loss.detach()}
     return fn

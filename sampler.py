@@ -269,13 +269,15 @@ def position_ids(attn):
     return (attn.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def attention_mask(model, attn, host=None):
+def attention_mask(model, attn, padded=None):
     """What a training or log-prob pass passes as attention_mask for attn [B, L] (1: token, 0:
     pad). Through SDPA: None where no row has a pad (causal only: SDPA's is_causal), else a
     boolean [B, 1, L, L] mask (causal, real keys only) in which each pad query also sees
     itself. Other attention implementations get attn itself (flash_attention_2 drops pads).
-    host: attn on the CPU, if the caller has it: the pad test reads it without waiting for the
-    GPU, and a mask built here spares transformers' own check of a 2D mask, which would wait.
+    padded: whether any row has a pad, where the caller knows it from a host copy of attn
+    (None: read from attn, which waits for the GPU). A mask built here also spares
+    transformers' own check of a 2D mask, which would wait; with None, pass no position_ids
+    either (they are 0..L-1 then), or transformers checks them for packed sequences.
     transformers' own mask leaves a left pad's query with no key at all (a -inf logsumexp),
     the edge case attention kernels get wrong: cuDNN's backward writes NaN on such rows
     (pytorch#196678). This is defence in depth, not the fix: that kernel fails on any row whose
@@ -293,7 +295,9 @@ def attention_mask(model, attn, host=None):
     impl = getattr(getattr(model, "module", model).config, "_attn_implementation", None)
     if impl != "sdpa":
         return attn
-    if bool((attn if host is None else host).all()):
+    if padded is None:
+        padded = not bool(attn.all())
+    if not padded:
         return None
     L = attn.shape[1]
     causal = torch.ones(L, L, dtype=torch.bool, device=attn.device).tril()
@@ -335,6 +339,15 @@ def compiled(fn):
 
 # ---------------------------------------------------------------------------------
 # passes over a batch of prompt + response rows: sorted micro-batches, cut to what they use
+
+def device_rows(rows, like):
+    """The CPU index tensor rows, ready to index tensors on like's device without the host
+    waiting: indexing a CUDA tensor with a CPU index copies the index from pageable memory,
+    which waits for everything queued on the GPU; from pinned memory the copy does not."""
+    if like.is_cuda and not rows.is_cuda:
+        return rows.pin_memory().to(like.device, non_blocking=True)
+    return rows
+
 
 def micro_batches(lengths, micro, rows=None):
     """Index tensors of micro-batches of at most `micro` rows: `rows` (default: all) sorted by
@@ -380,9 +393,11 @@ def micro_view(b, m):
     P = b["attn"].shape[1] - R
     host = b["attn_host"][m] if "attn_host" in b else b["attn"][m].cpu()
     lo, r = span(host, R)
-    v = {k: b[k][m][:, lo:P + r] for k in ("seq", "attn")}
+    md = device_rows(m, b["attn"])
+    rows = lambda x: x[md if x.device == md.device else m]     # noqa: E731
+    v = {k: rows(b[k])[:, lo:P + r] for k in ("seq", "attn")}
     v["attn_host"] = host[:, lo:P + r]
-    v.update({k: x[m][:, :r] for k, x in b.items() if torch.is_tensor(x) and x.shape == b["mask"].shape})
+    v.update({k: rows(x)[:, :r] for k, x in b.items() if torch.is_tensor(x) and x.shape == b["mask"].shape})
     return v
 
 
@@ -414,14 +429,14 @@ def over_micro_batches(fn, seq, attn, n_resp, micro, pads=None, host=None):
     count_padding(pads, host, n_resp, chunks)
     outs = []
     for rows in chunks:
-        h = host[rows]
+        h, rd = host[rows], device_rows(rows, seq)
         lo, r = span(h, n_resp)
         outs.append([F.pad(x, (0, n_resp - r))
-                     for x in fn(seq[rows, lo:P + r], attn[rows][:, lo:P + r], r, h[:, lo:P + r])])
+                     for x in fn(seq[rd, lo:P + r], attn[rd][:, lo:P + r], r, h[:, lo:P + r])])
     res = [torch.cat([o[k] for o in outs]) for k in range(len(outs[0]))]
     if len(chunks) == 1:
         return res                                  # one micro-batch keeps the rows' order
-    order = torch.cat(chunks).to(res[0].device)
+    order = device_rows(torch.cat(chunks), res[0])
     back = torch.empty_like(order).scatter_(0, order, torch.arange(N, device=order.device))
     return [x[back] for x in res]
 
@@ -434,7 +449,8 @@ def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=Fal
     longest response. Grad flows if enabled. pads: count_padding's counters; host: attn on
     the CPU (over_micro_batches)."""
     def fn(s, a, r, h):
-        logits = model(input_ids=s, attention_mask=attention_mask(model, a, h), position_ids=position_ids(a),
+        am = attention_mask(model, a, padded=not bool(h.all()))
+        logits = model(input_ids=s, attention_mask=am, position_ids=None if am is None else position_ids(a),
                        logits_to_keep=r + 1).logits[:, :-1]                 # [b, r, V]
         f = compiled(logprobs_from_logits) if logits.is_cuda and logits.shape[-1] >= COMPILE_VOCAB \
             else logprobs_from_logits

@@ -205,7 +205,7 @@ def test_training_passes_give_every_query_a_key(monkeypatch):
     (lp * b["mask"]).sum().backward()
     (val * b["mask"]).sum().backward()
     assert seen and all(m is not None and bool(m.any(-1).all()) for m in seen)
-    monkeypatch.setattr(sampler, "attention_mask", lambda model, attn, host=None: attn)    # transformers' own mask
+    monkeypatch.setattr(sampler, "attention_mask", lambda model, attn, padded=None: attn)    # transformers' own mask
     seen.clear()
     p2, c2 = common.load_model("random:tiny"), ppo.Critic(common.load_model("random:tiny"))
     c2.load_state_dict(critic.state_dict())
@@ -265,30 +265,43 @@ def test_sorted_cut_micro_batches_change_no_loss_or_gradient():
 
 
 class OnDevice(torch.Tensor):
-    """A tensor standing for one on a GPU: counts the host reads (item, tolist, bool, float,
-    int, cpu) that would make the host wait for it. Results of ops on it are OnDevice too;
-    .cpu() gives a plain tensor, the host copy."""
+    """A tensor standing for one on a GPU: counts the host reads that would make the host wait
+    for it: item, tolist, bool, float, int, cpu, and indexing it with a CPU index tensor (whose
+    pageable copy to the GPU waits). Results of ops on it are OnDevice too; .cpu() gives a plain
+    tensor, the host copy."""
     waits = 0
     READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__,
              torch.Tensor.__int__, torch.Tensor.cpu}
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        cls.waits += func in cls.READS
+        cls.waits += func in cls.READS or (func is torch.Tensor.__getitem__ and cls.host_index(args[1]))
         with torch._C.DisableTorchFunctionSubclass():
             out = func(*args, **(kwargs or {}))
         if func is torch.Tensor.cpu:
             return out.as_subclass(torch.Tensor)
         return torch._tensor._convert(out, cls)
 
+    @staticmethod
+    def host_index(idx):
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        return any(type(i) is torch.Tensor and i.dim() > 0 for i in idx)
 
-def test_update_waits_for_the_device_a_fixed_number_of_times():
-    """A mini-batch's update queues all its micro-batches without the host waiting for the GPU
-    in between (spans and masks are read from a host copy, finiteness and stats stay on the
-    device): the host reads device tensors as often with 10 micro-batches as with 2. It read
-    them ~10 times per micro-batch before (span's tolist twice, the mask's bool or transformers'
-    check of a 2D mask, the loss's bool, each stat's float)."""
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_update_waits_for_the_device_a_fixed_number_of_times(monkeypatch, cache):
+    """A mini-batch's update and the log-prob / value passes queue all their micro-batches
+    without the host waiting for the GPU in between: spans and masks are read from a host copy,
+    indices reach the GPU from pinned memory (sampler.device_rows, here a stand-in), and the
+    losses' finiteness and the stats stay on the device. So the host reads device tensors as
+    often with 10 micro-batches as with 2. Before, it read them ~10 times per micro-batch (span's
+    tolist twice, the mask's bool or transformers' check of a 2D mask, the loss's bool, each
+    stat's float). cache=False (gradient checkpointing, FSDP) is where transformers checks
+    explicit position_ids for packed sequences, a wait per pad-free forward."""
+    monkeypatch.setattr(sampler, "device_rows", lambda rows, like: rows.as_subclass(OnDevice))
     policy, critic = common.load_model("random:tiny"), ppo.Critic(common.load_model("random:tiny"))
+    for m in (policy, critic.trunk):
+        m.config.use_cache = cache
     b = ragged_rows()
     n, R = b["mask"].shape
     b["old_logp"] = torch.zeros(n, R)
@@ -306,9 +319,29 @@ def test_update_waits_for_the_device_a_fixed_number_of_times():
                     ("critic", critic, Sgd(critic), ppo.critic_loss_fn(args))]
         OnDevice.waits = 0
         stats, bad = ppo.update(learners, b, args, {"ddp": False, "world_size": 1}, torch.Generator().manual_seed(0), {})
+        with torch.no_grad():
+            host = b["attn"].cpu()
+            sampler.token_logprobs(policy, b["seq"], b["attn"], R, micro, host=host)
+            ppo.critic_values(critic, b["seq"], b["attn"], R, micro, host=host)
         waits[micro] = OnDevice.waits
         assert bad == 0 and {"clipfrac", "approx_kl"} <= set(stats["actor"]) and stats["critic"]["losses/value"] > 0
     assert waits[1] == waits[5], waits
+
+
+def test_pad_free_rows_give_the_same_log_probs_without_a_mask():
+    """Rows with no pad at all get no mask and no position_ids (SDPA's causal path, no check in
+    transformers): the same log-probs and values as with the all-ones mask and positions."""
+    policy, critic = common.load_model("random:tiny"), ppo.Critic(common.load_model("random:tiny"))
+    torch.nn.init.normal_(critic.head.weight, std=0.1)
+    g = torch.Generator().manual_seed(0)
+    seq, attn = torch.randint(5, 200, (3, 12), generator=g), torch.ones(3, 12, dtype=torch.long)
+    assert sampler.attention_mask(policy, attn) is None
+    with torch.no_grad():
+        lp = sampler.token_logprobs(policy, seq, attn, 5, 3)
+        ref = sampler.logprobs_from_logits(policy(input_ids=seq, attention_mask=attn).logits[:, -6:-1], seq[:, -5:])[0]
+        val = ppo.critic_values(critic, seq, attn, 5, 3)
+        val_ref = critic(seq, attn, sampler.position_ids(attn), 5, padded=True)
+    assert torch.allclose(lp, ref, atol=1e-6) and torch.allclose(val, val_ref, atol=1e-6)
 
 
 def test_training_passes_run_without_cudnn_attention_and_give_it_back():
