@@ -290,10 +290,9 @@ class Critic(nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, n_resp, padded=None):
         """padded: whether any row has a pad, if the caller knows it from a host copy
-        (sampler.attention_mask); a bool, as DDP and FSDP move tensor arguments to the GPU."""
-        am = sampler.attention_mask(self.trunk, attention_mask, padded)
-        h = self.trunk(input_ids=input_ids, attention_mask=am,
-                       position_ids=None if am is None else position_ids).last_hidden_state   # [B, L, H]
+        (sampler.pass_inputs); a bool, as DDP and FSDP move tensor arguments to the GPU."""
+        h = self.trunk(input_ids=input_ids, **sampler.pass_inputs(self.trunk, attention_mask, padded, position_ids)
+                       ).last_hidden_state   # [B, L, H]
         # the value of the state *before* each response token: positions -n_resp-1 .. -2
         # [B, n_resp]; a copy, not a view: FSDP2 warns that in-place ops on a view would skip its hook
         return self.head(h[:, -n_resp - 1:-1].float()).squeeze(-1).clone()

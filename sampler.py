@@ -276,15 +276,15 @@ def attention_mask(model, attn, padded=None):
     itself. Other attention implementations get attn itself (flash_attention_2 drops pads).
     padded: whether any row has a pad, where the caller knows it from a host copy of attn
     (None: read from attn, which waits for the GPU). A mask built here also spares
-    transformers' own check of a 2D mask, which would wait; with None, pass no position_ids
-    either (they are 0..L-1 then), or transformers checks them for packed sequences.
+    transformers' own check of a 2D mask, which would wait.
     transformers' own mask leaves a left pad's query with no key at all (a -inf logsumexp),
     the edge case attention kernels get wrong: cuDNN's backward writes NaN on such rows
     (pytorch#196678). This is defence in depth, not the fix: that kernel fails on any row whose
     logsumexp is below -88.7, real ones too, so training passes run inside
     common.no_cudnn_attention. Real queries never see a pad either way, so nothing that is kept
     changes. A 4D mask is used as given: a model with sliding-window layers would lose its
-    window here (Llama and Qwen2.5 as configured use none).
+    window here (Llama and Qwen2.5 as configured use none). pass_inputs pairs it with the
+    position_ids.
 
     >>> sdpa = type("M", (), {"config": type("C", (), {"_attn_implementation": "sdpa"})})()
     >>> attention_mask(sdpa, torch.tensor([[0, 1, 1]]))[0, 0].int().tolist()
@@ -302,6 +302,15 @@ def attention_mask(model, attn, padded=None):
     L = attn.shape[1]
     causal = torch.ones(L, L, dtype=torch.bool, device=attn.device).tril()
     return causal & (attn.bool()[:, None, None, :] | torch.eye(L, dtype=torch.bool, device=attn.device))
+
+
+def pass_inputs(model, attn, padded=None, positions=None):
+    """attention_mask and position_ids (positions, or from attn) for a pass over attn
+    (attention_mask): pad-free rows get neither, so that transformers checks nothing on the
+    host (with the cache off it would look for packed sequences in explicit position_ids)."""
+    am = attention_mask(model, attn, padded)
+    return {"attention_mask": am,
+            "position_ids": None if am is None else position_ids(attn) if positions is None else positions}
 
 
 def logprobs_from_logits(logits, targets, temperature=1.0, entropy=False, entropy_grad=False):
@@ -449,8 +458,7 @@ def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=Fal
     longest response. Grad flows if enabled. pads: count_padding's counters; host: attn on
     the CPU (over_micro_batches)."""
     def fn(s, a, r, h):
-        am = attention_mask(model, a, padded=not bool(h.all()))
-        logits = model(input_ids=s, attention_mask=am, position_ids=None if am is None else position_ids(a),
+        logits = model(input_ids=s, **pass_inputs(model, a, padded=not bool(h.all())),
                        logits_to_keep=r + 1).logits[:, :-1]                 # [b, r, V]
         f = compiled(logprobs_from_logits) if logits.is_cuda and logits.shape[-1] >= COMPILE_VOCAB \
             else logprobs_from_logits
