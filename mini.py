@@ -22,7 +22,8 @@ answer format, as the study's Llama-3.2-3B does, but shows none of the four beha
 
 Stages (each a real script run as a subprocess with its command printed; a stage whose output
 exists is skipped, so a killed run resumes where it stopped (under the settings that made it, kept in
-OUT/mini_settings.json: a changed one is refused); every log sits in its run folder;
+OUT/mini_settings.json: a changed one is refused, except that a larger --ppo-steps extends every
+run from its last checkpoint); every log sits in its run folder;
 jobs run --jobs per GPU side by side, each given one GPU by CUDA_VISIBLE_DEVICES):
   1. countdown.py: train and test tasks, 3 numbers in 1..24, targets 10..25 (7,640 such tasks
      are solvable; 4 numbers would make search matter more, a random expression hits the target
@@ -53,6 +54,7 @@ import os
 import queue
 import random
 import shlex
+import shutil
 import sys
 import threading
 import time
@@ -284,6 +286,8 @@ def make_base(s):
 
 # settings a re-run into the same --out may change: where and how much runs, not what it makes
 RERUN_FREE = ("out", "force", "checks_only", "make_base", "conditions", "seeds", "gpus", "jobs", "reference")
+# and one that may grow: a longer PPO continues every run from its last checkpoint (extend_runs)
+RERUN_GROWS = ("ppo_steps",)
 
 
 def same_settings_or_exit(s, force):
@@ -303,11 +307,32 @@ def same_settings_or_exit(s, force):
                 old = json.load(f)
         except ValueError:
             fail(f"{path}: malformed JSON")
-        diff = [k for k in mine if k in old and old[k] != mine[k]]
+        diff = [k for k in mine if k in old and old[k] != mine[k]
+                and not (k in RERUN_GROWS and mine[k] > old[k])]
         if diff:
             fail(f"{s['out']} was made with " + ", ".join(
                 f"--{k.replace('_', '-')} {json.dumps(old[k])} (now {json.dumps(mine[k])})" for k in diff))
     basics.write_json(path, mine)
+
+
+def extend_runs(s, keys):
+    """A re-run with a larger --ppo-steps continues each finished run from its last checkpoint
+    (ppo.py --resume; its ckpt/step_N is final/'s copy): final/ and the rollouts' counts
+    (classify/), the two stages' done markers, go, so both run again. Returns the runs extended."""
+    grown = []
+    for c, seed in keys:
+        ppo = os.path.join(run_dir(s, c, seed), "ppo")
+        try:
+            with open(os.path.join(ppo, "final", "trainer_state.json"), encoding="utf-8") as f:
+                done = json.load(f)["step"]
+        except (OSError, ValueError, KeyError):
+            continue                                  # not finished (or never started): runs as usual
+        if done < s["ppo_steps"]:
+            print(f"extending {c} seed {seed}: PPO step {done} -> {s['ppo_steps']}", flush=True)
+            for d in ("final", "classify"):
+                shutil.rmtree(os.path.join(ppo, d), ignore_errors=True)
+            grown.append((c, seed))
+    return grown
 
 
 def paths(s):
@@ -534,6 +559,8 @@ def main(argv=None):
     p = paths(s)
     pool(prelude(s, p, a.force), slots, a.force)
     keys = [(c, seed) for seed in s["seeds"] for c in s["conditions"]]
+    if not s["checks_only"]:
+        extend_runs(s, keys)
     # one chain per run: its condition's priming (run once, by the first of its seeds to get
     # there), then PPO; the checks print as soon as every run has validated before its first update
     checks = ChecksWhenReady(s, p, t0)

@@ -150,7 +150,27 @@ def test_mini_smoke(tmp_path):
     if os.path.exists(ref):
         assert "study: step 250" in table and "| base | 1 |" in table
         assert res["study"]["all_strategies"]["end"]["step"] == 250
+    longer_ppo_extends_every_run(out, ref)
     one_run_fails_and_the_rest_are_still_reported(out, ref)
+
+
+def longer_ppo_extends_every_run(out, ref):
+    """The same command with a larger --ppo-steps continues each finished run from its last
+    checkpoint (step 2 -> 3) and re-reports; nothing before PPO runs again. Before, a finished
+    run was skipped (its final/ existed) and a changed --ppo-steps was refused."""
+    before = {p: os.path.getmtime(p) for p in (out / "base" / "final" / "config.json",
+                                              out / "primed" / "all_strategies" / "sft" / "final" / "config.json")}
+    mini.main(["--smoke", "--out", str(out), "--ppo-steps", "3",
+               *(["--reference", ref] if os.path.exists(ref) else [])])
+    assert {p: os.path.getmtime(p) for p in before} == before
+    res = json.loads((out / "results.json").read_text())
+    for one in res["runs"]:
+        run = out / "runs" / f"{one['condition']}-s0" / "ppo"
+        steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [0, 1, 2, 3], steps                  # resumed at 3: no step twice, none lost
+        assert set(one["val_curve"]) == {"0", "1", "2", "3"}
+        assert json.loads((run / "final" / "trainer_state.json").read_text())["step"] == 3
+        assert max(json.loads(x)["step"] for x in (run / "classify" / "classified.jsonl").read_text().splitlines()) == 3
 
 
 def one_run_fails_and_the_rest_are_still_reported(out, ref):
@@ -168,7 +188,8 @@ def one_run_fails_and_the_rest_are_still_reported(out, ref):
     mini.run_pool = one_fails
     try:
         with pytest.raises(SystemExit, match=f"1 of {len(CONDS)} jobs failed"):
-            mini.main(["--smoke", "--out", str(out), *(["--reference", ref] if os.path.exists(ref) else [])])
+            mini.main(["--smoke", "--out", str(out), "--ppo-steps", "3",   # as longer_ppo_extends_every_run left it
+                       *(["--reference", ref] if os.path.exists(ref) else [])])
     finally:
         mini.run_pool = real
     table = (out / "results.md").read_text()
@@ -263,6 +284,11 @@ def test_rerun_with_changed_settings_is_refused(tmp_path, capsys):
     _, changed = mini.parse_args(["--smoke", "--out", out, "--sft-steps", "5"])
     mini.same_settings_or_exit(changed, force=True)                  # --force: redone, recorded anew
     mini.same_settings_or_exit(changed, force=False)
+    _, longer = mini.parse_args(["--smoke", "--out", out, "--sft-steps", "5", "--ppo-steps", "9"])
+    mini.same_settings_or_exit(longer, force=False)                  # PPO may grow (extend_runs) ...
+    with pytest.raises(SystemExit) as e:                             # ... but not shrink
+        mini.same_settings_or_exit(changed, force=False)
+    assert e.value.code == 2 and "--ppo-steps 9 (now 2)" in capsys.readouterr().err
     with open(os.path.join(out, "mini_settings.json"), "w") as f:
         f.write("{oops")
     with pytest.raises(SystemExit) as e:
