@@ -3,11 +3,11 @@ The study in miniature, with no API key and no download: the priming experiment 
 (priming -> manipulation checks -> PPO -> behavior counts -> tables, curves and a reading) with
 models trained from scratch, spread over every visible GPU.
 
-    python mini.py                                  # runs/mini/results.md (4 H100s: 17.4 minutes at the earlier 200 PPO steps)
+    python mini.py                                  # runs/mini/results.md (4 H100s: ~25 minutes, README)
     python mini.py --smoke --out /tmp/mini          # CPU smoke test: a few steps (CI, ~1 minute)
     python mini.py --checks-only --seeds 0          # priming and the manipulation checks, no PPO update
     python mini.py --conditions base all_strategies empty_cot --seeds 0 1 2 3
-    python mini.py --ppo-steps 250 --base-size '{"hidden_size": 512, "num_hidden_layers": 8}'   # any setting
+    python mini.py --ppo-steps 500 --base-size '{"hidden_size": 512, "num_hidden_layers": 8}'   # any setting
 
 The base is NOT a pretrained LM (nothing is downloaded): it is a Llama of the `tiny` family
 (the same locally built tokenizer; --base-size, ~10M parameters) with random weights,
@@ -121,14 +121,16 @@ SETTINGS = [
     ("sft_batch", 32, int, "priming SFT sequences per step"),
     ("sft_lr", 5e-4, float, "priming SFT learning rate"),
     ("sft_max_len", 608, int, "priming SFT sequence length (the longest traces are ~590 tokens with the prompt)"),
-    ("ppo_steps", 250, int, "PPO steps, the study's 250 (2 updates a step; most curves still rise there: README)"),
+    ("ppo_steps", 350, int, "PPO steps, 2 updates a step: the most that fit 25 minutes on 4 H100s (at the study's 250 "
+                            "8 of 9 curves still rose; at 350, 6: README); a re-run with more extends every run"),
     ("ppo_prompts", 64, int, "PPO prompts per step"),
     ("ppo_samples", 4, int, "PPO samples per prompt"),
     ("ppo_response_len", 480, int, "PPO response tokens (the longest priming traces are ~460)"),
     ("ppo_actor_lr", 2e-5, float, "PPO actor learning rate (far above the study's 1e-6, for a 3B model; 5x rose no faster, 15x "
                                     "collapsed: docs/mini/lr_probe)"),
     ("ppo_critic_lr", 1e-4, float, "PPO critic learning rate (far above the study's 1e-5, for a 3B model)"),
-    ("ppo_micro", 32, int, "PPO sequences per forward/backward"),
+    ("ppo_micro", 64, int, "PPO sequences per forward/backward (the loss is the same for any: a token-mean over "
+                           "the mini-batch; 64: ~6.4 GB a run, 7 runs share an 80 GB GPU)"),
     ("ppo_engine", None, str, "ppo.py --engine; None: ppo.py's default"),
     ("ppo_save_every", 10, int, "PPO checkpoints every N steps (a killed run resumes from the last: ppo.py --resume)"),
     ("log_rollouts_every", 10, int, "rollouts logged at step 1 and every N steps (classified)"),

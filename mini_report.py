@@ -100,7 +100,8 @@ def summarize(runs, s):
     for cond in [c for c in s["conditions"] if c in conds]:
         rs = conds[cond]
         late = max(0, s["ppo_steps"] - 2 * s["eval_every"])
-        out[cond] = {"n_runs": len(rs),
+        slope, se, first = late_slope([r["val_curve"] for r in rs], LATE * s["eval_every"])
+        out[cond] = {"n_runs": len(rs), "late_slope": {"per_100_steps": slope, "se": se, "from_step": first},
                      **{k: spread(r[k] for r in rs) for k in ("val_before", "val_after", "numbers_before", "numbers_end")},
                      "val_late": spread(r["val_curve"].get(late) for r in rs), "late_step": late,
                      "val_after_step": max((r["val_after_step"] for r in rs if r["val_after_step"] is not None), default=None),
@@ -114,23 +115,37 @@ def _mean(v, key):
 
 
 AMPLIFY = 1.1  # a behavior PPO amplifies ends at >= 1.1 x its start (no_positive's 2.99 -> 3.00 is no rise)
-FLAT = 0.01  # a validation curve that moves less than this over its last 2 x eval_every steps is flat
+FLAT = 0.01  # a validation curve that rises less than this per 100 steps at the end is flat
+LATE = 4  # the end of a curve: its last LATE x eval_every steps (at the defaults 5 validations, 100 steps)
 
 
-def rise_se(p, n):
-    """Standard error of the difference of two accuracies near p, each measured on n samples
-    (binomial): how much a flat curve's last two points move by chance alone. A rough guide:
-    the two points reuse the same test tasks, and samples of one task are correlated.
+def late_slope(curves, window):
+    """(rise per 100 steps, its standard error, first step) of validation accuracy over the last
+    `window` steps: every seed's validations from (last step - window) on, one straight line per
+    seed with its own level and one shared slope (least squares). A flat end: ~0 within 2 SE.
+    Five points x 3 seeds weigh a rise against chance far better than two points 50 steps apart
+    (at 350 steps those called all 9 conditions flat; this fit, 5 of 9 still rising).
 
-    >>> round(rise_se(0.3, 1536), 4)
-    0.0165
+    >>> slope, se, first = late_slope([{0: .1, 50: .2, 100: .3, 150: .4}, {0: .2, 50: .3, 100: .4, 150: .5}], 100)
+    >>> round(slope, 6), round(se, 6), first
+    (0.2, 0.0, 50)
     """
-    return math.sqrt(2 * p * (1 - p) / n) if n else float("inf")
+    last = max(max(c) for c in curves if c)
+    first = last - window
+    pts = [[(s, a) for s, a in c.items() if s >= first and a is not None] for c in curves]
+    pts = [p for p in pts if len(p) >= 2]
+    xy = [(s - sum(x for x, _ in p) / len(p), a - sum(y for _, y in p) / len(p)) for p in pts for s, a in p]
+    sxx = sum(x * x for x, _ in xy)
+    dof = len(xy) - len(pts) - 1
+    if not sxx or dof < 1:
+        return None, None, first
+    slope = sum(x * y for x, y in xy) / sxx
+    rss = sum((y - slope * x) ** 2 for x, y in xy)
+    return 100 * slope, 100 * math.sqrt(rss / dof / sxx), first
 
 
-def reading(summary, study, n_val=0):
-    """Which of the study's findings the numbers reproduce, computed from them (one line each).
-    n_val: validation samples per seed at each evaluation (rise_se: is a curve still rising?)."""
+def reading(summary, study):
+    """Which of the study's findings the numbers reproduce, computed from them (one line each)."""
     out, have = [], lambda cs: [c for c in cs if c in summary and _mean(summary[c], "val_after") is not None]  # noqa: E731
     primed, controls = have(PRIMED), have(CONTROLS)
     if primed and controls:
@@ -149,18 +164,20 @@ def reading(summary, study, n_val=0):
                    f"{'reproduced' if overlap else 'not reproduced'}** (seed ranges "
                    f"{'overlap' if overlap else 'do not overlap'}): {fmt_spread(a)} vs {fmt_spread(b)}."
                    + (" Study: 0.735 vs 0.736." if study else ""))
-    late = {c: (_mean(v, "val_after") - _mean(v, "val_late"), rise_se(_mean(v, "val_after"), n_val * v["val_after"]["n"]))
-            for c, v in summary.items() if _mean(v, "val_after") is not None and _mean(v, "val_late") is not None}
+    late = {c: (v["late_slope"]["per_100_steps"], v["late_slope"]["se"]) for c, v in summary.items()
+            if (v.get("late_slope") or {}).get("per_100_steps") is not None}
     if late:
         v = summary[next(iter(late))]
         rising = {c: d for c, (d, se) in late.items() if d > FLAT and d > 2 * se}
         up = {c: d for c, (d, se) in late.items() if d > FLAT and c not in rising}
-        out.append(f"- **Flat by the end?** Validation accuracy from step {v['late_step']} to {v['val_after_step']}: "
+        out.append(f"- **Flat by the end?** Validation accuracy's slope from step {v['late_slope']['from_step']} to "
+                   f"{v['val_after_step']} (a line per seed, one slope), per 100 steps: "
                    + (f"still rising by more than {FLAT} and 2 standard errors in {len(rising)} of {len(late)} conditions ("
-                      + ", ".join(f"{c} +{d:.3f}" for c, d in rising.items()) + "): longer PPO would move these numbers."
-                      if rising else f"no condition rose by more than {FLAT} and 2 standard errors.")
+                      + ", ".join(f"{c} +{d:.3f} ± {late[c][1]:.3f}" for c, d in rising.items())
+                      + "): longer PPO would move these numbers." if rising else
+                      f"no condition rises by more than {FLAT} and 2 standard errors.")
                    + (f" Up by more than {FLAT} but within 2 standard errors (chance can do it): "
-                      + ", ".join(f"{c} +{d:.3f} (SE {late[c][1]:.3f})" for c, d in up.items()) + "." if up else ""))
+                      + ", ".join(f"{c} +{d:.3f} ± {late[c][1]:.3f}" for c, d in up.items()) + "." if up else ""))
     for b in ("verification", "backtracking"):
         rises = [(c, _mean(v["start"], b), _mean(v["end"], b)) for c, v in summary.items()
                  if c not in CONTROLS and (_mean(v["start"], b) or 0) >= 0.2]
@@ -189,8 +206,8 @@ def results_markdown(summary, study, checks, s, failed=(), skipped=None):
              f"Seeds {s['seeds']}; mean ± std (min–max) over them.", "",
              "Every setting was fixed before this run, the same for every condition: the priming and the traces' "
              "form were calibrated on the manipulation checks alone (docs/mini/calibration3.md), the number of PPO "
-             "steps by default on earlier runs' curves (rising at 100; at 200 up 0.01-0.03 in 7 of 9 conditions, "
-             "within 2 standard errors: so the study's 250), never on one condition's result. Nothing differs between conditions except the priming data (`base`: none).", "",
+             "steps by speed (the most that fit 25 minutes on 4 H100s: 350, as curves still rose at the study's 250), "
+             "never on one condition's result. Nothing differs between conditions except the priming data (`base`: none).", "",
              *([f"**Runs that failed, missing from every table below: {', '.join(failed)}** (their ppo.log says why).",
                 ""] if failed else []),
              *([f"PPO steps whose update was skipped (a non-finite loss or gradient): {sum(skipped.values())} of "
@@ -229,7 +246,7 @@ def results_markdown(summary, study, checks, s, failed=(), skipped=None):
                "claim is about, so read these findings as this miniature's, not as a test of the claim."]
               if "checks FAIL" in checks else [])
     lines += ["", "## Reading (computed from the tables above)", "",
-              *reading({c: v for c, v in summary.items() if c != "base_model"}, study, s["val_size"] * s["val_samples"]),
+              *reading({c: v for c, v in summary.items() if c != "base_model"}, study),
               *caveat, "",
               "Figures: figures/accuracy.png (rollouts, validation and the study's), figures/behaviors_*.png, "
               "figures/length.png, figures/priming.png."]
