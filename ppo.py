@@ -43,6 +43,7 @@ A used --out needs --resume (continue) or --overwrite (start afresh).
 """
 import argparse
 import json
+import math
 import os
 import random
 import time
@@ -392,8 +393,8 @@ def update(learners, b, args, dist, gen, timings, pads=None):
     the background) overlaps the other's forward/backward on the GPU. Each loss is a token-mean
     over its mini-batch (micro-batch sums divided by the mini-batch's token count).
     Returns {name: stats} and the number of skipped (non-finite) updates."""
-    if "attn" in b:   # spans and masks read on the host: no wait for the GPU per micro-batch
-        b = dict(b, attn_host=b["attn"].cpu())
+    if "attn" in b:   # spans, masks and lengths read on the host: no wait for the GPU per micro-batch
+        b = dict(b, attn_host=b["attn"].cpu(), len_host=b["mask"].sum(1).cpu())
     stats, bad, n_mb = {name: {} for name, *_ in learners}, 0, 0
     for idx in minibatches(b["mask"].shape[0], args, dist, gen):
         n_mb += 1
@@ -419,8 +420,8 @@ def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats, pads=None):
     import contextlib
     model.train()
     world = dist.get("world_size", 1)
-    n_tok = shard.global_sum(b["mask"][idx].sum(), dist).clamp(min=1)
-    micro = sampler.micro_batches(b["mask"].sum(1), args.micro_batch, idx)
+    n_tok = shard.global_sum(b["mask"][sampler.device_rows(idx, b["mask"])].sum(), dist).clamp(min=1)
+    micro = sampler.micro_batches(b.get("len_host", b["mask"].sum(1)), args.micro_batch, idx)
     if "attn" in b:
         sampler.count_padding(pads, b.get("attn_host", b["attn"]), b["mask"].shape[1], micro)
     fp32_acc = isinstance(opt, MasterAdamW)
@@ -438,8 +439,10 @@ def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats, pads=None):
             acc = accumulate_fp32(params, acc)
         for k, v in s.items():
             sums[k] = sums.get(k, 0.0) + v.detach().float() * w
-    finite = not bool(nonfinite)    # the loop's first wait for the GPU
-    for k, v in zip(sums, torch.stack(list(sums.values())).tolist() if sums else []):
+    # the loop's first wait for the GPU: finiteness and stats in one read
+    nonfinite, *vals = torch.stack([torch.as_tensor(nonfinite, dtype=torch.float32), *sums.values()]).tolist()
+    finite = not nonfinite
+    for k, v in zip(sums, vals):
         stats[k] = stats.get(k, 0.0) + v
     if fp32_acc:
         if dist["ddp"]:
@@ -448,11 +451,12 @@ def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats, pads=None):
     else:
         gnorm = shard.full(torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip))
     # every rank takes the step or none does (a rank alone stepping would leave the others behind)
-    ok = shard.global_sum(torch.tensor(float(not finite)), dist).item() == 0 and bool(torch.isfinite(gnorm))
+    gnorm = float(gnorm)
+    ok = shard.global_sum(torch.tensor(float(not finite)), dist).item() == 0 and math.isfinite(gnorm)
     if ok:
         opt.step(acc) if fp32_acc else opt.step()
     opt.zero_grad(set_to_none=True)
-    stats["grad_norm"] = stats.get("grad_norm", 0.0) + float(gnorm)
+    stats["grad_norm"] = stats.get("grad_norm", 0.0) + gnorm
     return ok
 
 

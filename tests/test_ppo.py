@@ -297,7 +297,9 @@ def test_update_waits_for_the_device_a_fixed_number_of_times(monkeypatch, cache)
     often with 10 micro-batches as with 2. Before, it read them ~10 times per micro-batch (span's
     tolist twice, the mask's bool or transformers' check of a 2D mask, the loss's bool, each
     stat's float). cache=False (gradient checkpointing, FSDP) is where transformers checks
-    explicit position_ids for packed sequences, a wait per pad-free forward."""
+    explicit position_ids for packed sequences, a wait per pad-free forward. Each mini-batch
+    adds one read per learner: finiteness and stats together, to decide on the step (before,
+    three more: the micro-batch order's lengths, the token count's CPU index, the stats apart)."""
     monkeypatch.setattr(sampler, "device_rows", lambda rows, like: rows.as_subclass(OnDevice))
     policy, critic = common.load_model("random:tiny"), ppo.Critic(common.load_model("random:tiny"))
     for m in (policy, critic.trunk):
@@ -312,9 +314,9 @@ def test_update_waits_for_the_device_a_fixed_number_of_times(monkeypatch, cache)
             self.inner = torch.optim.SGD(model.parameters(), lr=1e-3)
             self.step, self.zero_grad = self.inner.step, self.inner.zero_grad
     waits = {}
-    for micro in (5, 1):
-        args = ppo.parse_args(["--micro-batch", str(micro), "--prompts-per-step", "10", "--mini-batch-prompts", "10",
-                               "--samples-per-prompt", "1"])
+    for micro, mini in ((5, 10), (1, 10), (5, 2)):
+        args = ppo.parse_args(["--micro-batch", str(micro), "--prompts-per-step", "10", "--mini-batch-prompts",
+                               str(mini), "--samples-per-prompt", "1"])
         learners = [("actor", policy, Sgd(policy), ppo.actor_loss_fn(args, 0.001)),
                     ("critic", critic, Sgd(critic), ppo.critic_loss_fn(args))]
         OnDevice.waits = 0
@@ -323,9 +325,10 @@ def test_update_waits_for_the_device_a_fixed_number_of_times(monkeypatch, cache)
             host = b["attn"].cpu()
             sampler.token_logprobs(policy, b["seq"], b["attn"], R, micro, host=host)
             ppo.critic_values(critic, b["seq"], b["attn"], R, micro, host=host)
-        waits[micro] = OnDevice.waits
+        waits[micro, mini] = OnDevice.waits
         assert bad == 0 and {"clipfrac", "approx_kl"} <= set(stats["actor"]) and stats["critic"]["losses/value"] > 0
-    assert waits[1] == waits[5], waits
+    assert waits[1, 10] == waits[5, 10], waits
+    assert waits[5, 2] - waits[5, 10] == 4 * 2, waits     # 4 more mini-batches x 2 learners x 1 read
 
 
 def test_pad_free_rows_give_the_same_log_probs_without_a_mask():
