@@ -309,6 +309,8 @@ def same_settings_or_exit(s, force):
                 old = json.load(f)
         except ValueError:
             fail(f"{path}: malformed JSON")
+        if s["checks_only"]:           # runs no PPO: a longer --ppo-steps is not recorded
+            mine.update({k: old[k] for k in RERUN_GROWS if k in old and mine[k] > old[k]})
         diff = [k for k in mine if k in old and old[k] != mine[k]
                 and not (k in RERUN_GROWS and mine[k] > old[k])]
         if diff:
@@ -318,22 +320,31 @@ def same_settings_or_exit(s, force):
 
 
 def extend_runs(s, keys):
-    """A re-run with a larger --ppo-steps continues each finished run from its last checkpoint
-    (ppo.py --resume; its ckpt/step_N is final/'s copy): final/ and the rollouts' counts
-    (classify/), the two stages' done markers, go, so both run again. Returns the runs extended."""
+    """A re-run with a larger --ppo-steps continues every run that stopped short of it from its
+    last checkpoint (ppo.py --resume): its final/ (the same state as ckpt/step_N; moved there
+    where that checkpoint is gone) and its rollouts' counts (classify/), the two stages' done
+    markers, go, so both run again. Returns the runs extended."""
+    import common
     grown = []
     for c, seed in keys:
         ppo = os.path.join(run_dir(s, c, seed), "ppo")
+        final, counts = os.path.join(ppo, "final"), os.path.join(ppo, "classify")
         try:
-            with open(os.path.join(ppo, "final", "trainer_state.json"), encoding="utf-8") as f:
+            with open(os.path.join(final, "trainer_state.json"), encoding="utf-8") as f:
                 done = json.load(f)["step"]
         except (OSError, ValueError, KeyError):
-            continue                                  # not finished (or never started): runs as usual
-        if done < s["ppo_steps"]:
-            print(f"extending {c} seed {seed}: PPO step {done} -> {s['ppo_steps']}", flush=True)
-            for d in ("final", "classify"):
-                shutil.rmtree(os.path.join(ppo, d), ignore_errors=True)
-            grown.append((c, seed))
+            done = common.latest_ckpt(ppo)[0]     # unfinished, or killed before final/ was written
+        if not done or done >= s["ppo_steps"] or not (os.path.isdir(final) or os.path.isdir(counts)):
+            continue                              # up to length, never started, or plainly unfinished
+        print(f"extending {c} seed {seed}: PPO step {done} -> {s['ppo_steps']}", flush=True)
+        ckpt = common.ckpt_dir(ppo, done)
+        if os.path.isdir(final) and not os.path.exists(os.path.join(ckpt, "trainer_state.json")):
+            os.makedirs(os.path.dirname(ckpt), exist_ok=True)
+            shutil.rmtree(ckpt, ignore_errors=True)      # a half-written one
+            os.replace(final, ckpt)
+        for d in (final, counts):
+            shutil.rmtree(d, ignore_errors=True)
+        grown.append((c, seed))
     return grown
 
 

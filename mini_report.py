@@ -124,7 +124,7 @@ def late_slope(curves, window):
     `window` steps: every seed's validations from (last step - window) on, one straight line per
     seed with its own level and one shared slope (least squares). A flat end: ~0 within 2 SE.
     Five points x 3 seeds weigh a rise against chance far better than two points 50 steps apart
-    (at 350 steps those called all 9 conditions flat; this fit, 5 of 9 still rising).
+    (at 350 steps those called all 9 conditions flat; this fit, 6 of 9 still rising).
 
     >>> slope, se, first = late_slope([{0: .1, 50: .2, 100: .3, 150: .4}, {0: .2, 50: .3, 100: .4, 150: .5}], 100)
     >>> round(slope, 6), round(se, 6), first
@@ -134,6 +134,7 @@ def late_slope(curves, window):
     first = last - window
     pts = [[(s, a) for s, a in c.items() if s >= first and a is not None] for c in curves]
     pts = [p for p in pts if len(p) >= 2]
+    first = min((s for p in pts for s, _ in p), default=first)   # the first validation fitted
     xy = [(s - sum(x for x, _ in p) / len(p), a - sum(y for _, y in p) / len(p)) for p in pts for s, a in p]
     sxx = sum(x * x for x, _ in xy)
     dof = len(xy) - len(pts) - 1
@@ -206,8 +207,8 @@ def results_markdown(summary, study, checks, s, failed=(), skipped=None):
              f"Seeds {s['seeds']}; mean ± std (min–max) over them.", "",
              "Every setting was fixed before this run, the same for every condition: the priming and the traces' "
              "form were calibrated on the manipulation checks alone (docs/mini/calibration3.md), the number of PPO "
-             "steps by speed (the most that fit 25 minutes on 4 H100s: 350, as curves still rose at the study's 250), "
-             "never on one condition's result. Nothing differs between conditions except the priming data (`base`: none).", "",
+             f"steps by speed (by default 350, the most that fit 25 minutes on 4 H100s, as curves still rose at the "
+             f"study's 250; this run: {n_steps}), never on one condition's result. Nothing differs between conditions except the priming data (`base`: none).", "",
              *([f"**Runs that failed, missing from every table below: {', '.join(failed)}** (their ppo.log says why).",
                 ""] if failed else []),
              *([f"PPO steps whose update was skipped (a non-finite loss or gradient): {sum(skipped.values())} of "

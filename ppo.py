@@ -818,11 +818,16 @@ def train(args, reward_fn=None):
             save_checkpoint([common.ckpt_dir(args.out, step)], models, state, args, dist)
             if dist["master"]:
                 common.prune_checkpoints(args.out, args.keep)
-    if first <= args.steps and args.save_final:
+    final = os.path.join(args.out, "final")
+    # a run killed after its last checkpoint but before final/ resumes past the end: final/ then
+    # (rank 0's view of the folder decides for every rank: saving is a collective under FSDP)
+    lost = shard.all_reduce_max({"lost": dist["master"] and ckpt is not None and state["step"] == args.steps
+                                 and not os.path.exists(os.path.join(final, "config.json"))}, dist)["lost"]
+    if (first <= args.steps or lost) and args.save_final:
         wait_for(opt_a, opt_c)
         shard.check_in_sync((policy, critic), dist)
         # the last checkpoint first: final/ is what marks the run done (pipeline.py skips it then)
-        save_checkpoint([common.ckpt_dir(args.out, args.steps), os.path.join(args.out, "final")], models, state,
+        save_checkpoint([common.ckpt_dir(args.out, args.steps)] * (first <= args.steps) + [final], models, state,
                         args, dist)
         if dist["master"]:
             common.prune_checkpoints(args.out, args.keep)

@@ -13,7 +13,7 @@
 # DEADLINE (seconds after the first call began) sets PPO's length by measured speed alone, never by
 # any result: once every run has passed step $PROBE (default 30; one validation included), the
 # driver times the slowest run's steps since step 5 and restarts mini.py with the largest
-# --ppo-steps (a multiple of 25, no fewer than the flags') whose runs end $TAIL seconds (default
+# --ppo-steps (a multiple of 25, more than the run's own) whose runs end $TAIL seconds (default
 # 150, for the behavior counts and the report) before the deadline; each run continues from its
 # last checkpoint (mini.py: a larger --ppo-steps extends every run).
 # The study's table: $REF (default ref/llama_results.csv if present, else study:llama_results,
@@ -27,18 +27,18 @@ driver() {   # the background job: mini.py, restarted once with PPO's length by 
   python3 mini.py --out "$W" --reference "$REF" "$@" >> "$W/mini.log" 2>&1 &
   pid=$!
   if [ -n "${DEADLINE:-}" ]; then
-    n=$(python3 - "$W" "$t0" "$DEADLINE" "${PROBE:-30}" "${TAIL:-150}" "$pid" "$@" <<'PY'
+    n=$(python3 - "$W" "$t0" "$DEADLINE" "${PROBE:-30}" "${TAIL:-150}" "$pid" <<'PY'
 import glob, json, os, re, sys, time
 w, t0, deadline, probe, tail, pid = sys.argv[1], *map(float, sys.argv[2:6]), int(sys.argv[6])
-flags = sys.argv[7:]
-asked = int(flags[len(flags) - 1 - flags[::-1].index("--ppo-steps") + 1]) if "--ppo-steps" in flags else 250
+if probe <= 5:
+    sys.exit("mini_full.sh: PROBE must be > 5 (the speed is timed from step 5)")
 def steps():   # each run's steps logged so far, with the time each line was seen
     out = {}
     for p in glob.glob(f"{w}/runs/*/ppo/metrics.jsonl"):
         with open(p) as f:
             out[p] = [json.loads(x)["step"] for x in f if x.strip().endswith("}")]
     return out
-n_runs, seen = None, {}
+n_runs, seen, asked = None, {}, None
 while True:
     try:
         os.kill(pid, 0)
@@ -47,12 +47,17 @@ while True:
     if n_runs is None and os.path.exists(f"{w}/mini.log"):
         m = re.search(r"mini: (\d+) conditions x (\d+) seeds", open(f"{w}/mini.log").read())
         n_runs = m and int(m[1]) * int(m[2])
+    if asked is None and os.path.exists(f"{w}/mini_settings.json"):   # the run's own --ppo-steps
+        asked = json.load(open(f"{w}/mini_settings.json"))["ppo_steps"]
     now, cur = time.time(), steps()
     for p, s in cur.items():
         for k in s:
             seen.setdefault((p, k), now)
-    if n_runs and len(cur) == n_runs and all(s and s[-1] >= probe for s in cur.values()):
-        per_step = max(0.05, *((seen[(p, int(probe))] - seen[(p, 5)]) / (probe - 5) for p in cur))
+    if n_runs and asked and len(cur) == n_runs and all(s and s[-1] >= probe for s in cur.values()):
+        spans = [seen[(p, int(probe))] - seen.get((p, 5), now) for p in cur]
+        if min(spans) <= 0:                          # steps 5-PROBE were logged before the first look
+            sys.exit("mini_full.sh: the runs were past step 5 when the driver began: no timing, no restart")
+        per_step = max(spans) / (probe - 5)
         left = t0 + deadline - tail - now - 60       # 60 s: the restart and each run's reload
         n = max(asked, int((probe + left / (1.1 * per_step)) // 25 * 25))
         print(f"slowest run: {per_step:.2f} s a step (steps 5-{int(probe)}, wall clock); "

@@ -3,6 +3,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -157,7 +158,12 @@ def test_mini_smoke(tmp_path):
 def longer_ppo_extends_every_run(out, ref):
     """The same command with a larger --ppo-steps continues each finished run from its last
     checkpoint (step 2 -> 3) and re-reports; nothing before PPO runs again. Before, a finished
-    run was skipped (its final/ existed) and a changed --ppo-steps was refused."""
+    run was skipped (its final/ existed) and a changed --ppo-steps was refused. Two runs are
+    left as a kill or a clean-up leaves them: base without final/ (killed after its last
+    checkpoint: its behavior counts must be redone too), empty_cot without ckpt/ (final/ holds the
+    same state and must become the checkpoint it resumes from, not a restart from step 0)."""
+    shutil.rmtree(out / "runs" / "base-s0" / "ppo" / "final")
+    shutil.rmtree(out / "runs" / "empty_cot-s0" / "ppo" / "ckpt")
     before = {p: os.path.getmtime(p) for p in (out / "base" / "final" / "config.json",
                                               out / "primed" / "all_strategies" / "sft" / "final" / "config.json")}
     mini.main(["--smoke", "--out", str(out), "--ppo-steps", "3",
@@ -171,6 +177,8 @@ def longer_ppo_extends_every_run(out, ref):
         assert set(one["val_curve"]) == {"0", "1", "2", "3"}
         assert json.loads((run / "final" / "trainer_state.json").read_text())["step"] == 3
         assert max(json.loads(x)["step"] for x in (run / "classify" / "classified.jsonl").read_text().splitlines()) == 3
+    log = (out / "runs" / "empty_cot-s0" / "ppo.log").read_text()
+    assert "resuming from" in log.split("step 2/2")[-1] and "ckpt/step_000002" in log
 
 
 def one_run_fails_and_the_rest_are_still_reported(out, ref):
@@ -286,6 +294,9 @@ def test_rerun_with_changed_settings_is_refused(tmp_path, capsys):
     mini.same_settings_or_exit(changed, force=False)
     _, longer = mini.parse_args(["--smoke", "--out", out, "--sft-steps", "5", "--ppo-steps", "9"])
     mini.same_settings_or_exit(longer, force=False)                  # PPO may grow (extend_runs) ...
+    _, probe = mini.parse_args(["--smoke", "--out", out, "--sft-steps", "5", "--ppo-steps", "20", "--checks-only"])
+    mini.same_settings_or_exit(probe, force=False)                   # (not where no PPO runs: --checks-only)
+    assert json.load(open(os.path.join(out, "mini_settings.json")))["ppo_steps"] == 9
     with pytest.raises(SystemExit) as e:                             # ... but not shrink
         mini.same_settings_or_exit(changed, force=False)
     assert e.value.code == 2 and "--ppo-steps 9 (now 2)" in capsys.readouterr().err

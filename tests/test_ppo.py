@@ -1,6 +1,7 @@
 """ppo.py: GAE, losses, KL, masking; a learning test; the script end to end with resume."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -589,6 +590,12 @@ def test_script_runs_and_resumes(tmp_path):
     metrics = common.read_jsonl(os.path.join(out, "metrics.jsonl"))
     assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4, 5, 6]
     assert json.load(open(os.path.join(out, "final", "trainer_state.json")))["step"] == 6
+    # killed after its last checkpoint, before final/: the resume runs no step but writes final/
+    # (before, it ran nothing and left no final/, so pipeline.py and mini.py ran it forever)
+    shutil.rmtree(os.path.join(out, "final"))
+    run_ppo("--steps", "6", "--resume", out=out, data=str(data), init=init)
+    assert json.load(open(os.path.join(out, "final", "trainer_state.json")))["step"] == 6
+    assert [m["step"] for m in common.read_jsonl(os.path.join(out, "metrics.jsonl"))] == [0, 1, 2, 3, 4, 5, 6]
 
 
 def test_bad_flags_are_explained():
