@@ -3,7 +3,7 @@ The study in miniature, with no API key and no download: the priming experiment 
 (priming -> manipulation checks -> PPO -> behavior counts -> tables, curves and a reading) with
 models trained from scratch, spread over every visible GPU.
 
-    python mini.py                                  # runs/mini/results.md (4 H100s: ~25 minutes, README)
+    python mini.py                                  # runs/mini/results.md (4 H100s: ~25 minutes, estimated: README)
     python mini.py --smoke --out /tmp/mini          # CPU smoke test: a few steps (CI, ~1 minute)
     python mini.py --checks-only --seeds 0          # priming and the manipulation checks, no PPO update
     python mini.py --conditions base all_strategies empty_cot --seeds 0 1 2 3
