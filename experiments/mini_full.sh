@@ -11,11 +11,12 @@
 # to keep watching; a fresh machine starts over. Where runs must stop early, mini.py resumes
 # (finished stages are skipped, ppo.py --resume continues from its last checkpoint).
 # DEADLINE (seconds after the first call began) sets PPO's length by measured speed alone, never by
-# any result: once every run has passed step $PROBE (default 30; one validation included), the
-# driver times the slowest run's steps since step 5 and restarts mini.py with the largest
-# --ppo-steps (a multiple of 25, more than the run's own) whose runs end $TAIL seconds (default
-# 150, for the behavior counts and the report) before the deadline; each run continues from its
-# last checkpoint (mini.py: a larger --ppo-steps extends every run).
+# any result: from the moment every run is past step 5 (all priming done), the driver times each
+# run over its next $PROBE - 5 steps (default PROBE 30: one validation included) and restarts
+# mini.py with the largest --ppo-steps (a multiple of 25, more than the run's own) whose runs end
+# $TAIL seconds (default 150, for the behavior counts and the report) before the deadline; each
+# run continues from its last checkpoint (mini.py: a larger --ppo-steps extends every run). It
+# needs every run side by side (job slots >= runs); otherwise the length stays as asked.
 # The study's table: $REF (default ref/llama_results.csv if present, else study:llama_results,
 # which needs the network).
 set -u
@@ -31,14 +32,15 @@ driver() {   # the background job: mini.py, restarted once with PPO's length by 
 import glob, json, os, re, sys, time
 w, t0, deadline, probe, tail, pid = sys.argv[1], *map(float, sys.argv[2:6]), int(sys.argv[6])
 if probe <= 5:
-    sys.exit("mini_full.sh: PROBE must be > 5 (the speed is timed from step 5)")
-def steps():   # each run's steps logged so far, with the time each line was seen
+    sys.exit("mini_full.sh: PROBE must be > 5 (the timing starts once every run is past step 5)")
+def steps():   # each run's last logged step
     out = {}
     for p in glob.glob(f"{w}/runs/*/ppo/metrics.jsonl"):
         with open(p) as f:
-            out[p] = [json.loads(x)["step"] for x in f if x.strip().endswith("}")]
+            done = [json.loads(x)["step"] for x in f if x.strip().endswith("}")]
+        out[p] = done[-1] if done else -1
     return out
-n_runs, seen, asked = None, {}, None
+n_runs, asked, t5, at5 = None, None, None, None
 while True:
     try:
         os.kill(pid, 0)
@@ -50,17 +52,16 @@ while True:
     if asked is None and os.path.exists(f"{w}/mini_settings.json"):   # the run's own --ppo-steps
         asked = json.load(open(f"{w}/mini_settings.json"))["ppo_steps"]
     now, cur = time.time(), steps()
-    for p, s in cur.items():
-        for k in s:
-            seen.setdefault((p, k), now)
-    if n_runs and asked and len(cur) == n_runs and all(s and s[-1] >= probe for s in cur.values()):
-        spans = [seen[(p, int(probe))] - seen.get((p, 5), now) for p in cur]
-        if min(spans) <= 0:                          # steps 5-PROBE were logged before the first look
-            sys.exit("mini_full.sh: the runs were past step 5 when the driver began: no timing, no restart")
-        per_step = max(spans) / (probe - 5)
+    if not (n_runs and asked and len(cur) == n_runs and min(cur.values()) >= 5):
+        time.sleep(1)
+        continue
+    if t5 is None:       # every run is in PPO from here on: no priming shares the GPUs any more
+        t5, at5 = now, cur
+    if all(cur[p] - at5[p] >= probe - 5 for p in cur):
         left = t0 + deadline - tail - now - 60       # 60 s: the restart and each run's reload
-        n = max(asked, int((probe + left / (1.1 * per_step)) // 25 * 25))
-        print(f"slowest run: {per_step:.2f} s a step (steps 5-{int(probe)}, wall clock); "
+        rate = {p: (now - t5) / (cur[p] - at5[p]) for p in cur}
+        n = max(asked, int(min(cur[p] + left / (1.1 * rate[p]) for p in cur) // 25 * 25))
+        print(f"slowest run: {max(rate.values()):.2f} s a step over the last {now - t5:.0f} s (wall clock); "
               f"{left:.0f} s left for PPO -> --ppo-steps {n}", file=sys.stderr)
         print(n if n > asked else "")
         sys.exit(0)
