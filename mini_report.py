@@ -217,18 +217,21 @@ def results_markdown(summary, study, checks, s, failed=(), skipped=None):
              "## Manipulation checks (before PPO)", "", checks,
              "## Validation accuracy", "",
              f"Numbers used: share of answers that use exactly the task's numbers, right or not (before / after). "
-             f"Step {max(0, n_steps - 2 * s['eval_every'])}: the validation {2 * s['eval_every']} steps before the end "
-             "(a flat curve: the same as after).", "",
-             f"| condition | seeds | before PPO | after PPO (step {n_steps}) | step {max(0, n_steps - 2 * s['eval_every'])} | numbers used | "
-             + ("study: step 0 | study: step 250 |" if ref else ""),
-             "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if ref else "")]
+             f"Step {max(0, n_steps - 2 * s['eval_every'])}: the validation {2 * s['eval_every']} steps before the end. "
+             f"Slope: the rise per 100 steps over the last {LATE * s['eval_every']} steps, ± its standard error "
+             "(late_slope: a line per seed, one slope; a flat curve: ~0).", "",
+             f"| condition | seeds | before PPO | after PPO (step {n_steps}) | step {max(0, n_steps - 2 * s['eval_every'])} | "
+             "slope | numbers used | " + ("study: step 0 | study: step 250 |" if ref else ""),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if ref else "")]
     for c, v in summary.items():
         if c == "base_model":
             continue
         st = study.get(c) if study else None
         used = f"{fmt_spread(v['numbers_before'], 2)} / {fmt_spread(v['numbers_end'], 2)}"
+        sl = v.get("late_slope") or {}
+        slope = f"{sl['per_100_steps']:+.3f} ± {sl['se']:.3f}" if sl.get("per_100_steps") is not None else "-"
         lines.append(f"| {c} | {v['n_runs']} | {fmt_spread(v['val_before'])} | {fmt_spread(v['val_after'])} | "
-                     f"{fmt_spread(v['val_late'])} | {used} |"
+                     f"{fmt_spread(v['val_late'])} | {slope} | {used} |"
                      + (f" {st['start']['accuracy']:.3f} | {st['end']['accuracy']:.3f} |" if st else " - | - |" if ref else ""))
     lines += ["", "## Behaviors per response (verification / backtracking / subgoal / backward)", "",
               f"Classified rollouts (rules) at PPO step 1 (sampled before the first update) and step {n_steps}, "

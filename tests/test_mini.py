@@ -133,6 +133,7 @@ def test_mini_smoke(tmp_path):
     assert sorted(x["condition"] for x in res["runs"]) == sorted(CONDS)
     for c in CONDS:
         assert re.search(rf"^\| {c} \| 1 \| \d\.\d{{3}} \| \d\.\d{{3}} \|", table, re.M), c
+        assert re.search(rf"^\| {c} \| .* \| [+-]\d\.\d{{3}} ± \d\.\d{{3}} \| ", table, re.M), c   # the late slope
         run = out / "runs" / f"{c}-s0"
         assert (run / "ppo.log").exists() and (run / "ppo" / "val" / "step_000000.jsonl").exists()
         recs = [json.loads(x) for x in (run / "ppo" / "classify" / "classified.jsonl").read_text().splitlines()]
