@@ -323,9 +323,8 @@ def extend_runs(s, keys):
     """A re-run with a larger --ppo-steps continues every run that stopped short of it from its
     last checkpoint (ppo.py --resume): its final/ (the same state as ckpt/step_N; moved there
     where that checkpoint is gone) and its rollouts' counts (classify/), the two stages' done
-    markers, go, so both run again. Returns the runs extended."""
+    markers, go, so both run again."""
     import common
-    grown = []
     for c, seed in keys:
         ppo = os.path.join(run_dir(s, c, seed), "ppo")
         final, counts = os.path.join(ppo, "final"), os.path.join(ppo, "classify")
@@ -344,8 +343,6 @@ def extend_runs(s, keys):
             os.replace(final, ckpt)
         for d in (final, counts):
             shutil.rmtree(d, ignore_errors=True)
-        grown.append((c, seed))
-    return grown
 
 
 def paths(s):
