@@ -16,7 +16,8 @@ Parts (--parts, comma-separated):
   correct     engine vs transformers: greedy tokens on 64 prompts, and the engine's sampled
               log-probs vs the training forward's (mean absolute difference)
   train       forward+backward tokens/s and MFU (6N FLOPs per token) of the actor's loss, with
-              and without gradient checkpointing; the optimizer step (fp32 master on GPU / CPU)
+              and without gradient checkpointing, PPO's loss, compiled layers, a no-grad pass
+              (--train-configs); the optimizer step (fp32 master on GPU / CPU)
   profile     kernel times of a few eager decode steps at 512 sequences (where the step goes)
   ppo         one PPO step of the study's shape (ppo.py): each phase's time, the peak GPU and
               host memory, tokens/s, padding waste. --ngpu 1,2,4 runs it at each world size
@@ -49,7 +50,8 @@ SETTINGS = [
      "(Engine attn=: sdpa | bmm), ':eager' without the compiled elementwise pieces (Engine compile=False)"),
     ("prompt_len", 128, int, "prompt tokens per sequence in the generation benchmark"),
     ("new_tokens", 512, int, "forced response tokens in the generation benchmark"),
-    ("train_configs", "ckpt:8,ckpt:16,nockpt:4,nockpt:8", str, "train part: checkpointing:micro-batch pairs"),
+    ("train_configs", "ckpt:8,ckpt:16,nockpt:4,nockpt:8", str, "train part: kind:micro-batch[+option...] items (bench_train: kinds ckpt, "
+     "nockpt, fwd; options ppo, compile, cudnn, profile)"),
     ("train_seq", 640, int, "train part: tokens per sequence (prompt + response)"),
     ("ppo_prompts", 256, int, "ppo part: prompts per step"),
     ("ppo_samples", 4, int, "ppo part: samples per prompt"),
@@ -296,42 +298,86 @@ def profile_decode(model, tok, args, B=512, L=384, steps=4):
 # training passes and the optimizer step
 
 def bench_train(model, args, ceil, res):
-    import sampler
+    """Tokens/s and MFU of each --train-configs item: kind:micro[+option...]. kind: ckpt or
+    nockpt (forward + backward, with or without checkpointing; 6N FLOPs a token) or fwd (a
+    no-grad log-prob pass as old/reference log-probs; 2N). Options: ppo (the actor's loss as
+    ppo.py computes it: entropy bonus with its gradient, clipped surrogate, fp32 gradient sums),
+    compile (each decoder layer through torch.compile), cudnn (cuDNN attention left on), profile
+    (the top GPU ops of one timed call into train_profile_<item>/ beside --out, ':' and '+' as '_')."""
     n_params = sum(p.numel() for p in model.parameters())
     L, rows = args.train_seq, []
     R = L // 2
     for spec in args.train_configs.split(","):
-        kind, micro = spec.split(":")
+        kind, micro, *opts = spec.replace("+", ":").split(":")
         micro = int(micro)
         if kind == "ckpt":
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_disable()
-        model.train()
+        set_compiled(model, "compile" in opts)
+        model.train(kind != "fwd")
         ids, mask = random_prompts(micro, L, model.config.vocab_size, args.device, seed=2)
-
-        def step():
-            with common.no_cudnn_attention():   # as ppo.py's and sft.py's training passes
-                logp = sampler.token_logprobs(model, ids, mask, R, micro)
-                logp.mean().backward()
+        step = train_pass(model, kind, opts, ids, mask, R, micro)
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         try:
             t = timed(step, args.device, repeat=3)
+            if "profile" in opts:
+                folder = os.path.join(os.path.dirname(os.path.abspath(args.out)), "train_profile_" + spec.replace(":", "_").replace("+", "_"))
+                with common.profiled(True, folder, cuda=args.device.startswith("cuda")):
+                    step()
         except torch.OutOfMemoryError:
             rows.append({"config": spec, "oom": True})
             model.zero_grad(set_to_none=True)
             continue
         tok_s = micro * L / t
-        row = {"config": spec, "tok_s": tok_s, "mfu_vs_measured": 6 * n_params * tok_s / ceil["matmul_flops_per_s"],
-               "mfu_vs_peak": common.mfu(6 * n_params * tok_s, args.device),
+        flops = (2 if kind == "fwd" else 6) * n_params * tok_s
+        row = {"config": spec, "tok_s": tok_s, "mfu_vs_measured": flops / ceil["matmul_flops_per_s"],
+               "mfu_vs_peak": common.mfu(flops, args.device),
                "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else 0.0}
         rows.append(row)
         print(json.dumps(row), flush=True)
         model.zero_grad(set_to_none=True)
     model.gradient_checkpointing_disable()
+    set_compiled(model, False)
     res["train"] = {"seq_len": L, "n_params": n_params, "rows": rows, "optimizer": bench_optimizer(model, args)}
+
+
+def set_compiled(model, on):
+    """Each decoder layer through torch.compile (nn.Module.compile), or back to eager."""
+    for layer in model.model.layers:
+        if on:
+            layer.compile()
+        else:
+            layer._compiled_call_impl = None
+
+
+def train_pass(model, kind, opts, ids, mask, R, micro):
+    """The function bench_train times: one micro-batch of ids [micro, L] as `kind` and `opts` say."""
+    import contextlib
+
+    import optim
+    import ppo
+    import sampler
+    params = [p for p in model.parameters() if p.requires_grad]
+    acc = [None]
+
+    def step():
+        with contextlib.nullcontext() if "cudnn" in opts else common.no_cudnn_attention():
+            if kind == "fwd":
+                with torch.no_grad():
+                    sampler.token_logprobs(model, ids, mask, R, micro)
+                return
+            if "ppo" not in opts:
+                sampler.token_logprobs(model, ids, mask, R, micro).mean().backward()
+                return
+            logp, ent = sampler.token_logprobs(model, ids, mask, R, micro, entropy=True, entropy_grad=True)
+            m = torch.ones_like(logp)
+            pg, _ = ppo.policy_loss(logp, logp.detach() + 0.01, torch.ones_like(logp), m)
+            (pg - 0.001 * ppo.masked_mean(ent, m)).backward()
+            acc[0] = optim.accumulate_fp32(params, acc[0])
+    return step
 
 
 def bench_optimizer(model, args):

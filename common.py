@@ -348,6 +348,27 @@ def count_params(arch):
     return sum(p.numel() for p in model.parameters())
 
 
+def compile_layers(model, limit=64, backend="inductor"):
+    """Each decoder layer of model through torch.compile, in place (nn.Module.compile), so that
+    the elementwise work between the matmuls (RMSNorm, RoPE, SiLU, residual adds) fuses. On an
+    H100 at the Qwen2.5-3B shape this took the PPO actor's forward + backward from 48% to 63%
+    MFU and a no-grad log-prob pass from 56% to 76% (bench.py --parts train; README, Speed).
+    All layers share one graph per variant (grad mode, mask or none, the first shape or any):
+    the recompile limit is raised to `limit` so that no variant falls back to eager. The passes
+    must run with use_cache=False (a cache would make each layer a graph of its own). SDPA's
+    kernel is fixed when a graph is traced; training passes trace theirs inside
+    no_cudnn_attention, and grad mode is part of every graph's guard. backend: torch.compile's
+    (tests trace with "aot_eager": no code generation). Returns the layer count."""
+    import torch
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = max(cfg.recompile_limit, limit)
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.compile(backend=backend)
+    return len(layers)
+
+
 @contextlib.contextmanager
 def no_cudnn_attention():
     """Within: SDPA never takes PyTorch's cuDNN attention kernel (memory-efficient attention

@@ -409,11 +409,13 @@ def run_dir(s, cond, seed):
 
 def ppo_argv(cond, seed, s, p, out):
     """ppo.py and the flags a (condition, seed) run and its --checks-only validation share: the
-    models, the tasks, the validation (the same samples either way) and the device."""
+    models, the tasks, the validation (the same samples either way) and the device. On a GPU,
+    --no-compile: each of the 27 runs would wait on the compiler for layers of ~10M parameters,
+    where the fused elementwise work is a small share (not measured at this size)."""
     return ["ppo.py", "--model", p["base_final"], "--init", primed_model(cond, s, p), "--data", p["data"], "--out", out,
             "--condition", cond, "--seed", seed, "--max-response-len", s["ppo_response_len"],
             "--val-size", s["val_size"], "--val-samples", s["val_samples"], "--device", s["device"],
-            *(["--dtype", s["dtype"]] if s["device"].startswith("cuda") else []),
+            *(["--dtype", s["dtype"], "--no-compile"] if s["device"].startswith("cuda") else []),
             *(["--engine", s["ppo_engine"]] if s["ppo_engine"] else [])]
 
 

@@ -458,7 +458,7 @@ def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=Fal
     longest response. Grad flows if enabled. pads: count_padding's counters; host: attn on
     the CPU (over_micro_batches)."""
     def fn(s, a, r, h):
-        logits = model(input_ids=s, **pass_inputs(model, a, padded=not bool(h.all())),
+        logits = model(input_ids=s, **pass_inputs(model, a, padded=not bool(h.all())), use_cache=False,
                        logits_to_keep=r + 1).logits[:, :-1]                 # [b, r, V]
         f = compiled(logprobs_from_logits) if logits.is_cuda and logits.shape[-1] >= COMPILE_VOCAB \
             else logprobs_from_logits

@@ -16,7 +16,7 @@ def test_bench_cpu_smoke(tmp_path):
     # the documented CPU smoke run (every part): --device cpu picks bench.CPU_SIZES
     # with the PPO step at 1 and 2 ranks (torchrun, FSDP2 on gloo) and at the study's lengths
     cmd = [sys.executable, "bench.py", "--model", "tiny", "--device", "cpu", "--parts", "all", "--out", str(out),
-           "--ngpu", "1,2,1:study"]
+           "--ngpu", "1,2,1:study", "--train-configs", "nockpt:2,nockpt:2+ppo+profile,fwd:4"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
@@ -28,7 +28,13 @@ def test_bench_cpu_smoke(tmp_path):
     c = res["correct"]
     assert c["engine_vs_hf/rows_identical"] == c["prompts"]      # fp32 on a CPU: exact
     assert c["logp_mean_abs_diff"] < 1e-4
-    assert res["train"]["rows"][0]["tok_s"] > 0
+    tr = res["train"]
+    assert [x["config"] for x in tr["rows"]] == ["nockpt:2", "nockpt:2+ppo+profile", "fwd:4"]
+    flops = {"nockpt": 6, "fwd": 2}     # per parameter and token: forward + backward, or forward only
+    for x in tr["rows"]:
+        per = flops[x["config"].split(":")[0]] * tr["n_params"] * x["tok_s"]
+        assert x["tok_s"] > 0 and abs(x["mfu_vs_measured"] - per / res["ceilings"]["matmul_flops_per_s"]) < 1e-9
+    assert "aten::" in (tmp_path / "train_profile_nockpt_2_ppo_profile" / "rank0.txt").read_text()
     assert [(x["ngpu"], x["lengths"], x["fsdp"]) for x in res["ppo"]] == [(1, "forced", False), (2, "forced", True),
                                                                          (1, "study", False)]
     for ppo in res["ppo"]:

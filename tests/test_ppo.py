@@ -633,3 +633,36 @@ def test_init_alone_brings_its_own_tokenizer(tmp_path, wider_tiny):
                         "--out", str(tmp_path / "bad"), *flags], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and f"--model's tokenizer has {n_tiny + 8} tokens, the model only {n_tiny}" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad" / "final").exists()
+
+
+def test_compiled_layers_train_as_eager_ones(tmp_path, monkeypatch):
+    """--compile (decoder layers through torch.compile; on by default on one GPU) changes no
+    number: two steps with compiled, checkpointed layers end with the weights and metrics of
+    eager ones. Traced with aot_eager (the same graphs, no code generation) to stay quick."""
+    import torch._dynamo
+    data = tmp_path / "data"
+    tasks = countdown.generate_tasks(32, seed=0)
+    common.write_jsonl(str(data / "train.jsonl"), tasks)
+    common.write_jsonl(str(data / "test.jsonl"), tasks[:4])
+    compiled = []
+    real = common.compile_layers
+    monkeypatch.setattr(common, "compile_layers", lambda m: compiled.append(real(m, backend="aot_eager")))
+    runs = {}
+    for name, flags in (("eager", ["--no-grad-ckpt"]), ("compiled", ["--compile", "--grad-ckpt"])):
+        torch._dynamo.reset()
+        args = ppo.parse_args(["--model", "tiny", "--data", str(data), "--out", str(tmp_path / name),
+                               "--steps", "2", "--prompts-per-step", "4", "--samples-per-prompt", "2",
+                               "--max-response-len", "12", "--micro-batch", "3", "--eval-every", "0",
+                               "--log-rollouts-every", "0", "--save-every", "0", "--device", "cpu",
+                               "--actor-lr", "1e-2", "--critic-lr", "1e-2", *flags])
+        ppo.train(args)
+        runs[name] = (common.load_model(str(tmp_path / name / "final")).state_dict(),
+                      common.read_jsonl(str(tmp_path / name / "metrics.jsonl")))
+    assert compiled == [4, 4, 4]             # the tiny model's 4 layers in policy, critic and reference
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2   # grad and no-grad passes
+    init = common.load_model("tiny").state_dict()
+    (w0, m0), (w1, m1) = runs["eager"], runs["compiled"]
+    assert max((w0[k] - init[k]).abs().max().item() for k in w0) > 1e-3    # the updates moved the weights
+    assert max((w0[k] - w1[k]).abs().max().item() for k in w0) < 1e-5
+    for key in ("losses/policy", "losses/value", "kl", "entropy", "grad_norm/actor", "grad_norm/critic"):
+        assert abs(m0[-1][key] - m1[-1][key]) < 1e-4, key
