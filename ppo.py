@@ -52,6 +52,8 @@ import torch
 import torch.nn as nn
 
 import common
+from core_algos import (AdaptiveKL, compute_gae, explained_variance, grpo_advantages, kl_penalty, masked_mean,
+                        masked_whiten, policy_loss, value_loss)
 import shard
 from optim import MasterAdamW, accumulate_fp32, all_reduce_mean_, clip_fp32_, make_optimizer, set_lr
 import sampler
@@ -162,123 +164,6 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------------------
-# the algorithm: pure tensor functions (unit-tested in tests/test_ppo.py)
-
-def masked_mean(x, mask, dim=None):
-    """Mean of x over positions where mask is 1 (0 if there are none)."""
-    x = torch.where(mask > 0, x, torch.zeros_like(x))  # not x * mask: inf * 0 would be nan
-    if dim is None:
-        return x.sum() / mask.sum().clamp(min=1)
-    return x.sum(dim) / mask.sum(dim).clamp(min=1)
-
-
-def masked_whiten(x, mask, dist=None, eps=1e-8):
-    """(x - mean) * rsqrt(var + eps) over the masked positions of the *global* batch, with the
-    unbiased variance, as veRL's masked_whiten (verl/utils/torch_functional.py); masked-out
-    positions become 0. Under torchrun (dist given) the sums are all-reduced first, so every
-    rank whitens with the statistics of all ranks' tokens, as one process would.
-    x, mask: [B, T]."""
-    x0 = torch.where(mask > 0, x, torch.zeros_like(x))
-    stats = torch.stack([mask.sum(), x0.sum(), (x0 * x0).sum()]).double()   # n, sum x, sum x^2
-    if dist is not None and dist["ddp"]:
-        import torch.distributed as tdist
-        stats = stats.to(dist["device"])
-        tdist.all_reduce(stats)
-    n, sx, sxx = stats.tolist()
-    mean = sx / max(n, 1.0)
-    var = max(sxx / max(n, 1.0) - mean * mean, 0.0) * (n / (n - 1) if n > 1 else 1.0)   # Bessel
-    return torch.where(mask > 0, (x - mean) * (var + eps) ** -0.5, torch.zeros_like(x))
-
-
-def compute_gae(rewards, values, mask, gamma=1.0, lam=1.0):
-    """Generalised advantage estimation over response tokens.
-
-    rewards, values, mask: [B, T] float; mask is 1 on response tokens (a prefix of each row
-    when responses are right-padded, but any 0/1 pattern works: masked positions are
-    skipped, so the next *valid* token is the successor). Returns (advantages, returns),
-    both [B, T], 0 where mask is 0.
-        delta_t = r_t + gamma * V_{t+1} - V_t,  A_t = delta_t + gamma * lam * A_{t+1}
-    """
-    B, T = rewards.shape
-    adv = torch.zeros_like(rewards)
-    next_v = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
-    next_a = torch.zeros_like(next_v)
-    for t in reversed(range(T)):
-        m = mask[:, t]
-        delta = rewards[:, t] + gamma * next_v - values[:, t]
-        a = delta + gamma * lam * next_a
-        adv[:, t] = torch.where(m > 0, a, torch.zeros_like(a))
-        next_v = torch.where(m > 0, values[:, t], next_v)   # skip masked positions
-        next_a = torch.where(m > 0, a, next_a)
-    returns = torch.where(mask > 0, adv + values, torch.zeros_like(adv))
-    return adv, returns
-
-
-def policy_loss(logp, old_logp, advantages, mask, clip=0.2):
-    """PPO clipped surrogate, token-mean. Returns (loss, clipfrac).
-
-    loss = mean_t max(-A r, -A clip(r, 1-clip, 1+clip)),  r = exp(logp - old_logp)
-    """
-    ratio = torch.exp(logp - old_logp)
-    l1 = -advantages * ratio
-    l2 = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(l1, l2), mask)
-    clipfrac = masked_mean((l2 > l1).float(), mask)
-    return loss, clipfrac
-
-
-def value_loss(values, old_values, returns, mask, clip=0.5):
-    """Clipped value loss, token-mean: 0.5 * max((v-R)^2, (clip(v, v_old +- clip) - R)^2)."""
-    v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
-    loss = torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2)
-    return 0.5 * masked_mean(loss, mask)
-
-
-def kl_penalty(logp, ref_logp, kind="k1"):
-    """Per-token KL estimate between policy and reference from sampled-token log-probs.
-    k1 = logp - ref; abs = |k1|; mse = 0.5 k1^2; k3 = exp(ref - logp) - (ref - logp) - 1
-    (Schulman, http://joschu.net/blog/kl-approx.html)."""
-    d = logp - ref_logp
-    if kind == "k1":
-        return d
-    if kind == "abs":
-        return d.abs()
-    if kind == "mse":
-        return 0.5 * d * d
-    if kind == "k3":
-        return torch.exp(-d) + d - 1.0
-    raise ValueError(f"unknown KL kind {kind!r}")
-
-
-def grpo_advantages(scores, group_size, mask, eps=1e-6):
-    """GRPO: each response's score normalised within its prompt's group, on every token.
-    scores: [B] with B = prompts * group_size, grouped contiguously. Returns [B, T]."""
-    g = scores.view(-1, group_size)
-    norm = (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + eps)
-    return norm.view(-1, 1) * mask
-
-
-def explained_variance(values, returns, mask):
-    """1 - Var(R - V) / Var(R) over masked tokens (1 = perfect critic, 0 = predicts the mean)."""
-    var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-    err = returns - values
-    var_e = masked_mean((err - masked_mean(err, mask)) ** 2, mask)
-    return (1 - var_e / var_r.clamp(min=1e-8)).item()
-
-
-class AdaptiveKL:
-    """Ziegler et al. 2019 proportional controller: coef *= 1 + clip(kl/target - 1, +-0.2) * n/H."""
-
-    def __init__(self, coef, target=None, horizon=10000):
-        self.value, self.target, self.horizon = coef, target, horizon
-
-    def update(self, kl, n_samples):
-        if self.target is not None:
-            err = max(-0.2, min(0.2, kl / self.target - 1.0))
-            self.value *= 1.0 + err * n_samples / self.horizon
-
-
-# ---------------------------------------------------------------------------------
 # models: critic and optimiser
 
 class Critic(nn.Module):
@@ -339,13 +224,14 @@ def draw_tasks(tasks, step, args, dist):
     return [tasks[i] for i in idx[dist["rank"]::dist["world_size"]]]
 
 
-def compute_advantages(b, policy, ref, critic, args, kl_coef, timings, opt_c=None, dist=None, pads=None):
-    """Old/ref log-probs, values, KL-penalised token rewards, advantages and returns.
-    opt_c: the critic's optimizer, whose last step may still be running (update()).
-    pads: sampler.count_padding's counters."""
+def forward_passes(b, policy, ref, critic, args, timings, opt_c=None, pads=None, skip=None):
+    """Old and reference log-probs and values of batch b (no grad) into b. opt_c: the critic's
+    optimizer, whose last step may still be running (update()). pads: sampler.count_padding's
+    counters. skip: rows (a CPU index tensor) whose values come from elsewhere (the critic's
+    first mini-batch: early_values), left 0 here."""
     seq, attn, mask, R = b["seq"], b["attn"], b["mask"], b["mask"].shape[1]
     mb = args.forward_micro_batch or 2 * args.micro_batch   # no activations kept: more rows fit
-    host = attn.cpu()      # one copy for the three passes' spans and masks
+    host = b.get("attn_host", attn.cpu())   # one copy for the three passes' spans and masks
     with torch.no_grad():
         t = time.time()
         T = args.temperature   # the log-probs of the distribution sampled from: logits / T (veRL)
@@ -356,23 +242,56 @@ def compute_advantages(b, policy, ref, critic, args, kl_coef, timings, opt_c=Non
         sync_time(timings, "ref_logp", t)
         wait_for(opt_c, timings=timings)
         t = time.time()
-        b["values"] = (critic_values(critic, seq, attn, R, mb, pads, host) if critic is not None
-                       else torch.zeros_like(mask))
+        b["values"] = torch.zeros_like(mask)
+        keep = torch.ones(len(mask), dtype=torch.bool)
+        if skip is not None:
+            keep[skip] = False
+        keep = keep.nonzero().squeeze(-1)                           # rows the values pass takes
+        if critic is not None and len(keep):
+            kd = sampler.device_rows(keep, mask)
+            b["values"][kd] = critic_values(critic, seq[kd], attn[kd], R, mb, pads, host[keep])
         sync_time(timings, "values", t)
-    kl = kl_penalty(b["old_logp"], b["ref_logp"], args.kl_kind) * mask       # [N, R]
+    return b
+
+
+def token_rewards(b, args, kl_coef):
+    """Token rewards [N, R]: each response's score on its last token, minus kl_coef x KL on
+    every token (k1 by default; none with --kl-in-loss). Sets b["kl"]."""
+    mask = b["mask"]
+    b["kl"] = kl_penalty(b["old_logp"], b["ref_logp"], args.kl_kind) * mask       # [N, R]
     last = (mask.sum(1).long() - 1).clamp(min=0)
     rewards = torch.zeros_like(mask)
     rewards[torch.arange(len(last)), last] = b["scores"]
-    if not args.kl_in_loss:
-        rewards = rewards - kl_coef * kl
+    return rewards if args.kl_in_loss else rewards - kl_coef * b["kl"]
+
+
+def advantages(b, rewards, args, dist=None):
+    """Advantages (whitened over the batch's response tokens on all ranks) and returns into b."""
+    mask = b["mask"]
     if args.adv_estimator == "gae":
         adv, ret = compute_gae(rewards, b["values"] * mask, mask, args.gamma, args.lam)
         b["adv"], b["returns"] = masked_whiten(adv, mask, dist), ret
     else:   # veRL's GRPO scores each response by its token rewards' sum: the KL penalty included
         b["adv"] = grpo_advantages((rewards * mask).sum(1), args.samples_per_prompt, mask)
         b["returns"] = b["adv"]
-    b["kl"] = kl
     return b
+
+
+def compute_advantages(b, policy, ref, critic, args, kl_coef, timings, opt_c=None, dist=None, pads=None):
+    """Old/ref log-probs, values, KL-penalised token rewards, advantages and returns: the three
+    functions above in turn, every value from the values pass."""
+    b = forward_passes(b, policy, ref, critic, args, timings, opt_c, pads)
+    return advantages(b, token_rewards(b, args, kl_coef), args, dist)
+
+
+def early_values(args, critic):
+    """Whether the critic takes its first mini-batch before the advantages exist, its forward
+    giving the values of those rows (critic_loss_fn(fill=True)), which the values pass then
+    skips (half its rows at the study's 2 mini-batches a step). It can at lambda = 1: the
+    returns are the rewards-to-go and need no values, and the first update's forward runs on
+    the old weights, so its values are the old values. veRL runs a values pass over every row;
+    the numbers agree up to the kernels' rounding (tests/test_ppo.py)."""
+    return critic is not None and args.adv_estimator == "gae" and args.lam == 1
 
 
 def sync_time(timings, name, t0):
@@ -390,23 +309,34 @@ def minibatches(n, args, dist, gen):
             yield perm[i:i + size]
 
 
-def update(learners, b, args, dist, gen, timings, pads=None):
-    """PPO updates. learners: (name, model, optimizer, loss_fn) tuples, e.g. the actor and the
-    critic. Mini-batches alternate between them, so that one's optimizer step (on the CPU, in
-    the background) overlaps the other's forward/backward on the GPU. Each loss is a token-mean
-    over its mini-batch (micro-batch sums divided by the mini-batch's token count).
+def update(learners, b, args, dist, mbs, timings, pads=None, taken=None):
+    """PPO updates over mini-batches mbs (index lists: minibatches). learners: (name, model,
+    optimizer, loss_fn) tuples, e.g. the actor and the critic. Mini-batches alternate between
+    them, so that one's optimizer step (on the CPU, in the background) overlaps the other's
+    forward/backward on the GPU. Each loss is a token-mean over its mini-batch (micro-batch sums
+    divided by the mini-batch's token count). taken: {name: (stats, skipped)} of a learner whose
+    first mini-batch already ran (the critic's: early_values).
     Returns {name: stats} and the number of skipped (non-finite) updates."""
-    if "attn" in b:   # spans, masks and lengths read on the host: no wait for the GPU per micro-batch
+    if "attn" in b and "attn_host" not in b:   # spans, masks and lengths read on the host
         b = dict(b, attn_host=b["attn"].cpu(), len_host=b["mask"].sum(1).cpu())
-    stats, bad, n_mb = {name: {} for name, *_ in learners}, 0, 0
-    for idx in minibatches(b["mask"].shape[0], args, dist, gen):
-        n_mb += 1
-        for name, model, opt, loss_fn in learners:
-            wait_for(opt, timings=timings)    # this model's previous step must have landed
-            t = time.time()
-            bad += not minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats[name], pads)
-            sync_time(timings, f"{name}_update", t)
-    return {name: {k: v / max(1, n_mb) for k, v in st.items()} for name, st in stats.items()}, bad
+    taken = taken or {}
+    stats = {name: dict(taken[name][0]) if name in taken else {} for name, *_ in learners}
+    bad = sum(skipped for _, skipped in taken.values())
+    for i, idx in enumerate(mbs):
+        for learner in learners:
+            if i > 0 or learner[0] not in taken:
+                bad += learner_step(learner, b, idx, args, dist, timings, stats[learner[0]], pads)
+    return {name: {k: v / max(1, len(mbs)) for k, v in st.items()} for name, st in stats.items()}, bad
+
+
+def learner_step(learner, b, idx, args, dist, timings, stats, pads=None):
+    """One learner's update on mini-batch idx, timed; 1 if it was skipped (non-finite), else 0."""
+    name, model, opt, loss_fn = learner
+    wait_for(opt, timings=timings)    # this model's previous step must have landed
+    t = time.time()
+    ok = minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats, pads)
+    sync_time(timings, f"{name}_update", t)
+    return int(not ok)
 
 
 def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats, pads=None):
@@ -479,12 +409,18 @@ def actor_loss_fn(args, kl_coef):
     return fn
 
 
-def critic_loss_fn(args):
+def critic_loss_fn(args, fill=False):
+    """fill: the rows' old values are this forward's (the first update of a step, whose weights
+    are the old ones: early_values), written into b["values"] for the advantages."""
     def fn(critic, b, m):
         v = sampler.micro_view(b, m)
         padded = not bool(v["attn_host"].all())        # read on the host
         values = critic(v["seq"], v["attn"], position_ids(v["attn"]), v["mask"].shape[1], padded)
-        loss = value_loss(values, v["values"], v["returns"], v["mask"], args.value_clip)
+        old = v["values"]
+        if fill:
+            old = values.detach()
+            b["values"][sampler.device_rows(m, old), :old.shape[1]] = old
+        loss = value_loss(values, old, v["returns"], v["mask"], args.value_clip)
         return loss, {"losses/value": loss.detach()}
     return fn
 
@@ -668,12 +604,23 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
     timings["time/behaviors"] = time.time() - t0
     # 3-5. old/ref log-probs, values, rewards, advantages
     pads = {}   # tokens the passes below process, and how many of them are padding
-    b = compute_advantages(b, policy, ref, critic, args, state["kl_coef"], timings, opt_c, dist, pads)
+    b["attn_host"], b["len_host"] = b["attn"].cpu(), b["mask"].sum(1).cpu()   # spans and masks, read on the host
+    mbs = list(minibatches(b["mask"].shape[0], args, dist, gen))            # this step's PPO mini-batches
+    early = early_values(args, critic)      # the critic's first mini-batch gives its rows' values
+    b = forward_passes(b, policy, ref, critic, args, timings, opt_c, pads, skip=mbs[0] if early else None)
+    rewards = token_rewards(b, args, state["kl_coef"])                      # [N, R]
+    taken = {}
+    if early:   # returns at lambda = 1: rewards-to-go, with no values in them
+        b["returns"] = compute_gae(rewards, torch.zeros_like(rewards), b["mask"], args.gamma, 1.0)[1]
+        st = {}
+        taken["critic"] = (st, learner_step(("critic", critic, opt_c, critic_loss_fn(args, fill=True)),
+                                            b, mbs[0], args, dist, timings, st, pads))
+    b = advantages(b, rewards, args, dist)
     # 6. PPO updates: actor and critic, mini-batch by mini-batch
     learners = [("actor", policy, opt_a, actor_loss_fn(args, state["kl_coef"]))]
     if critic is not None:
         learners.append(("critic", critic, opt_c, critic_loss_fn(args)))
-    stats, bad = update(learners, b, args, dist, gen, timings, pads)
+    stats, bad = update(learners, b, args, dist, mbs, timings, pads, taken)
     a_stats, c_stats = stats["actor"], stats.get("critic", {})
     wait_for(opt_a, timings=timings)   # the next rollout needs the new policy; the critic's step may run on
     dt = time.time() - t_step

@@ -43,7 +43,8 @@ def one_update(dist, rows):
     b = ppo.compute_advantages(b, policy, ref, critic, args, args.kl_coef, {}, opt_c, dist)
     learners = [("actor", policy, opt_a, ppo.actor_loss_fn(args, args.kl_coef)),
                 ("critic", critic, opt_c, ppo.critic_loss_fn(args))]
-    stats, bad = ppo.update(learners, b, args, dist, torch.Generator().manual_seed(0), {})
+    mbs = list(ppo.minibatches(len(rows), args, dist, torch.Generator().manual_seed(0)))
+    stats, bad = ppo.update(learners, b, args, dist, mbs, {})
     stats = {k: common.all_reduce_mean(v, dist) for k, v in stats.items()}
     return ({n: shard.full(p.detach()).clone() for n, p in m.named_parameters()} for m in (policy, critic)), stats
 

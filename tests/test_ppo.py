@@ -321,7 +321,8 @@ def test_update_waits_for_the_device_a_fixed_number_of_times(monkeypatch, cache)
         learners = [("actor", policy, Sgd(policy), ppo.actor_loss_fn(args, 0.001)),
                     ("critic", critic, Sgd(critic), ppo.critic_loss_fn(args))]
         OnDevice.waits = 0
-        stats, bad = ppo.update(learners, b, args, {"ddp": False, "world_size": 1}, torch.Generator().manual_seed(0), {})
+        one = {"ddp": False, "world_size": 1}
+        stats, bad = ppo.update(learners, b, args, one, list(ppo.minibatches(n, args, one, torch.Generator())), {})
         with torch.no_grad():
             host = b["attn"].cpu()
             sampler.token_logprobs(policy, b["seq"], b["attn"], R, micro, host=host)
@@ -424,7 +425,8 @@ def test_background_optimizer_steps_match_synchronous_ones():
         learners = [(f"m{i}", n, o, loss_fn) for i, (n, o) in enumerate(zip(nets, opts))]
         timings = {}
         for step in range(3):
-            stats, bad = ppo.update(learners, b, args, dist, torch.Generator().manual_seed(step), timings)
+            mbs = list(ppo.minibatches(len(x), args, dist, torch.Generator().manual_seed(step)))
+            stats, bad = ppo.update(learners, b, args, dist, mbs, timings)
         ppo.wait_for(*opts)
         assert not any(torch.equal(p, q) for p, q in zip(init, (p for n in nets for p in n.parameters())))
         assert bad == 0 and set(stats) == {"m0", "m1"} and "time/optim_wait" in timings
@@ -666,3 +668,40 @@ def test_compiled_layers_train_as_eager_ones(tmp_path, monkeypatch):
     assert max((w0[k] - w1[k]).abs().max().item() for k in w0) < 1e-5
     for key in ("losses/policy", "losses/value", "kl", "entropy", "grad_norm/actor", "grad_norm/critic"):
         assert abs(m0[-1][key] - m1[-1][key]) < 1e-4, key
+
+
+def test_critic_first_minibatch_gives_the_values_the_pass_would(tmp_path, monkeypatch):
+    """At lambda = 1 the critic's first mini-batch trains before the advantages exist and its
+    forward supplies those rows' values, so the values pass takes only the other rows. Two steps
+    end with the weights and metrics of runs whose values pass takes every row (veRL's way)."""
+    data = tmp_path / "data"
+    tasks = countdown.generate_tasks(32, seed=0)
+    common.write_jsonl(str(data / "train.jsonl"), tasks)
+    common.write_jsonl(str(data / "test.jsonl"), tasks[:4])
+    rows_valued, values = [], []
+    real, real_adv = ppo.critic_values, ppo.advantages
+    monkeypatch.setattr(ppo, "critic_values", lambda critic, seq, *a: rows_valued.append(len(seq)) or real(critic, seq, *a))
+    monkeypatch.setattr(ppo, "advantages", lambda b, *a: values.append(b["values"] * b["mask"]) or real_adv(b, *a))
+    runs = {}
+    for name, early in (("pass", False), ("early", True)):
+        monkeypatch.setattr(ppo, "early_values", lambda args, critic, early=early: early and critic is not None)
+        rows_valued.clear()
+        values.clear()
+        args = ppo.parse_args(["--model", "tiny", "--data", str(data), "--out", str(tmp_path / name),
+                               "--steps", "2", "--prompts-per-step", "4", "--samples-per-prompt", "2",
+                               "--mini-batch-prompts", "2", "--max-response-len", "12", "--micro-batch", "3",
+                               "--eval-every", "0", "--log-rollouts-every", "0", "--save-every", "0",
+                               "--device", "cpu", "--actor-lr", "1e-2", "--critic-lr", "1e-2"])
+        ppo.train(args, reward_fn=lambda text, task, prompt="": (len(text) % 5) / 4)   # returns vary
+        runs[name] = (rows_valued[:] + [values[-1]], common.read_jsonl(str(tmp_path / name / "metrics.jsonl")),
+                      torch.load(str(tmp_path / name / "final" / "trainer_state.pt"), weights_only=False)["critic"],
+                      common.load_model(str(tmp_path / name / "final")).state_dict())
+    assert runs["pass"][0][:-1] == [8, 8] and runs["early"][0][:-1] == [4, 4]   # 8 rows a step, 2 mini-batches
+    v0, v1 = runs["pass"][0][-1], runs["early"][0][-1]     # step 2's values (the critic has learnt)
+    assert v0.abs().max() > 1e-2 and (v0 - v1).abs().max() < 1e-5
+    (_, m0, c0, w0), (_, m1, c1, w1) = runs["pass"], runs["early"]
+    for a, b in ((w0, w1), (c0, c1)):
+        assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-5
+    for key in ("losses/value", "explained_variance", "losses/policy", "grad_norm/critic", "grad_norm/actor"):
+        assert abs(m0[-1][key] - m1[-1][key]) < 1e-4, key
+    assert m1[-1]["losses/value"] > 0
