@@ -514,7 +514,8 @@ def ppo_row(row, ceil, args):
     if n and m.get("tokens/rank"):   # per-GPU MFU of each pass: 2N (forward) or 6N FLOPs per token
         for phase, f in (("old_logp", 2), ("ref_logp", 2), ("values", 2), ("actor_update", 6), ("critic_update", 6)):
             if phases.get(phase):
-                rate = f * n * m["tokens/rank"] / phases[phase]
+                tokens = m.get("tokens/rank_values", m["tokens/rank"]) if phase == "values" else m["tokens/rank"]
+                rate = f * n * tokens / phases[phase]
                 out[f"mfu_vs_measured/{phase}"] = rate / ceil["matmul_flops_per_s"] if ceil else None
                 out[f"mfu_vs_peak/{phase}"] = common.mfu(rate, args.device)
     return out

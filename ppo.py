@@ -247,6 +247,7 @@ def forward_passes(b, policy, ref, critic, args, timings, opt_c=None, pads=None,
         if skip is not None:
             keep[skip] = False
         keep = keep.nonzero().squeeze(-1)                           # rows the values pass takes
+        b["values_tokens"] = float(host[keep].sum()) if critic is not None else 0.0
         if critic is not None and len(keep):
             kd = sampler.device_rows(keep, mask)
             b["values"][kd] = critic_values(critic, seq[kd], attn[kd], R, mb, pads, host[keep])
@@ -629,6 +630,7 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
     m.update(timings)
     m["tokens_per_s"] = float(b["lengths"].sum()) / dt
     m["tokens/rank"] = float(b["attn"].sum())            # prompt + response tokens through each pass
+    m["tokens/rank_values"] = b["values_tokens"]          # ... through the values pass (early_values: fewer)
     m = global_metrics(m, pads, dist)
     m.update({"kl_coef": state["kl_coef"], "lr/actor": opt_a.param_groups[0]["lr"],
               "lr/critic": opt_c.param_groups[0]["lr"] if opt_c else 0.0, "time/step": dt,

@@ -34,5 +34,7 @@ nproc; free -g | head -2; python -c "import torch; print(torch.__version__)"
 python common.py --make-tiny >/dev/null 2>&1   # the tokenizer random:* models borrow
 mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
 ckpt=$([ "${mem:-0}" -lt 100000 ] && echo --grad-ckpt || echo --no-grad-ckpt)
+# every row the same layers: ppo.py compiles them by default on one GPU only (off under FSDP2,
+# not measured there), so the ratio compares like with like; COMPILE=--compile tries both
 python bench.py --parts ppo --ngpu "$runs" --concurrent --ppo-study-len 512 \
-  --ppo-args "$ckpt --micro-batch 8" --out "$out/bench.json" 2>&1 | grep -v "Loading weights" | tee -a "$out/bench.log"
+  --ppo-args "$ckpt --micro-batch 8 ${COMPILE:---no-compile}" --out "$out/bench.json" 2>&1 | grep -v "Loading weights" | tee -a "$out/bench.log"
