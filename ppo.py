@@ -97,7 +97,7 @@ SETTINGS = [
     ("grad_ckpt", None, bool, "gradient checkpointing (default: on for GPU)"),
     ("compile", None, bool, "decoder layers through torch.compile for the log-prob, value and update passes "
                             "(1.3x on an H100 at 3B: README Speed; the first passes wait for the compiler); "
-                            "default: on for a GPU without FSDP2 (with it: not measured yet)"),
+                            "default: on for one GPU, off under FSDP2 (not measured there) and with --engine hf"),
     ("fsdp", None, bool, "under torchrun: shard actor, critic and reference with FSDP2 (fp32 master shards and "
                          "AdamW states on the GPUs, bf16 compute); default: on with 2+ ranks; --no-fsdp: DDP"),
     ("optim_device", "auto", str, "where fp32 master weights + Adam states live: auto | cuda | cpu"),
@@ -526,7 +526,7 @@ def build(args, dist):
     if problem:
         common.die(problem, "ppo.py")
     fsdp = dist["ddp"] and args.fsdp is not False
-    compiled = args.compile if args.compile is not None else device.startswith("cuda") and not fsdp
+    compiled = compile_layers_here(args, device, fsdp)
     # mmap: every rank reads the same pages (a 3B pair's full AdamW states are ~50 GB)
     rs = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", weights_only=False,
                     mmap=True) if ckpt else {}
@@ -570,6 +570,20 @@ def build(args, dist):
         critic = DDP(critic, device_ids=ids) if critic is not None else None
     replica = shard.replica(policy, compute) if fsdp else None
     return tokenizer, policy, ref, critic, opt_a, opt_c, state, ckpt, replica
+
+
+def compile_layers_here(args, device, fsdp):
+    """--compile, or its default: on for one GPU; off under FSDP2 (not measured) and with
+    --engine hf, whose generate would call the compiled layers with a KV cache (a graph per
+    layer and length).
+
+    >>> a = parse_args(["--device", "cuda"])
+    >>> compile_layers_here(a, "cuda", False), compile_layers_here(a, "cuda", True), compile_layers_here(a, "cpu", False)
+    (True, False, False)
+    """
+    if args.compile is not None:
+        return args.compile
+    return device.startswith("cuda") and not fsdp and args.engine != "hf"
 
 
 def rollout_model(models):

@@ -705,3 +705,17 @@ def test_critic_first_minibatch_gives_the_values_the_pass_would(tmp_path, monkey
     for key in ("losses/value", "explained_variance", "losses/policy", "grad_norm/critic", "grad_norm/actor"):
         assert abs(m0[-1][key] - m1[-1][key]) < 1e-4, key
     assert m1[-1]["losses/value"] > 0
+
+
+def test_doctests_of_the_ppo_modules():
+    """The examples in ppo.py, core_algos.py, sampler.py, engine.py, bench.py and shard.py run
+    (among them: --compile's default, on for one GPU only; GAE at lambda = 1)."""
+    import doctest
+
+    import bench
+    import core_algos
+    import engine
+    import shard
+    for m in (ppo, core_algos, sampler, engine, bench, shard):
+        res = doctest.testmod(m)
+        assert res.attempted >= 1 and res.failed == 0, m.__name__
