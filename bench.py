@@ -302,7 +302,8 @@ def bench_train(model, args, ceil, res):
     nockpt (forward + backward, with or without checkpointing; 6N FLOPs a token) or fwd (a
     no-grad log-prob pass as old/reference log-probs; 2N). Options: ppo (the actor's loss as
     ppo.py computes it: entropy bonus with its gradient, clipped surrogate, fp32 gradient sums),
-    compile (each decoder layer through torch.compile), cudnn (cuDNN attention left on), profile
+    compile (each decoder layer through torch.compile), cudnn (cuDNN attention left on where
+    gradients flow; no-grad fwd items keep it on anyway, as ppo.py's passes do), profile
     (the top GPU ops of one timed call into train_profile_<item>/ beside --out, ':' and '+' as '_')."""
     n_params = sum(p.numel() for p in model.parameters())
     L, rows = args.train_seq, []
@@ -345,11 +346,15 @@ def bench_train(model, args, ceil, res):
 
 
 def set_compiled(model, on):
-    """Each decoder layer through torch.compile (nn.Module.compile), or back to eager."""
-    for layer in model.model.layers:
-        if on:
-            layer.compile()
-        else:
+    """Each decoder layer through torch.compile (common.compile_layers, as ppo.py --compile), or
+    back to eager. Dynamo's caches are cleared first: a graph traced for an earlier item (with
+    cuDNN attention on or off, which its guards do not check) must not time a later one."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    if on:
+        common.compile_layers(model)
+    else:
+        for layer in model.model.layers:
             layer._compiled_call_impl = None
 
 
@@ -363,8 +368,8 @@ def train_pass(model, kind, opts, ids, mask, R, micro):
     params = [p for p in model.parameters() if p.requires_grad]
     acc = [None]
 
-    def step():
-        with contextlib.nullcontext() if "cudnn" in opts else common.no_cudnn_attention():
+    def step():   # as in ppo.py: cuDNN attention off where gradients flow, on in no-grad passes
+        with contextlib.nullcontext() if "cudnn" in opts or kind == "fwd" else common.no_cudnn_attention():
             if kind == "fwd":
                 with torch.no_grad():
                     sampler.token_logprobs(model, ids, mask, R, micro)

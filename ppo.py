@@ -231,7 +231,7 @@ def forward_passes(b, policy, ref, critic, args, timings, opt_c=None, pads=None,
     first mini-batch: early_values), left 0 here."""
     seq, attn, mask, R = b["seq"], b["attn"], b["mask"], b["mask"].shape[1]
     mb = args.forward_micro_batch or 2 * args.micro_batch   # no activations kept: more rows fit
-    host = b.get("attn_host", attn.cpu())   # one copy for the three passes' spans and masks
+    host = b["attn_host"] if "attn_host" in b else attn.cpu()   # one copy for the passes' spans and masks
     with torch.no_grad():
         t = time.time()
         T = args.temperature   # the log-probs of the distribution sampled from: logits / T (veRL)
@@ -323,8 +323,11 @@ def update(learners, b, args, dist, mbs, timings, pads=None, taken=None):
     taken = taken or {}
     stats = {name: dict(taken[name][0]) if name in taken else {} for name, *_ in learners}
     bad = sum(skipped for _, skipped in taken.values())
+    # a learner whose first mini-batch ran early goes first in the later ones: the models still
+    # alternate, so each CPU step overlaps the other model's GPU work
+    order = [x for x in learners if x[0] in taken] + [x for x in learners if x[0] not in taken]
     for i, idx in enumerate(mbs):
-        for learner in learners:
+        for learner in (learners if i == 0 else order):
             if i > 0 or learner[0] not in taken:
                 bad += learner_step(learner, b, idx, args, dist, timings, stats[learner[0]], pads)
     return {name: {k: v / max(1, len(mbs)) for k, v in st.items()} for name, st in stats.items()}, bad
@@ -526,7 +529,6 @@ def build(args, dist):
     if problem:
         common.die(problem, "ppo.py")
     fsdp = dist["ddp"] and args.fsdp is not False
-    compiled = compile_layers_here(args, device, fsdp)
     # mmap: every rank reads the same pages (a 3B pair's full AdamW states are ~50 GB)
     rs = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location="cpu", weights_only=False,
                     mmap=True) if ckpt else {}
@@ -543,16 +545,16 @@ def build(args, dist):
             # non-reentrant checkpointing is the variant that works under DDP and FSDP
             (m.trunk if critic else m).gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
-        if compiled:
-            common.compile_layers(m)
         return shard.shard_model(m, compute, [m.head] if critic else ()) if fsdp else m
     policy = load(ckpt or init, rs.get("masters_actor"))
     policy.config.use_cache = not fsdp  # generation needs the cache even with checkpointing on
     critic = load(init, rs.get("masters_critic"), rs.get("critic"), critic=True) if args.adv_estimator == "gae" else None
     ref = common.load_model(args.model, dtype, device, init=init).eval().requires_grad_(False)
-    if compiled:
-        common.compile_layers(ref)
     ref = shard.shard_model(ref) if fsdp else ref
+    if compile_layers_here(args, device, dist["world_size"], unwrap(policy)):
+        for m in (policy, critic, ref):
+            if m is not None:
+                common.compile_layers(m)
     opt_a, opt_c = (make_optimizer(m, lr, args, device, sharded=fsdp) if m is not None else None
                     for m, lr in ((policy, args.actor_lr), (critic, args.critic_lr)))
     state = {"step": 0, "kl_coef": args.kl_coef, "bad_steps": 0}
@@ -572,18 +574,27 @@ def build(args, dist):
     return tokenizer, policy, ref, critic, opt_a, opt_c, state, ckpt, replica
 
 
-def compile_layers_here(args, device, fsdp):
-    """--compile, or its default: on for one GPU; off under FSDP2 (not measured) and with
-    --engine hf, whose generate would call the compiled layers with a KV cache (a graph per
-    layer and length).
+def compile_layers_here(args, device, ranks, policy=None):
+    """--compile, or its default: on for one GPU; off with several ranks (FSDP2 or DDP: not
+    measured) and wherever rollouts would run transformers generate (--engine hf, or a policy
+    engine.py does not run), which would call the compiled layers with a KV cache: a graph per
+    layer and length.
 
     >>> a = parse_args(["--device", "cuda"])
-    >>> compile_layers_here(a, "cuda", False), compile_layers_here(a, "cuda", True), compile_layers_here(a, "cpu", False)
+    >>> compile_layers_here(a, "cuda", 1), compile_layers_here(a, "cuda", 2), compile_layers_here(a, "cpu", 1)
     (True, False, False)
     """
     if args.compile is not None:
         return args.compile
-    return device.startswith("cuda") and not fsdp and args.engine != "hf"
+    if not device.startswith("cuda") or ranks > 1 or args.engine == "hf":
+        return False
+    if args.engine == "builtin" and policy is not None:
+        import engine
+        try:
+            engine.check_supported(policy)
+        except engine.Unsupported:
+            return False
+    return True
 
 
 def rollout_model(models):
@@ -694,7 +705,7 @@ CONSOLE = ["score/mean", "acc", "val/acc", "kl", "losses/policy", "losses/value"
 RESUME_FREE = ("resume", "overwrite", "steps", "device", "wandb", "save_every", "keep",
                "log_rollouts_every", "max_bad_steps", "engine", "vllm_mem", "micro_batch",
                "forward_micro_batch", "optim_device", "grad_ckpt", "save_final", "world_size", "fsdp",
-               "force_lengths", "profile_step")
+               "force_lengths", "profile_step", "compile")
 
 
 def load_tasks(args):
