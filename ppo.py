@@ -49,7 +49,6 @@ import random
 import time
 
 import torch
-import torch.nn as nn
 
 import common
 from core_algos import (AdaptiveKL, compute_gae, explained_variance, grpo_advantages, kl_penalty, masked_mean,
@@ -57,7 +56,7 @@ from core_algos import (AdaptiveKL, compute_gae, explained_variance, grpo_advant
 import shard
 from optim import MasterAdamW, accumulate_fp32, all_reduce_mean_, clip_fp32_, make_optimizer, set_lr
 import sampler
-from sampler import position_ids, token_logprobs
+from sampler import Critic, critic_values, position_ids, token_logprobs
 from shard import unwrap
 
 # ---------------------------------------------------------------------------------
@@ -164,28 +163,7 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------------------
-# models: critic and optimiser
-
-class Critic(nn.Module):
-    """The initial model's transformer trunk with a scalar value head instead of the LM head."""
-
-    def __init__(self, lm):
-        super().__init__()
-        self.trunk = lm.base_model
-        self.head = nn.Linear(lm.config.hidden_size, 1, dtype=torch.float32,
-                              device=next(lm.parameters()).device)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, input_ids, attention_mask, position_ids, n_resp, padded=None):
-        """padded: whether any row has a pad, if the caller knows it from a host copy
-        (sampler.pass_inputs); a bool, as DDP and FSDP move tensor arguments to the GPU."""
-        h = self.trunk(input_ids=input_ids, **sampler.pass_inputs(self.trunk, attention_mask, padded, position_ids),
-                       use_cache=False).last_hidden_state   # [B, L, H]
-        # the value of the state *before* each response token: positions -n_resp-1 .. -2
-        # [B, n_resp]; a copy, not a view: FSDP2 warns that in-place ops on a view would skip its hook
-        return self.head(h[:, -n_resp - 1:-1].float()).squeeze(-1).clone()
-
+# the optimisers' background steps (the critic and its values pass live in sampler.py)
 
 def wait_for(*opts, timings=None):
     """Wait for the background optimizer steps of these optimisers (no-op for others);
@@ -196,16 +174,6 @@ def wait_for(*opts, timings=None):
             o.wait()
     if timings is not None:
         sync_time(timings, "optim_wait", t)
-
-
-# ---------------------------------------------------------------------------------
-# the critic's pass (the policy's log-probs and the sampler live in sampler.py)
-
-def critic_values(critic, seq, attn, n_resp, micro, pads=None, host=None):
-    """Values [N, n_resp] in micro-batches of rows of like length, each cut to the columns it
-    uses (host: attn on the CPU, sampler.over_micro_batches)."""
-    return sampler.over_micro_batches(lambda s, a, r, h: (critic(s, a, position_ids(a), r, not bool(h.all())),),
-                                      seq, attn, n_resp, micro, pads, host)[0]
 
 
 # ---------------------------------------------------------------------------------

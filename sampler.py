@@ -11,11 +11,13 @@ here, so a model is sampled and scored the same way before, during and after tra
     # [{"step", "id", "nums", "target", "prompt", "response", "reward", "correct", "length"}, ...]
 
 Also here: the pieces PPO's loss needs from a sample, namely the response masks (up to and
-including the first EOS) and token log-probs of logits / T recomputed by the training model.
+including the first EOS), token log-probs of logits / T recomputed by the training model, and
+the critic (the initial model's trunk with a scalar head) with its values pass.
 """
 import time
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import countdown
@@ -466,3 +468,34 @@ def token_logprobs(model, seq, attn, n_resp, micro, temperature=1.0, entropy=Fal
         return (lp, ent) if entropy else (lp,)
     res = over_micro_batches(fn, seq, attn, n_resp, micro, pads, host)
     return (res[0], res[1]) if entropy else res[0]
+
+
+# ---------------------------------------------------------------------------------
+# the critic: PPO's value model and its pass
+
+class Critic(nn.Module):
+    """The initial model's transformer trunk with a scalar value head instead of the LM head."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.trunk = lm.base_model
+        self.head = nn.Linear(lm.config.hidden_size, 1, dtype=torch.float32,
+                              device=next(lm.parameters()).device)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids, attention_mask, position_ids, n_resp, padded=None):
+        """padded: whether any row has a pad, if the caller knows it from a host copy
+        (sampler.pass_inputs); a bool, as DDP and FSDP move tensor arguments to the GPU."""
+        h = self.trunk(input_ids=input_ids, **pass_inputs(self.trunk, attention_mask, padded, position_ids),
+                       use_cache=False).last_hidden_state   # [B, L, H]
+        # the value of the state *before* each response token: positions -n_resp-1 .. -2
+        # [B, n_resp]; a copy, not a view: FSDP2 warns that in-place ops on a view would skip its hook
+        return self.head(h[:, -n_resp - 1:-1].float()).squeeze(-1).clone()
+
+
+def critic_values(critic, seq, attn, n_resp, micro, pads=None, host=None):
+    """Values [N, n_resp] in micro-batches of rows of like length, each cut to the columns it
+    uses (host: attn on the CPU, over_micro_batches)."""
+    return over_micro_batches(lambda s, a, r, h: (critic(s, a, position_ids(a), r, not bool(h.all())),),
+                              seq, attn, n_resp, micro, pads, host)[0]
