@@ -574,6 +574,31 @@ def rollout_model(models):
     return replica
 
 
+def learn(b, models, args, kl_coef, dist, gen, timings, pads=None):
+    """Steps 3-6 of a PPO step on a sampled batch b: old/ref log-probs and values, token
+    rewards, advantages, then the actor's and critic's updates mini-batch by mini-batch (the
+    critic's first one before the advantages where early_values says so). gen: the step's
+    generator for the mini-batches. Returns (b, {learner: stats}, skipped updates)."""
+    policy, ref, critic, opt_a, opt_c = models[1:6]
+    b["attn_host"], b["len_host"] = b["attn"].cpu(), b["mask"].sum(1).cpu()   # spans and masks, read on the host
+    mbs = list(minibatches(b["mask"].shape[0], args, dist, gen))            # this step's PPO mini-batches
+    early = early_values(args, critic)      # the critic's first mini-batch gives its rows' values
+    b = forward_passes(b, policy, ref, critic, args, timings, opt_c, pads, skip=mbs[0] if early else None)
+    rewards = token_rewards(b, args, kl_coef)                               # [N, R]
+    taken = {}
+    if early:   # returns at lambda = 1: rewards-to-go, with no values in them
+        b["returns"] = compute_gae(rewards, torch.zeros_like(rewards), b["mask"], args.gamma, 1.0)[1]
+        st = {}
+        taken["critic"] = (st, learner_step(("critic", critic, opt_c, critic_loss_fn(args, fill=True)),
+                                            b, mbs[0], args, dist, timings, st, pads))
+    b = advantages(b, rewards, args, dist)
+    learners = [("actor", policy, opt_a, actor_loss_fn(args, kl_coef))]
+    if critic is not None:
+        learners.append(("critic", critic, opt_c, critic_loss_fn(args)))
+    stats, bad = update(learners, b, args, dist, mbs, timings, pads, taken)
+    return b, stats, bad
+
+
 def train_step(step, tasks, models, state, args, dist, reward_fn):
     """One PPO step (see the module docstring); returns the metrics dict."""
     tokenizer, policy, ref, critic, opt_a, opt_c = models[:6]
@@ -596,25 +621,9 @@ def train_step(step, tasks, models, state, args, dist, reward_fn):
     t0 = time.time()
     b["behaviors"] = [behavior_rules.count_behaviors(txt, t["nums"], t["target"]) for txt, t in zip(b["texts"], b["tasks"])]
     timings["time/behaviors"] = time.time() - t0
-    # 3-5. old/ref log-probs, values, rewards, advantages
+    # 3-6. old/ref log-probs, values, rewards, advantages; PPO updates
     pads = {}   # tokens the passes below process, and how many of them are padding
-    b["attn_host"], b["len_host"] = b["attn"].cpu(), b["mask"].sum(1).cpu()   # spans and masks, read on the host
-    mbs = list(minibatches(b["mask"].shape[0], args, dist, gen))            # this step's PPO mini-batches
-    early = early_values(args, critic)      # the critic's first mini-batch gives its rows' values
-    b = forward_passes(b, policy, ref, critic, args, timings, opt_c, pads, skip=mbs[0] if early else None)
-    rewards = token_rewards(b, args, state["kl_coef"])                      # [N, R]
-    taken = {}
-    if early:   # returns at lambda = 1: rewards-to-go, with no values in them
-        b["returns"] = compute_gae(rewards, torch.zeros_like(rewards), b["mask"], args.gamma, 1.0)[1]
-        st = {}
-        taken["critic"] = (st, learner_step(("critic", critic, opt_c, critic_loss_fn(args, fill=True)),
-                                            b, mbs[0], args, dist, timings, st, pads))
-    b = advantages(b, rewards, args, dist)
-    # 6. PPO updates: actor and critic, mini-batch by mini-batch
-    learners = [("actor", policy, opt_a, actor_loss_fn(args, state["kl_coef"]))]
-    if critic is not None:
-        learners.append(("critic", critic, opt_c, critic_loss_fn(args)))
-    stats, bad = update(learners, b, args, dist, mbs, timings, pads, taken)
+    b, stats, bad = learn(b, models, args, state["kl_coef"], dist, gen, timings, pads)
     a_stats, c_stats = stats["actor"], stats.get("critic", {})
     wait_for(opt_a, timings=timings)   # the next rollout needs the new policy; the critic's step may run on
     dt = time.time() - t_step

@@ -61,6 +61,33 @@ def fsdp_vs_one_process(dist):
            stats=stats, stats1=stats1)
 
 
+def early_vs_pass(dist):
+    """ppo.learn under FSDP2 on 2 ranks, twice on the same batch, with the critic's first
+    mini-batch taken early (its forward giving those rows' values) and with a values pass over
+    every row, from the same models: the second call's values (the critic has moved by then)
+    and the weights after it."""
+    rows = torch.arange(dist["rank"], 8, dist["world_size"])
+    real, out = ppo.early_values, {}
+    for early in (False, True):
+        ppo.early_values = lambda args, critic, e=early: e and real(args, critic)
+        args = ppo.parse_args(FLAGS + ["--out", os.path.join(OUT, "unused"), "--mini-batch-prompts", "2"])
+        models = ppo.build(args, dist)
+        for call in range(2):
+            b = {k: (v[rows] if v is not None else None) for k, v in fixed_batch().items()}
+            b, _, bad = ppo.learn(b, models, args, args.kl_coef, dist, torch.Generator().manual_seed(call), {})
+            ppo.wait_for(*models[4:6])
+        out[early] = ([{n: shard.full(p.detach()).clone() for n, p in m.named_parameters()} for m in models[1:4:2]],
+                      b["values"] * b["mask"], bad)
+    ppo.early_values = real
+    (w0, v0, bad0), (w1, v1, bad1) = out[False], out[True]
+    local = torch.tensor([(v0 - v1).abs().max().item(), v0.abs().max().item()])
+    torch.distributed.all_reduce(local, op=torch.distributed.ReduceOp.MAX)
+    if dist["rank"] == 0:
+        diff = lambda a, b: max((a[k] - b[k]).abs().max().item() for k in a)   # noqa: E731
+        report("early_vs_pass", policy_diff=diff(w0[0], w1[0]), critic_diff=diff(w0[1], w1[1]),
+               values_diff=local[0].item(), values_max=local[1].item(), skipped=bad0 + bad1)
+
+
 def resume_equals_uninterrupted(dist):
     a, b = os.path.join(OUT, "straight"), os.path.join(OUT, "resumed")
     ppo.train(ppo.parse_args(FLAGS + ["--out", a, "--steps", "2", "--save-every", "1"]))
@@ -107,6 +134,7 @@ if __name__ == "__main__":
     info = common.setup_dist("cpu")
     common.setup_dist, common.cleanup_dist = (lambda device=None: info), (lambda d: None)
     fsdp_vs_one_process(info)
+    early_vs_pass(info)
     resume_equals_uninterrupted(info)
     crosses_formats(info)
     torch.distributed.barrier()

@@ -45,6 +45,16 @@ def test_one_fsdp_update_agrees_with_one_process(driven):
     assert f["policy_diff"] < 0.05 * f["moved"] and f["critic_diff"] < 0.05 * f["moved"]
 
 
+def test_early_critic_values_agree_with_a_values_pass_under_fsdp(driven):
+    """ppo.learn on 2 ranks (FSDP2), the critic's first mini-batch taken early on each rank's
+    own rows, against a values pass over every row: the second call's values (the critic has
+    learnt by then) to fp32 rounding, the weights to within 5% of a step (AdamW's first steps
+    turn rounding in near-zero gradients into visible moves; see the test above)."""
+    f = json.loads((driven[0] / "early_vs_pass.json").read_text())
+    assert f["values_max"] > 1e-3 and f["values_diff"] < 1e-5 and f["skipped"] == 0
+    assert f["policy_diff"] < 1e-4 and f["critic_diff"] < 1e-4       # lr 1e-3, two updates
+
+
 def test_resumed_fsdp_run_equals_an_uninterrupted_one(driven):
     """2 steps straight vs 1 step + --resume to 2, both on two FSDP ranks: final weights
     (loaded with from_pretrained, fp32: the masters), critic and AdamW states bit-identical,
