@@ -192,14 +192,24 @@ def draw_tasks(tasks, step, args, dist):
     return [tasks[i] for i in idx[dist["rank"]::dist["world_size"]]]
 
 
+def host_copies(b):
+    """b (a new dict where they are added) with attn and the response lengths copied to the host once ("attn_host", "len_host"):
+    spans, masks and micro-batch order are read from them, so no pass or update waits for the
+    GPU per micro-batch. Batches without "attn" (tests' toy learners) are left as they are."""
+    if "attn" in b and "attn_host" not in b:
+        b = dict(b, attn_host=b["attn"].cpu(), len_host=b["mask"].sum(1).cpu())
+    return b
+
+
 def forward_passes(b, policy, ref, critic, args, timings, opt_c=None, pads=None, skip=None):
-    """Old and reference log-probs and values of batch b (no grad) into b. opt_c: the critic's
+    """Old and reference log-probs and values of batch b (no grad), returned in b. opt_c: the critic's
     optimizer, whose last step may still be running (update()). pads: sampler.count_padding's
     counters. skip: rows (a CPU index tensor) whose values come from elsewhere (the critic's
     first mini-batch: early_values), left 0 here."""
     seq, attn, mask, R = b["seq"], b["attn"], b["mask"], b["mask"].shape[1]
     mb = args.forward_micro_batch or 2 * args.micro_batch   # no activations kept: more rows fit
-    host = b["attn_host"] if "attn_host" in b else attn.cpu()   # one copy for the passes' spans and masks
+    b = host_copies(b)                    # one copy for the passes' spans and masks
+    host = b["attn_host"]
     with torch.no_grad():
         t = time.time()
         T = args.temperature   # the log-probs of the distribution sampled from: logits / T (veRL)
@@ -286,8 +296,7 @@ def update(learners, b, args, dist, mbs, timings, pads=None, taken=None):
     divided by the mini-batch's token count). taken: {name: (stats, skipped)} of a learner whose
     first mini-batch already ran (the critic's: early_values).
     Returns {name: stats} and the number of skipped (non-finite) updates."""
-    if "attn" in b and "attn_host" not in b:   # spans, masks and lengths read on the host
-        b = dict(b, attn_host=b["attn"].cpu(), len_host=b["mask"].sum(1).cpu())
+    b = host_copies(b)
     taken = taken or {}
     stats = {name: dict(taken[name][0]) if name in taken else {} for name, *_ in learners}
     bad = sum(skipped for _, skipped in taken.values())
@@ -580,7 +589,7 @@ def learn(b, models, args, kl_coef, dist, gen, timings, pads=None):
     critic's first one before the advantages where early_values says so). gen: the step's
     generator for the mini-batches. Returns (b, {learner: stats}, skipped updates)."""
     policy, ref, critic, opt_a, opt_c = models[1:6]
-    b["attn_host"], b["len_host"] = b["attn"].cpu(), b["mask"].sum(1).cpu()   # spans and masks, read on the host
+    b = host_copies(b)
     mbs = list(minibatches(b["mask"].shape[0], args, dist, gen))            # this step's PPO mini-batches
     early = early_values(args, critic)      # the critic's first mini-batch gives its rows' values
     b = forward_passes(b, policy, ref, critic, args, timings, opt_c, pads, skip=mbs[0] if early else None)
