@@ -46,8 +46,8 @@ SETTINGS = [
     ("parts", "ceilings,generate,correct,train", str, "what to measure (see above); 'all' adds ppo"),
     ("batch_sizes", "64,256,512,1024", str, "generation batch sizes (1024: a PPO step of the study in one batch)"),
     ("hf_batch_sizes", "64,512", str, "batch sizes at which transformers generate is timed too"),
-    ("engine_variants", "sdpa,sdpa:eager,bmm", str, "engine variants timed side by side: decode attention "
-     "(Engine attn=: sdpa | bmm), ':eager' without the compiled elementwise pieces (Engine compile=False)"),
+    ("engine_variants", "triton,sdpa,bmm", str, "engine variants timed side by side: decode attention "
+     "(Engine attn=: triton | sdpa | bmm), ':eager' without the compiled elementwise pieces (Engine compile=False)"),
     ("prompt_len", 128, int, "prompt tokens per sequence in the generation benchmark"),
     ("new_tokens", 512, int, "forced response tokens in the generation benchmark"),
     ("train_configs", "ckpt:8,ckpt:16,nockpt:4,nockpt:8", str, "train part: kind:micro-batch[+option...] items (bench_train: kinds ckpt, "
@@ -70,7 +70,7 @@ SETTINGS = [
 
 
 # on a CPU (a smoke run: under a minute), settings left at their GPU defaults take these
-CPU_SIZES = dict(batch_sizes="4,8", hf_batch_sizes="8", prompt_len=16, new_tokens=12,
+CPU_SIZES = dict(batch_sizes="4,8", hf_batch_sizes="8", prompt_len=16, new_tokens=12, engine_variants="sdpa,bmm",
                  train_configs="nockpt:2", train_seq=32, ppo_prompts=2, ppo_samples=2, ppo_len=8, ppo_steps=1,
                  ppo_study_len=32)
 

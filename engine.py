@@ -19,8 +19,10 @@ into a preallocated cache, attention over the cache, o, RMSNorm, MLP) -> LM head
   in place (AdamW, MasterAdamW's copy_) is seen by the next rollout for free.
 - The KV cache is [layers] x [B, kv_heads, L, head_dim], left-padded like the prompts. Slot s
   holds the token at column s of the padded sequence, so all rows advance together and one
-  scalar `slot` indexes the step. Attention reads only the first `bucket` slots, rounded up
-  to `block`, not the whole preallocated length.
+  scalar `slot` indexes the step. On a GPU with Triton, attention is one kernel per layer
+  (`attend_fused`) that writes the step's k and v and reads the cache only up to the live
+  slot; SDPA and the batched-matmul path read the first `bucket` slots, rounded up to
+  `block`, not the whole preallocated length.
 - Sampling on the GPU: temperature, top-k, top-p, then the exponential-race trick
   (argmax p_i / E_i with E_i ~ Exp(1) draws i with probability p_i) instead of
   torch.multinomial. Returned log-probs are those of the distribution actually sampled from.
@@ -152,38 +154,50 @@ except ImportError:
 
 if triton is not None:
     @triton.jit
+    def _race(logits, row, stride, inv_t, cols, u, m, s, best, best_i, V: tl.constexpr,
+              GREEDY: tl.constexpr):
+        """One column per lane: update each lane's running logsumexp (max m, sum s of
+        exp(z - m)) and the winner of its exponential race (key z - log E with E = -log u ~
+        Exp(1); greedy: key z). Strict >: a lane keeps its first column of equal keys."""
+        ok = cols < V
+        z = tl.load(logits + row * stride + cols, mask=ok, other=float("-inf")).to(tl.float32) * inv_t
+        m_new = tl.maximum(m, z)
+        s = tl.where(ok, s * tl.exp(m - m_new) + tl.exp(z - m_new), s)
+        m = tl.where(ok, m_new, m)
+        if GREEDY:
+            key = z
+        else:
+            key = tl.where(ok, z - tl.log(-tl.log(u)), float("-inf"))
+        take = key > best
+        return m, s, tl.where(take, key, best), tl.where(take, cols, best_i)
+
+    @triton.jit
     def _sample_kernel(logits, stride, temperature, seed, tok_out, logp_out, V: tl.constexpr,
                        GREEDY: tl.constexpr, BLOCK: tl.constexpr):
-        """One program per row, one pass over its V logits. Each of the BLOCK lanes keeps a
-        running logsumexp (max m, sum s of exp(z - m)) and the winner of the exponential race
-        (key z - log E, E = -log u ~ Exp(1); greedy: key z) over its columns; the lanes are
-        combined at the end. Ties go to the lowest column, as torch.argmax. Philox counters:
-        (seed, row * V + column)."""
+        """One program per row, one pass over its V logits, BLOCK columns at a time as four
+        quarters of Q lanes; one Philox call (seed, row * blocks * Q + block * Q + lane) gives
+        a lane its four uniforms (tl.rand4x: a quarter of the RNG's work of one call per
+        column, 0.46 -> 0.35 ms at [512, 152k] on an H100). The lanes' states are combined at
+        the end; ties go to the lowest column, as torch.argmax."""
         row = tl.program_id(0).to(tl.int64)
         if GREEDY:
             inv_t = 1.0
         else:
             inv_t = 1.0 / tl.load(temperature)
         s0 = tl.load(seed)
-        m = tl.full([BLOCK], float("-inf"), tl.float32)
-        s = tl.zeros([BLOCK], tl.float32)
-        best = tl.full([BLOCK], float("-inf"), tl.float32)
-        best_i = tl.zeros([BLOCK], tl.int64)
+        Q: tl.constexpr = BLOCK // 4
+        lane = tl.arange(0, Q).to(tl.int64)
+        m = tl.full([Q], float("-inf"), tl.float32)
+        s = tl.zeros([Q], tl.float32)
+        best = tl.full([Q], float("-inf"), tl.float32)
+        best_i = tl.zeros([Q], tl.int64)
+        blocks = (V + BLOCK - 1) // BLOCK
         for start in range(0, V, BLOCK):
-            cols = start + tl.arange(0, BLOCK).to(tl.int64)
-            ok = cols < V
-            z = tl.load(logits + row * stride + cols, mask=ok, other=float("-inf")).to(tl.float32) * inv_t
-            m_new = tl.maximum(m, z)
-            s = tl.where(ok, s * tl.exp(m - m_new) + tl.exp(z - m_new), s)
-            m = tl.where(ok, m_new, m)
-            if GREEDY:
-                key = z
-            else:
-                u = tl.rand(s0, (row * V + cols).to(tl.uint32))   # uniform in [0, 1)
-                key = tl.where(ok, z - tl.log(-tl.log(u)), float("-inf"))
-            take = key > best                                    # strict: a lane keeps its first column
-            best_i = tl.where(take, cols, best_i)
-            best = tl.where(take, key, best)
+            u0, u1, u2, u3 = tl.rand4x(s0, (row * blocks * Q + start // 4 + lane).to(tl.uint32))
+            m, s, best, best_i = _race(logits, row, stride, inv_t, start + lane, u0, m, s, best, best_i, V, GREEDY)
+            m, s, best, best_i = _race(logits, row, stride, inv_t, start + Q + lane, u1, m, s, best, best_i, V, GREEDY)
+            m, s, best, best_i = _race(logits, row, stride, inv_t, start + 2 * Q + lane, u2, m, s, best, best_i, V, GREEDY)
+            m, s, best, best_i = _race(logits, row, stride, inv_t, start + 3 * Q + lane, u3, m, s, best, best_i, V, GREEDY)
         mx = tl.max(m, 0)
         lse = mx + tl.log(tl.sum(tl.where(m > float("-inf"), s * tl.exp(m - mx), 0.0), 0))
         tok = tl.min(tl.where(best == tl.max(best, 0), best_i, V), 0)
@@ -203,28 +217,103 @@ def sample_fused(logits, temperature, greedy, seed, block=1024):
     return tok, logp
 
 
+if triton is not None:
+    @triton.jit
+    def _attend_kernel(q, k_new, v_new, K, V, ok, slot, out, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh,
+                       s_cb, s_ch, s_cl, s_ob, s_oh, s_ok, scale, N_KV: tl.constexpr, G: tl.constexpr,
+                       GP: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr):
+        """One program per (row b, key/value head j). Writes this step's k and v at `slot` of
+        the cache, then attends the group's G query heads (padded to GP rows for tl.dot) to the
+        row's usable slots before `slot` (ok[b, n]) and to the new token, which starts the
+        online softmax (so no row is empty). The loop ends at the live slot, not at the bucket."""
+        b = tl.program_id(0) // N_KV
+        j = tl.program_id(0) % N_KV
+        s = tl.load(slot)
+        d = tl.arange(0, D)
+        heads = j * G + tl.arange(0, GP)
+        real = tl.arange(0, GP) < G
+        qv = tl.load(q + b * s_qb + heads[:, None] * s_qh + d[None, :], mask=real[:, None], other=0.0)  # [GP, D]
+        kn = tl.load(k_new + b * s_kb + j * s_kh + d)                                 # [D]
+        vn = tl.load(v_new + b * s_vb + j * s_vh + d)
+        base = b * s_cb + j * s_ch
+        tl.store(K + base + s * s_cl + d, kn)
+        tl.store(V + base + s * s_cl + d, vn)
+        m = tl.sum(qv.to(tl.float32) * kn.to(tl.float32)[None, :], 1) * scale        # [GP] running max
+        l = tl.full([GP], 1.0, tl.float32)                                            # running sum of exp
+        acc = tl.zeros([GP, D], tl.float32) + vn.to(tl.float32)[None, :]
+        for start in range(0, s, BLOCK):
+            n = start + tl.arange(0, BLOCK)
+            live = n < s
+            use = tl.load(ok + b * s_ok + n, mask=live, other=0) != 0                 # [BLOCK]
+            kb = tl.load(K + base + n[:, None] * s_cl + d[None, :], mask=live[:, None], other=0.0)
+            sc = tl.dot(qv, tl.trans(kb)) * scale                                     # [GP, BLOCK] fp32
+            sc = tl.where(use[None, :], sc, float("-inf"))
+            m_new = tl.maximum(m, tl.max(sc, 1))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(sc - m_new[:, None])
+            l = l * alpha + tl.sum(p, 1)
+            vb = tl.load(V + base + n[:, None] * s_cl + d[None, :], mask=live[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb)
+            m = m_new
+        o = acc / l[:, None]
+        tl.store(out + b * s_ob + heads[:, None] * s_oh + d[None, :], o.to(out.dtype.element_ty), mask=real[:, None])
+
+
+def attend_fused(q, k, v, K, V, ok, slot, block=64, warps=4, stages=2):
+    """The decode step's attention in one Triton kernel (`_attend_kernel`): writes k, v
+    [B, Hkv, 1, D] into the caches K, V [rows, Hkv, slots, D] at the 0-dim `slot`, and returns
+    softmax(q K^T / sqrt(D)) V for q [B, Hq, 1, D] over the usable slots (ok [rows, slots]
+    bool) up to and including `slot`, as [B, Hq, D] in q's dtype. Grouped-query heads share
+    one read of K and V, and only slots before the live one are read."""
+    B, Hq, _, D = q.shape
+    n_kv = k.shape[1]
+    G = Hq // n_kv
+    assert q.stride(-1) == k.stride(-1) == v.stride(-1) == K.stride(-1) == V.stride(-1) == 1
+    assert K.stride() == V.stride()
+    out = torch.empty(B, Hq, D, dtype=q.dtype, device=q.device)
+    _attend_kernel[(B * n_kv,)](
+        q, k, v, K, V, ok, slot, out, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        v.stride(0), v.stride(1), K.stride(0), K.stride(1), K.stride(2), out.stride(0), out.stride(1), ok.stride(0),
+        D ** -0.5, N_KV=n_kv, G=G, GP=max(16, triton.next_power_of_2(G)), D=D, BLOCK=block,
+        num_warps=warps, num_stages=stages)
+    return out
+
+
 # per-row state, [rows, ...] each: moved together when the batch is compacted
 ROW_BUFFERS = ("valid", "tok", "pos", "done", "length", "limit", "out_tok", "out_logp")
 
 
-def decode_attention(device, grouped, dtype=torch.bfloat16):
-    """The decode step's attention, 'sdpa' or 'bmm', where Engine is not told.
+def fused_attention_fits(head_dim):
+    """Whether `attend_fused` runs here: Triton, and a head_dim that tl.dot and tl.arange take."""
+    return triton is not None and 16 <= head_dim <= 256 and head_dim & (head_dim - 1) == 0
 
-    SDPA with a mask over grouped-query heads has one fused kernel, cuDNN's (fp16/bf16 only),
-    which PyTorch prefers on Hopper and newer (compute capability >= 9) while it is enabled; elsewhere it
-    falls back to the unfused math kernel (pytorch#181528). That fallback most likely made the
-    miniature's generation 4-12x slower while cuDNN attention was off (docs/mini/h100x4_s9).
-    The two batched matmuls read K and V once: 0.92-0.97x of cuDNN's tokens/s on an H100 at
-    3B (docs/bench/h100_engine_2026-11-23.log), so they take every other case with groups;
-    there the prefill gives SDPA every head (K and V repeated: memory-efficient attention).
+
+def decode_attention(device, grouped, dtype=torch.bfloat16, head_dim=128):
+    """The decode step's attention, 'triton', 'sdpa' or 'bmm', where Engine is not told.
+
+    On a GPU with Triton, fp16/bf16 and a head_dim tl.dot takes (a power of two, 16-256):
+    `attend_fused`, one kernel that also writes the step's k and v, reads K and V once for
+    a group of query heads and stops at the live slot. At Qwen2.5-3B shape on an H100 it takes
+    2.66 ms a step (36 layers, 512 rows, 384 slots: 2.7 TB/s, 91% of the copy ceiling)
+    against 3.01 for cuDNN's SDPA and the cache writes, 4.26 for the two batched matmuls
+    (docs/bench/h100_gen_micro_s13.log). Otherwise: SDPA with a mask over grouped-query heads
+    has one fused kernel, cuDNN's (fp16/bf16 only), which PyTorch prefers on Hopper and newer
+    (compute capability >= 9) while it is enabled; elsewhere it falls back to the unfused math
+    kernel (pytorch#181528), which made the miniature's generation 4-12x slower while cuDNN
+    attention was off (docs/mini/h100x4_s9). The two batched matmuls read K and V once, so
+    they take every other case with groups; there the prefill gives SDPA every head.
 
     >>> decode_attention(torch.device("cpu"), grouped=True), decode_attention(torch.device("cpu"), False)
     ('sdpa', 'sdpa')
     """
-    if not grouped or device.type != "cuda":
+    if device.type != "cuda":
+        return "sdpa"
+    half = dtype in (torch.float16, torch.bfloat16)
+    if half and fused_attention_fits(head_dim):
+        return "triton"
+    if not grouped:
         return "sdpa"
     hopper = torch.cuda.get_device_capability(device)[0] >= 9
-    half = dtype in (torch.float16, torch.bfloat16)
     return "sdpa" if hopper and half and torch.backends.cuda.cudnn_sdp_enabled() else "bmm"
 
 
@@ -234,8 +323,8 @@ class Engine:
     def __init__(self, model, eos_id, pad_id, block=64, check_every=16, graphs=None, min_batch=8,
                  attn=None, compile=None):
         check_supported(model)
-        if attn not in ("bmm", "sdpa", None):
-            raise ValueError(f"attn must be bmm or sdpa, not {attn!r}")
+        if attn not in ("bmm", "sdpa", "triton", None):
+            raise ValueError(f"attn must be triton, bmm or sdpa, not {attn!r}")
         self.model, self.eos_id, self.pad_id = model, eos_id, pad_id
         self.cfg = model.config
         self.device = next(model.parameters()).device
@@ -248,7 +337,9 @@ class Engine:
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         # decode attention: two batched matmuls, or PyTorch's SDPA (None: decode_attention)
         self.groups = self.n_heads // self.n_kv                # query heads per key/value head
-        self.attn = attn or decode_attention(self.device, self.groups > 1, self.dtype)
+        if attn == "triton" and not fused_attention_fits(self.head_dim):
+            raise ValueError(f"attn='triton' needs Triton and a head_dim of 16-256, a power of two (not {self.head_dim})")
+        self.attn = attn or decode_attention(self.device, self.groups > 1, self.dtype, self.head_dim)
         self.layers = list(model.model.layers)
         # norms[i]: the RMSNorm in front of layer i; norms[-1]: the final one (before the LM head)
         self.norms = [layer.input_layernorm for layer in self.layers] + [model.model.norm]
@@ -389,32 +480,41 @@ class Engine:
         samples the next token, records it at self.col, advances. Graph-capturable."""
         tok, pos, slot = self.tok[:B], self.pos[:B], self.slot
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [B, 1, D]
-        keys = self.valid[:B, :L] & (torch.arange(L, device=tok.device) <= slot)  # [B, L]
-        # once for all layers: SDPA wants an additive mask (a boolean one is converted on
-        # every call), the bmm path a boolean to fill with
-        hide = ~keys[:, None, None, :]                             # [B, 1, 1, L]
-        bias = (torch.zeros(hide.shape, dtype=self.dtype, device=tok.device).masked_fill_(hide, float("-inf"))
-                if self.attn == "sdpa" else None)
-        G, D = self.groups, self.head_dim
+        hide = None   # the fused kernel reads self.valid and the slot itself
+        if self.attn != "triton":
+            keys = self.valid[:B, :L] & (torch.arange(L, device=tok.device) <= slot)  # [B, L]
+            # once for all layers: SDPA wants an additive mask (a boolean one is converted on
+            # every call), the bmm path a boolean to fill with
+            hide = ~keys[:, None, None, :]                             # [B, 1, 1, L]
+            if self.attn == "sdpa":
+                hide = torch.zeros(hide.shape, dtype=self.dtype, device=tok.device).masked_fill_(hide, float("-inf"))
         x = self.model.model.embed_tokens(tok[:, None])           # [B, 1, H]
         h = self._first_norm(x)
         for i in range(len(self.layers)):
             q, k, v = self._qkv(i, h, cos, sin)
-            self.k[i][:B].index_copy_(2, slot.view(1), k)
-            self.v[i][:B].index_copy_(2, slot.view(1), v)
-            K, V = self.k[i][:B, :, :L], self.v[i][:B, :, :L]       # [B, Hkv, L, D]
-            if self.attn == "sdpa":                                 # q [B, Hq, 1, D]
-                o = F.scaled_dot_product_attention(q, K, V, attn_mask=bias, enable_gqa=G > 1)
-            else:
-                # grouped-query attention as two batched matmuls that read K and V once:
-                # q [B, Hkv, G, D] x K [B, Hkv, L, D]^T -> scores [B, Hkv, G, L], in the model's
-                # dtype (softmax accumulates in fp32 inside): 3 passes over the scores, not 10
-                s = torch.matmul(q.reshape(B, self.n_kv, G, D) * D ** -0.5, K.transpose(-1, -2))
-                p = torch.softmax(s.masked_fill_(hide, float("-inf")), -1)
-                o = torch.matmul(p, V)                              # [B, Hkv, G, D]
-            x, h = self._mlp_block(i, x, o.reshape(B, 1, self.n_heads * D))
+            o = self._attend(i, q, k, v, L, hide)
+            x, h = self._mlp_block(i, x, o.reshape(B, 1, self.n_heads * self.head_dim))
         logits = self.model.lm_head(h[:, 0])                       # [B, V], model dtype
         self._record(*sample(logits, self.temperature, mode[1], mode[2], mode[0], self.seed), B, mode)
+
+    def _attend(self, i, q, k, v, L, hide):
+        """Layer i's decode attention: writes this step's k, v [B, Hkv, 1, D] into the cache at
+        self.slot and attends q [B, Hq, 1, D] to slots [0, L) (hide: SDPA's additive mask, or
+        the bmm path's boolean one, [B, 1, 1, L]). Returns [B, Hq, ..., D]."""
+        B, slot, G, D = q.shape[0], self.slot, self.groups, self.head_dim
+        if self.attn == "triton":
+            return attend_fused(q, k, v, self.k[i], self.v[i], self.valid, slot)
+        self.k[i][:B].index_copy_(2, slot.view(1), k)
+        self.v[i][:B].index_copy_(2, slot.view(1), v)
+        K, V = self.k[i][:B, :, :L], self.v[i][:B, :, :L]           # [B, Hkv, L, D]
+        if self.attn == "sdpa":
+            return F.scaled_dot_product_attention(q, K, V, attn_mask=hide, enable_gqa=G > 1)
+        # grouped-query attention as two batched matmuls that read K and V once:
+        # q [B, Hkv, G, D] x K [B, Hkv, L, D]^T -> scores [B, Hkv, G, L], in the model's
+        # dtype (softmax accumulates in fp32 inside): 3 passes over the scores, not 10
+        s = torch.matmul(q.reshape(B, self.n_kv, G, D) * D ** -0.5, K.transpose(-1, -2))
+        p = torch.softmax(s.masked_fill_(hide, float("-inf")), -1)
+        return torch.matmul(p, V)                                   # [B, Hkv, G, D]
 
     def _record(self, new, logp, B, mode):
         """Write sampled tokens at self.col (pad once a row is done), count lengths, mark rows

@@ -42,8 +42,19 @@ def hf_greedy(model, ids, mask, n, eos, pad=2):
     return out[:, ids.shape[1]:]
 
 
-@pytest.mark.parametrize("attn", ["bmm", "sdpa"])
+def needs_triton_interpreter():
+    """Skip unless Triton runs here through its CPU interpreter (GPU images ship Triton;
+    locally: pip install triton, TRITON_INTERPRET=1). CI's CPU build of PyTorch has none."""
+    import os
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("set TRITON_INTERPRET=1 (and install triton) to run the GPU kernels on CPU")
+    pytest.importorskip("triton")
+
+
+@pytest.mark.parametrize("attn", ["bmm", "sdpa", "triton"])
 def test_greedy_equals_transformers_on_64_prompts(model, tok, attn):
+    if attn == "triton":
+        needs_triton_interpreter()
     ids, mask = prompts(tok, 64)
     want = hf_greedy(model, ids, mask, 40, eos=tok.eos_token_id)   # rows that write EOS stop there
     eng = Engine(model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, attn=attn)
@@ -166,11 +177,8 @@ def test_fused_sampler_in_triton_interpreter(monkeypatch):
     """The GPU's fused sampling kernel, run by Triton's CPU interpreter where Triton is
     installed (GPU images; locally: pip install triton, TRITON_INTERPRET=1): samples follow
     softmax(z / T) (chi-square), log-probs are log_softmax's, greedy is argmax (first of ties),
-    and the seed advances. Skipped without Triton (CI's CPU build of PyTorch has none)."""
-    import os
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("set TRITON_INTERPRET=1 (and install triton) to run the GPU sampler on CPU")
-    pytest.importorskip("triton")
+    and the seed advances."""
+    needs_triton_interpreter()
     from engine import sample_fused
     g = torch.Generator().manual_seed(0)
     V, n, t = 40, 800, torch.tensor(0.7)
@@ -190,6 +198,33 @@ def test_fused_sampler_in_triton_interpreter(monkeypatch):
     tok, lp = sample_fused(tied, t, True, seed, block=16)
     assert tok.tolist() == [7] * 4
     assert torch.allclose(lp, torch.log_softmax(tied[0], -1)[7].expand(4), atol=1e-5)
+
+
+def test_fused_attention_in_triton_interpreter():
+    """The decode step's attention kernel: writes this step's k and v at the slot (and nothing
+    else), and equals SDPA over the usable slots up to the slot, with grouped heads, k and v
+    of different layouts (as _qkv makes them), a head count that is not a power of two, and
+    the first slot (nothing before it)."""
+    needs_triton_interpreter()
+    from engine import attend_fused
+    torch.manual_seed(0)
+    for B, Hq, Hkv, D, slots, slot in [(3, 8, 2, 16, 40, 33), (2, 6, 2, 32, 20, 5), (2, 4, 4, 16, 70, 0)]:
+        q = torch.randn(B, Hq, 1, D)
+        k = torch.randn(B, Hkv, 1, D)
+        v = torch.randn(B, 1, Hkv + 3, D)[:, :, 1:Hkv + 1].transpose(1, 2)   # strided like _qkv's v
+        K, V = torch.randn(B + 1, Hkv, slots, D), torch.randn(B + 1, Hkv, slots, D)
+        ok = torch.rand(B + 1, slots) > 0.3
+        want_K, want_V = K.clone(), V.clone()
+        want_K[:B, :, slot], want_V[:B, :, slot] = k[:, :, 0], v[:, :, 0]
+        o = attend_fused(q, k, v, K, V, ok, torch.tensor(slot), block=16)
+        assert torch.equal(K, want_K) and torch.equal(V, want_V)
+        keys = ok[:B].clone()
+        keys[:, slot], keys[:, slot + 1:] = True, False
+        G = Hq // Hkv
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q, want_K[:B].repeat_interleave(G, 1), want_V[:B].repeat_interleave(G, 1), attn_mask=keys[:, None, None])
+        assert o.shape == (B, Hq, D)
+        assert torch.allclose(o, want[:, :, 0], atol=1e-5), (o - want[:, :, 0]).abs().max()
 
 
 def test_qwen3_norms_and_compiled_pieces_match_transformers(tok):
@@ -227,12 +262,26 @@ def test_command_line_smoke_run():
 
 
 def test_decode_attention_avoids_the_math_fallback(monkeypatch):
-    """Masked grouped-query SDPA has a fused kernel only in cuDNN on Hopper+ while it is on (and
-    only in fp16/bf16);
-    elsewhere it falls back to the unfused math kernel (pytorch#181528), so the engine decodes
-    with its two batched matmuls there. Without groups, or on the CPU, SDPA stays."""
+    """With Triton, GPUs decode with the fused kernel (fp16/bf16, a head_dim tl.dot takes).
+    Without it: masked grouped-query SDPA has a fused kernel only in cuDNN on Hopper+ while it
+    is on (and only in fp16/bf16); elsewhere it falls back to the unfused math kernel
+    (pytorch#181528), so the engine decodes with its two batched matmuls there. Without
+    groups, or on the CPU, SDPA stays."""
+    import engine
     from engine import decode_attention
     gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    monkeypatch.setattr(engine, "triton", object())
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        got = [decode_attention(gpu, g, dt, d) for g, dt, d in
+               [(True, torch.bfloat16, 128), (False, torch.float16, 64), (True, torch.bfloat16, 96),
+                (True, torch.bfloat16, 8), (True, torch.float32, 128)]]
+        assert got == ["triton", "triton", "sdpa", "sdpa", "bmm"]
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
+    monkeypatch.setattr(engine, "triton", None)
     was = torch.backends.cuda.cudnn_sdp_enabled()
     try:
         for cap, cudnn, grouped, want in [((9, 0), True, True, "sdpa"), ((9, 0), False, True, "bmm"),
