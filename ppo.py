@@ -99,6 +99,9 @@ SETTINGS = [
                             "default: on for one GPU, off under FSDP2 (not measured there) and with --engine hf"),
     ("fsdp", None, bool, "under torchrun: shard actor, critic and reference with FSDP2 (fp32 master shards and "
                          "AdamW states on the GPUs, bf16 compute); default: on with 2+ ranks; --no-fsdp: DDP"),
+    ("fsdp_accumulate", False, bool, "under FSDP2: sum a mini-batch's gradients on each rank (whole, in fp32: "
+                                     "+4 bytes a parameter per model) and reduce-scatter once, not after every "
+                                     "micro-batch; not yet measured on GPUs"),
     ("optim_device", "auto", str, "where fp32 master weights + Adam states live: auto | cuda | cpu"),
     ("eval_every", 10, int, "validation every N steps and before the first (0: never)"),
     ("val_size", 1024, int, "test tasks used for validation (the first N of test.jsonl)"),
@@ -331,7 +334,6 @@ def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats, pads=None):
     Nothing in the loop waits for the GPU (spans come from b["attn_host"], indices reach the
     GPU through sampler.device_rows, the losses' finiteness and the stats stay on the device):
     it queues every micro-batch, and the host reads the results once, after the last backward."""
-    import contextlib
     model.train()
     world = dist.get("world_size", 1)
     n_tok = shard.global_sum(b["mask"][sampler.device_rows(idx, b["mask"])].sum(), dist).clamp(min=1)
@@ -339,12 +341,14 @@ def minibatch_step(model, opt, b, idx, args, dist, loss_fn, stats, pads=None):
     if "attn" in b:
         sampler.count_padding(pads, b.get("attn_host", b["attn"]), b["mask"].shape[1], micro)
     fp32_acc = isinstance(opt, MasterAdamW)
-    ddp = dist["ddp"] and not shard.is_sharded(model)
+    # when the ranks' gradients meet: FSDP2 after every backward (--fsdp-accumulate: the last);
+    # DDP in the last backward (MasterAdamW: never, its fp32 sums are all-reduced below)
+    each = shard.is_sharded(model) and not args.fsdp_accumulate
     params = [p for p in model.parameters() if p.requires_grad]
     nonfinite, acc, sums = 0, None, {}
     for j, m in enumerate(micro):
-        sync = not ddp or (not fp32_acc and j == len(micro) - 1)
-        with contextlib.nullcontext() if sync else model.no_sync(), common.no_cudnn_attention():
+        sync = each or (not fp32_acc and j == len(micro) - 1)
+        with shard.grad_sync(model, sync), common.no_cudnn_attention():
             loss, s = loss_fn(model, b, m)
             w = b["mask"][sampler.device_rows(m, b["mask"])].sum() / n_tok * world
             nonfinite = nonfinite + (~torch.isfinite(loss.detach())).float()   # a device scalar
@@ -691,7 +695,7 @@ CONSOLE = ["score/mean", "acc", "val/acc", "kl", "losses/policy", "losses/value"
 RESUME_FREE = ("resume", "overwrite", "steps", "device", "wandb", "save_every", "keep",
                "log_rollouts_every", "max_bad_steps", "engine", "vllm_mem", "micro_batch",
                "forward_micro_batch", "optim_device", "grad_ckpt", "save_final", "world_size", "fsdp",
-               "force_lengths", "profile_step", "compile")
+               "force_lengths", "profile_step", "compile", "fsdp_accumulate")
 
 
 def load_tasks(args):

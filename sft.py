@@ -440,14 +440,9 @@ def train_step(model, opt, idx, rows, args, info, autocast, pad_id, lr):
     import torch
     n_tok = sum(n_targets(rows[i]) for i in idx)  # loss tokens of the whole global batch
     micro = rank_micro_batches(idx, rows, info["rank"], info["world_size"], args.micro_batch)
-    fsdp, ddp = args.fsdp and info["ddp"], info["ddp"] and not args.fsdp
     local = 0.0
     for j, part in enumerate(micro):
-        last = j == len(micro) - 1
-        if fsdp:
-            model.set_requires_gradient_sync(last)
-        ctx = model.no_sync() if ddp and not last else contextlib.nullcontext()
-        with ctx, common.no_cudnn_attention():
+        with shard.grad_sync(model, j == len(micro) - 1), common.no_cudnn_attention():
             s, _ = forward_loss(model, collate(part, pad_id, args.pack), info["device"], autocast)
             # ranks' gradients are averaged, so scale by world size: the sum over ranks of
             # s / n_tok is the token mean of the global batch

@@ -43,6 +43,20 @@ def shard_model(model, compute_dtype=None, full_precision=()):
     return model
 
 
+def grad_sync(model, sync):
+    """The context of one micro-batch's backward: do the ranks' gradients meet in it (sync) or
+    accumulate on each rank until a later backward? FSDP2: set_requires_gradient_sync
+    (unsynced, a unit keeps its whole gradient in the reduce dtype, fp32: 4 bytes a parameter
+    on every rank, until the backward that syncs reduce-scatters the sum once); DDP: no_sync();
+    one process: nothing to do."""
+    import contextlib
+    if is_sharded(model):
+        model.set_requires_gradient_sync(sync)
+    elif not sync and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
 def unwrap(model):
     """The model inside a DDP wrapper (the model itself otherwise: FSDP2 shards in place)."""
     return model.module if hasattr(model, "module") else model

@@ -7,10 +7,14 @@ behind the README's figures: docs/bench/h100_gen_micro_s13.log.
 
     python experiments/gen_micro.py
 """
+import os
+import sys
+
 import torch
 import torch.nn.functional as F
 
-import engine
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import engine  # noqa: E402
 
 H, I, NQ, NKV, D, LAYERS, VOCAB = 2048, 11008, 16, 2, 128, 36, 151936
 dev, bf = "cuda", torch.bfloat16

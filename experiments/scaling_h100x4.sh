@@ -35,6 +35,8 @@ python common.py --make-tiny >/dev/null 2>&1   # the tokenizer random:* models b
 mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
 ckpt=$([ "${mem:-0}" -lt 100000 ] && echo --grad-ckpt || echo --no-grad-ckpt)
 # every row the same layers: ppo.py compiles them by default on one GPU only (off under FSDP2,
-# not measured there), so the ratio compares like with like; COMPILE=--compile tries both
+# not measured there), so the ratio compares like with like; COMPILE=--compile tries both.
+# EXTRA: more ppo.py flags for every row, e.g. EXTRA=--fsdp-accumulate (one reduce-scatter a
+# mini-batch under FSDP2; the 1-GPU rows ignore it)
 python bench.py --parts ppo --ngpu "$runs" --concurrent --ppo-study-len 512 \
-  --ppo-args "$ckpt --micro-batch 8 ${COMPILE:---no-compile}" --out "$out/bench.json" 2>&1 | grep -v "Loading weights" | tee -a "$out/bench.log"
+  --ppo-args "$ckpt --micro-batch 8 ${COMPILE:---no-compile} ${EXTRA:-}" --out "$out/bench.json" 2>&1 | grep -v "Loading weights" | tee -a "$out/bench.log"

@@ -34,10 +34,10 @@ def fixed_batch(n=8, P=6, R=10, vocab=200):
             "gen_logp": None}
 
 
-def one_update(dist, rows):
+def one_update(dist, rows, flags=()):
     """Advantages and one PPO update (one mini-batch: all of a rank's rows) from the same
     initial models; returns the gathered policy and critic weights and the stats."""
-    args = ppo.parse_args(FLAGS + ["--out", os.path.join(OUT, "unused")])
+    args = ppo.parse_args(FLAGS + ["--out", os.path.join(OUT, "unused"), *flags])
     tok, policy, ref, critic, opt_a, opt_c, *_ = ppo.build(args, dist)
     b = {k: (v[rows] if v is not None else None) for k, v in fixed_batch().items()}
     b = ppo.compute_advantages(b, policy, ref, critic, args, args.kl_coef, {}, opt_c, dist)
@@ -59,6 +59,24 @@ def fsdp_vs_one_process(dist):
     moved = max((pol1[n] - p).abs().max().item() for n, p in init.named_parameters())
     report("fsdp_vs_one", policy_diff=diff(pol, pol1), critic_diff=diff(cri, cri1), moved=moved,
            stats=stats, stats1=stats1)
+
+
+def accumulate_vs_each(dist):
+    """One update on 2 ranks (4 rows each, micro-batches of 3: two backwards a mini-batch),
+    gradients reduce-scattered after every backward and with --fsdp-accumulate: how often
+    FSDP reduced (its foreach_reduce calls, one per unit and backward that syncs), the weights."""
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group as group
+    real, out = group.foreach_reduce, {}
+    for flags in ((), ("--fsdp-accumulate",)):
+        calls = []
+        group.foreach_reduce = lambda *a, **k: calls.append(1) or real(*a, **k)
+        weights, stats = one_update(dist, torch.arange(dist["rank"], 8, dist["world_size"]), flags)
+        out[flags] = [*weights], stats, len(calls)
+    group.foreach_reduce = real
+    if dist["rank"] == 0:
+        ((p0, c0), s0, n0), ((p1, c1), s1, n1) = out.values()
+        diff = lambda a, b: max((a[k] - b[k]).abs().max().item() for k in a)   # noqa: E731
+        report("accumulate", reduces=[n0, n1], policy_diff=diff(p0, p1), critic_diff=diff(c0, c1), stats=[s0, s1])
 
 
 def early_vs_pass(dist):
@@ -134,6 +152,7 @@ if __name__ == "__main__":
     info = common.setup_dist("cpu")
     common.setup_dist, common.cleanup_dist = (lambda device=None: info), (lambda d: None)
     fsdp_vs_one_process(info)
+    accumulate_vs_each(info)
     early_vs_pass(info)
     resume_equals_uninterrupted(info)
     crosses_formats(info)

@@ -45,6 +45,19 @@ def test_one_fsdp_update_agrees_with_one_process(driven):
     assert f["policy_diff"] < 0.05 * f["moved"] and f["critic_diff"] < 0.05 * f["moved"]
 
 
+def test_fsdp_accumulate_reduces_once_a_mini_batch_to_the_same_update(driven):
+    """--fsdp-accumulate: a mini-batch of two backwards per rank reduce-scatters half as often
+    (once, after the last) and gives the same losses, gradient norms and weights (to fp32
+    rounding: the two micro-batches' gradients are summed before the ranks', not after)."""
+    f = json.loads((driven[0] / "accumulate.json").read_text())
+    each, once = f["reduces"]
+    assert once > 0 and each == 2 * once
+    for learner in ("actor", "critic"):
+        a, b = (s[learner] for s in f["stats"])
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7) for k in a), learner
+    assert f["policy_diff"] < 1e-4 and f["critic_diff"] < 1e-4
+
+
 def test_early_critic_values_agree_with_a_values_pass_under_fsdp(driven):
     """ppo.learn on 2 ranks (FSDP2), the critic's first mini-batch taken early on each rank's
     own rows, against a values pass over every row: the second call's values (the critic has

@@ -265,3 +265,27 @@ def test_init_alone_brings_its_own_tokenizer(tmp_path, wider_tiny, capsys):
     assert e.value.code == 2
     assert f"--model's tokenizer has {n_tiny + 8} tokens, the model only {n_tiny}" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "final").exists()
+
+
+def test_two_ranks_ddp_and_fsdp_update_as_one_process(tmp_path):
+    """Under torchrun (2 CPU ranks, gloo, fp32), DDP and FSDP2 (--fsdp) accumulate two
+    micro-batches a rank and sync once (shard.grad_sync): two steps end at one process's
+    weights, to within 5% of the distance the weights moved (AdamW's first steps turn fp32
+    rounding in near-zero gradients into visible moves; see tests/test_fsdp.py)."""
+    from transformers import AutoModelForCausalLM
+    flags = ["sft.py", "--model", "tiny", "--synthetic", "24", "--max-steps", "2", "--batch-size", "8",
+             "--micro-batch", "2", "--lr", "1e-3", "--eval-every", "0", "--save-every", "0", "--device", "cpu"]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    runs = {"one": [sys.executable] + flags, "ddp": two + flags, "fsdp": two + flags + ["--fsdp"]}
+    weights = {}
+    for name, cmd in runs.items():
+        r = subprocess.run(cmd + ["--out", str(tmp_path / name)], cwd=REPO, capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 0, (name, r.stderr[-3000:])
+        weights[name] = AutoModelForCausalLM.from_pretrained(str(tmp_path / name / "final")).state_dict()
+    init = common.load_model("tiny").state_dict()
+    moved = max((weights["one"][k] - init[k]).abs().max().item() for k in init)
+    assert moved > 5e-4
+    for name in ("ddp", "fsdp"):
+        diff = max((weights[name][k] - weights["one"][k]).abs().max().item() for k in init)
+        assert diff < 0.05 * moved, (name, diff, moved)
