@@ -172,11 +172,15 @@ def random_prompts(B, P, vocab, device, seed=0):
 
 
 def bench_generate(model, tok, args, ceil, res):
-    from engine import Engine
+    from engine import Engine, fused_attention_fits
     import sampler
     facts = model_facts(model)
     P, R = args.prompt_len, args.new_tokens
-    variants = args.engine_variants.split(",")
+    c = model.config
+    fits = fused_attention_fits(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+    variants = [v for v in args.engine_variants.split(",") if fits or not v.startswith("triton")]
+    if len(variants) < len(args.engine_variants.split(",")):
+        print("generate: no Triton here (or a head_dim its kernel does not take): the triton variant is left out")
     rows = []
     for B in args.batch_sizes:
         ids, mask = random_prompts(B, P, model.config.vocab_size, args.device)
