@@ -152,7 +152,7 @@ def model_facts(model):
     head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     n = sum(p.numel() for p in model.parameters())   # a tied embedding (the LM head's matmul) once
     return {"n_params": n, "kv_bytes_per_token": 2 * c.num_hidden_layers * n_kv * head * 2,
-            "weight_bytes": n * 2}
+            "weight_bytes": n * 2, "head_dim": head}
 
 
 def generation_floor(facts, ceil, B, P, R):
@@ -176,8 +176,7 @@ def bench_generate(model, tok, args, ceil, res):
     import sampler
     facts = model_facts(model)
     P, R = args.prompt_len, args.new_tokens
-    c = model.config
-    fits = fused_attention_fits(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+    fits = fused_attention_fits(facts["head_dim"])
     variants = [v for v in args.engine_variants.split(",") if fits or not v.startswith("triton")]
     if len(variants) < len(args.engine_variants.split(",")):
         print("generate: no Triton here (or a head_dim its kernel does not take): the triton variant is left out")
